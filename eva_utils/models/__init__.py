@@ -1,0 +1,21 @@
+"""The four networks of the suite, one module each, all for 3x32x32 CIFAR-10 inputs.
+
+| class          | seed      | parameters                                | notebook |
+| PlainCNN       | 000 pt 1  | 65,568 body + 16,010 head = 81,578         | 01       |
+| SmallResNet    | 000 pt 1-2| 485,952 body + 5,130 head = 491,082        | 01, 02   |
+| ResNet18       | 002       | 11,173,962 (BatchNorm or GroupNorm(1, C))  | 03       |
+| CustomResNet   | 003       | 6,573,120                                  | 04       |
+"""
+from torch import nn
+
+from .cnn import PlainCNN
+from .custom_resnet import CustomResNet
+from .resnet18 import ResNet18
+from .small_resnet import SmallResNet
+
+__all__ = ["PlainCNN", "SmallResNet", "ResNet18", "CustomResNet", "count_parameters"]
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters, each shared tensor counted once."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

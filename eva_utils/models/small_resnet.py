@@ -1,0 +1,52 @@
+"""Seed 000's small ResNet (part 1) and its weight-shared "recursive" variant (part 2)."""
+import torch
+from torch import nn
+
+
+def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class ResBlock(nn.Module):
+    """x + (conv-BN-ReLU-conv-BN-ReLU)(x); 3x3 convolutions with bias, as in the seed's table."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.f = nn.Sequential(conv_bn_relu(channels, channels), conv_bn_relu(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.f(x)
+
+
+class SmallResNet(nn.Module):
+    """(B, 3, 32, 32) -> (B, 10) logits.
+
+    Body (485,952 parameters): 7x7/2 stem to 32 channels (16x16), ResBlock, 3x3/2 conv to 64 (8x8),
+    ResBlock, 3x3/2 conv to 128 (4x4), ResBlock, AvgPool2d(2) (2x2). Head: linear 512 -> 10 (5,130).
+    ``repeats=2`` applies each ResBlock twice with the *same* weights (seed 000 part 2's "(recursive)"
+    rows): twice the block compute for no extra parameter.
+    """
+
+    def __init__(self, repeats: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.repeats = repeats
+        self.stem = conv_bn_relu(3, 32, kernel=7, stride=2)
+        self.block1 = ResBlock(32)
+        self.down2 = conv_bn_relu(32, 64, stride=2)
+        self.block2 = ResBlock(64)
+        self.down3 = conv_bn_relu(64, 128, stride=2)
+        self.block3 = ResBlock(128)
+        self.pool = nn.AvgPool2d(2)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(128 * 2 * 2, num_classes))
+
+    def _repeat(self, block: ResBlock, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.repeats):
+            x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._repeat(self.block1, self.stem(x))
+        x = self._repeat(self.block2, self.down2(x))
+        x = self._repeat(self.block3, self.down3(x))
+        return self.head(self.pool(x))

@@ -1,0 +1,64 @@
+import pytest
+import torch
+from torch import nn
+
+from eva_utils.models import CustomResNet, PlainCNN, ResNet18, SmallResNet, count_parameters
+
+
+@pytest.mark.parametrize("model, total, body", [
+    (PlainCNN(), 81_578, 65_568),                 # seed 000 table: 65,568 + our linear head
+    (SmallResNet(), 491_082, 485_952),            # seed 000 table: 485,952 + our linear head
+    (SmallResNet(repeats=2), 491_082, 485_952),   # weight sharing adds no parameter
+    (ResNet18(norm="layer"), 11_173_962, None),   # seed 002
+    (ResNet18(norm="batch"), 11_173_962, None),
+    (CustomResNet(), 6_573_120, None),            # seed 003
+])
+def test_parameter_counts_and_output_shape(model, total, body):
+    assert count_parameters(model) == total
+    if body is not None:
+        assert total - count_parameters(model.head) == body
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_small_resnet_under_500k_for_notebook_02():
+    assert count_parameters(SmallResNet(repeats=2)) < 500_000
+
+
+@pytest.mark.parametrize("model", [PlainCNN(), SmallResNet(repeats=2), ResNet18(), CustomResNet()])
+def test_every_module_registered_once(model):
+    # Registered twice: the same module object under two names.
+    assert len(list(model.named_modules(remove_duplicate=False))) == len(list(model.named_modules()))
+    # Left unregistered: a module kept in a plain list/tuple/dict attribute is invisible to .to(),
+    # .parameters() and state_dict().
+    for m in model.modules():
+        for name, value in vars(m).items():
+            items = value.values() if isinstance(value, dict) and not name.startswith("_") else (
+                value if isinstance(value, (list, tuple)) else ())
+            assert not any(isinstance(v, nn.Module) for v in items), f"{type(m).__name__}.{name}"
+
+
+def test_recursive_resnet_costs_more_compute_not_parameters():
+    calls = []
+    model = SmallResNet(repeats=2)
+    model.block2.register_forward_hook(lambda *a: calls.append(1))
+    model(torch.randn(1, 3, 32, 32))
+    assert len(calls) == 2
+
+
+def test_resnet18_layer_norm_uses_groupnorm_only():
+    norms = {type(m) for m in ResNet18(norm="layer").modules()
+             if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))}
+    assert norms == {nn.GroupNorm}
+    assert all(m.num_groups == 1 for m in ResNet18(norm="layer").modules()
+               if isinstance(m, nn.GroupNorm))
+    with pytest.raises(ValueError, match="norm="):
+        ResNet18(norm="instance")
+
+
+def test_custom_resnet_logit_scale():
+    torch.manual_seed(0)
+    a = CustomResNet().eval()
+    b = CustomResNet(logit_scale=0.125).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(b(x), a(x) / 8)
