@@ -12,12 +12,12 @@ torch-lr-finder, torchinfo and tqdm, so the folder can be copied into another pr
 from .data import (CIFAR10, CLASSES, DataError, GpuLoader, data_root, load_cifar10, make_loader,
                    smoke_mode, synthetic_cifar10)
 from .engine import (History, Predictions, TrainConfig, TrainingError, build_optimizer,
-                     build_scheduler, confusion_matrix, evaluate, fit, get_device, load_checkpoint,
+                     build_scheduler, confusion_matrix, device_name, evaluate, fit, get_device, load_checkpoint,
                      lr_schedule, misclassified, predict, seed_everything)
 from .gradcam import gradcam, plot_gradcam, target_layers
 from .lr_finder import RangeTest, lr_range_test
 from .models import CustomResNet, PlainCNN, ResNet18, SmallResNet, count_parameters
-from .plots import (plot_augmentations, plot_confusion, plot_history, plot_lr_finder,
+from .plots import (figure_path, plot_augmentations, plot_confusion, plot_history, plot_lr_finder,
                     plot_lr_schedule, plot_misclassified)
 from .summary import summary
 from .transforms import crop_flip_cutout, denormalize, eval_transforms, gpu_augment, seed000_augment

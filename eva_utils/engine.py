@@ -65,6 +65,9 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {self.optimizer!r}; choose one of "
                              f"{', '.join(OPTIMIZERS)}.")
+        if not 0 < self.pct_start < 1:
+            raise ValueError(f"pct_start={self.pct_start}: the fraction of steps spent warming up "
+                             "must lie between 0 and 1 (e.g. peak epoch / epochs).")
         if self.epochs < 1 or self.lr <= 0:
             raise ValueError(f"epochs ({self.epochs}) and lr ({self.lr}) must be positive.")
         self.betas, self.milestones = tuple(self.betas), tuple(self.milestones)
@@ -107,6 +110,12 @@ def get_device(preferred: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def device_name(device: torch.device | str) -> str:
+    """A readable name for reports, e.g. "NVIDIA H100 80GB HBM3" or "cpu"."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def _amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
     """bf16 where the GPU has it (no loss scaling needed), else fp16; None means full fp32."""
     if device.type != "cuda" or amp is False:
@@ -127,9 +136,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     """The LR schedule and how often it steps: "batch", "epoch" or "plateau" (epoch, on test loss)."""
     s = cfg.schedule
     if s == "onecycle":
+        total = cfg.epochs * steps_per_epoch
+        if total < 4:
+            raise ValueError(f"A one-cycle schedule needs at least 4 steps; this run has {total}. "
+                             "Fix: more epochs, more images or a smaller batch, or another schedule.")
+        # OneCycleLR divides by each phase's length in steps: keep both at least 1 step long.
+        pct_start = min(max(cfg.pct_start, 2 / total), 1 - 2 / total)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-            pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
+            optimizer, max_lr=cfg.lr, total_steps=total,
+            pct_start=pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
             anneal_strategy=cfg.anneal_strategy, cycle_momentum=False), "batch"
     if s == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.gamma), "epoch"

@@ -144,3 +144,8 @@ def plot_misclassified(wrong: Predictions, mean, std, n: int = 10, classes=CLASS
                          f"({100 * wrong.confidence[i]:.0f}%)", fontsize=9)
     fig.suptitle("Misclassified: true / predicted (confidence)")
     return _finish(fig, path)
+
+
+def figure_path(folder, name: str) -> Path | None:
+    """``folder/name``, or None (draw without saving) when ``folder`` is None."""
+    return None if folder is None else Path(folder) / name

@@ -25,5 +25,11 @@ def write_image_folder(root, per_class=2, size=(32, 32), mode="RGB", classes=CLA
 
 
 @pytest.fixture
+def make_folder():
+    """write_image_folder, for tests that need an unusual folder."""
+    return write_image_folder
+
+
+@pytest.fixture
 def image_folder(tmp_path):
     return write_image_folder(tmp_path)

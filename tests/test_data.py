@@ -5,8 +5,6 @@ from PIL import Image
 import eva_utils as eva
 from eva_utils.data import CACHE_NAME, DataError, channel_stats, load_cifar10
 
-from conftest import write_image_folder
-
 
 def test_image_folder_loads_in_cifar_order_and_caches(image_folder):
     data = load_cifar10(image_folder, download=False)
@@ -74,8 +72,8 @@ def test_smoke_mode_falls_back_loudly(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("classes, word", [(eva.CLASSES[:-1], "missing: truck"),
                                            (eva.CLASSES + ("zebra",), "unexpected: zebra")])
-def test_class_folders_must_match(tmp_path, classes, word):
-    write_image_folder(tmp_path, per_class=1, classes=classes)
+def test_class_folders_must_match(tmp_path, make_folder, classes, word):
+    make_folder(tmp_path, per_class=1, classes=classes)
     with pytest.raises(DataError, match=word) as err:
         load_cifar10(tmp_path, download=False)
     assert str(tmp_path / "train") in str(err.value)
@@ -89,23 +87,23 @@ def test_corrupt_image_is_named(image_folder):
 
 
 @pytest.mark.parametrize("size, mode", [((28, 28), "RGB"), ((32, 32), "L")])
-def test_wrong_size_or_mode_is_named(tmp_path, size, mode):
-    write_image_folder(tmp_path, per_class=1)
+def test_wrong_size_or_mode_is_named(tmp_path, make_folder, size, mode):
+    make_folder(tmp_path, per_class=1)
     odd = tmp_path / "train" / "ship" / "0000.png"
     Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).convert(mode).save(odd)
     with pytest.raises(DataError, match=f"{odd} is {size[0]}x{size[1]} {mode}"):
         load_cifar10(tmp_path, download=False)
 
 
-def test_empty_split(tmp_path):
-    write_image_folder(tmp_path, per_class=1)
+def test_empty_split(tmp_path, make_folder):
+    make_folder(tmp_path, per_class=1)
     for p in (tmp_path / "test").glob("*/*.png"):
         p.unlink()
     with pytest.raises(DataError, match=f"{tmp_path / 'test'} has class folders but no images"):
         load_cifar10(tmp_path, download=False)
 
 
-def test_torchvision_copy_is_preferred(tmp_path, monkeypatch):
+def test_torchvision_copy_is_preferred(tmp_path, monkeypatch, make_folder):
     import torchvision.datasets
 
     class Fake:
@@ -114,7 +112,7 @@ def test_torchvision_copy_is_preferred(tmp_path, monkeypatch):
             self.data = np.full((n, 32, 32, 3), 100, np.uint8)
             self.targets = list(range(n))
     (tmp_path / "cifar-10-batches-py").mkdir()
-    write_image_folder(tmp_path, per_class=1)  # present too, but comes second
+    make_folder(tmp_path, per_class=1)  # present too, but comes second
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Fake)
     data = load_cifar10(tmp_path, download=False)
     assert data.source.startswith("torchvision") and len(data.train_labels) == 6

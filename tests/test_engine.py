@@ -197,3 +197,13 @@ def test_device_choice_and_seeding():
     eva.seed_everything(3)
     b = (torch.rand(2), __import__("numpy").random.rand(), __import__("random").random())
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_onecycle_guards_short_runs_and_bad_pct():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match="at least 4 steps; this run has 3"):
+        build_scheduler(opt, eva.TrainConfig(epochs=1), 3)
+    lrs = eva.lr_schedule(eva.TrainConfig(epochs=1, lr=1.0, pct_start=0.1), 4)  # 0.4 steps -> 2
+    assert max(lrs) == pytest.approx(1.0) and len(lrs) == 4
+    with pytest.raises(ValueError, match="pct_start=5"):
+        eva.TrainConfig(pct_start=5)
