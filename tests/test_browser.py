@@ -1,0 +1,105 @@
+"""End to end, as a student meets it: JupyterLab in headless Chromium runs notebook 01 (smoke mode).
+
+Needs Debian's `chromium` (never a downloaded browser) and Playwright for Python; without Chromium the
+test is skipped and says why. The screenshot lands in artifacts/jupyterlab-01.png.
+"""
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed "
+                                 "(apt-get install chromium); the JupyterLab browser test needs it")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server on a random localhost port with a token, serving a copy of notebook 01."""
+    shutil.copy(ROOT / "notebooks" / "01_cnn_vs_resnet.ipynb", tmp_path)
+    port, token = free_port(), secrets.token_hex(16)
+    env = {**os.environ, "EVA_SMOKE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
+           "JUPYTER_CONFIG_DIR": str(tmp_path / ".jupyter-config"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / ".jupyter-runtime")}
+    env.setdefault("EVA_DATA_DIR", str(ROOT / "data"))
+    log = open(tmp_path / "jupyterlab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
+         f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={tmp_path}", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
+         "jupyterlab.NeverCheckForUpdate"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("JupyterLab did not start:\n" +
+                                       (tmp_path / "jupyterlab.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield url, token
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_notebook_01_runs_in_jupyterlab(lab):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    url, token = lab
+    artifacts = ROOT / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/lab/tree/01_cnn_vs_resnet.ipynb?token={token}")
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                                   timeout=90_000)
+            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+            # done when every code cell shows an execution number and the kernel is idle again
+            wait_for = float(os.environ.get("EVA_BROWSER_TIMEOUT", "300")) * 1000
+            page.wait_for_function("""() => {
+                const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+                return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+            }""", timeout=wait_for)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                                   timeout=60_000)
+            page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
+            errors = page.locator("[data-mime-type='application/vnd.jupyter.error']")
+            assert errors.count() == 0, errors.first.inner_text()
+            plots = page.locator(".jp-OutputArea-output img")
+            assert plots.count() >= 1  # the accuracy/loss figure
+            assert plots.first.evaluate("img => img.naturalWidth") > 300
+            text = page.locator(".jp-Notebook").inner_text()  # the cells in view: the last ones
+            assert re.search(r"CNN\s+74\.2%", text) and re.search(r"ResNet\s+73\.8%", text)
+        finally:
+            page.screenshot(path=str(artifacts / "jupyterlab-01.png"), full_page=True)
+            browser.close()
