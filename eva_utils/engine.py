@@ -5,6 +5,7 @@ back a few times an epoch (for the progress bar and the NaN check), not after ev
 """
 from __future__ import annotations
 
+import copy
 import os
 import random
 import time
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 SCHEDULES = ("onecycle", "step", "multistep", "plateau", "constant")
@@ -90,6 +90,28 @@ class History:
     @property
     def train_seconds(self) -> float:
         return float(sum(self.seconds))
+
+
+class EMA:
+    """Exponential moving average of a model's weights and buffers (BatchNorm statistics too).
+
+    Updated in place with one fused kernel per step and no host synchronisation (torch's
+    AveragedModel checks a counter on the host every step). Create it after the model is on its device.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        # state_dict() tensors share storage with the live ones, so these pairs stay current.
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
+        self._floats = [p for p in pairs if p[0].is_floating_point()]
+        self._others = [p for p in pairs if not p[0].is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_([e for e, _ in self._floats], [m for _, m in self._floats], 1 - self.decay)
+        for e, m in self._others:
+            e.copy_(m)
 
 
 def seed_everything(seed: int) -> None:
@@ -290,9 +312,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     scheduler, sched_every = build_scheduler(optimizer, cfg, steps)
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    # use_buffers=True averages BatchNorm's running statistics too, so the average needs no re-fit.
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-           if cfg.ema_decay else None)
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     history, start, best = History(), 0, -1.0
     if resume is not None:
         ckpt = load_checkpoint(resume, map_location=device)
@@ -301,7 +321,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
+            ema.module.load_state_dict(ckpt["ema"])
         history = History(**ckpt["history"])
         start, best = len(history), max(history.test_acc, default=-1.0)
         _set_rng_state(ckpt["rng"])
@@ -344,7 +364,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
                 if sched_every == "batch":
                     scheduler.step()
                 if ema is not None:
-                    ema.update_parameters(model)
+                    ema.update()
                 losses[i] = loss.detach()
                 correct[i] = (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
@@ -381,7 +401,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         if ckpt_dir:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "ema": ema.state_dict() if ema is not None else None,
+                     "ema": ema.module.state_dict() if ema is not None else None,
                      "history": asdict(history), "config": asdict(cfg), "rng": _rng_state(),
                      "epoch": epoch + 1}
             _atomic_save(state, ckpt_dir / "last.pt")

@@ -76,12 +76,13 @@ def test_unknown_names_are_rejected():
         eva.TrainConfig(optimizer="lion")
 
 
-def test_resume_continues_exactly(tiny, tmp_path):
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_continues_exactly(tiny, tmp_path, ema_decay):
     torch.manual_seed(0)
     full_model = Tiny()
     start = {k: v.clone() for k, v in full_model.state_dict().items()}
-    full = eva.fit(full_model, *loaders(tiny), cfg(checkpoint_dir=str(tmp_path / "full")),
-                   progress=False)
+    full = eva.fit(full_model, *loaders(tiny), cfg(checkpoint_dir=str(tmp_path / "full"),
+                                                   ema_decay=ema_decay), progress=False)
 
     class Interrupt(Exception):
         pass
@@ -99,11 +100,13 @@ def test_resume_continues_exactly(tiny, tmp_path):
     model = Tiny()
     model.load_state_dict(start)
     with pytest.raises(Interrupt):
-        eva.fit(model, train, test, cfg(checkpoint_dir=str(tmp_path / "cut")), progress=False)
+        eva.fit(model, train, test, cfg(checkpoint_dir=str(tmp_path / "cut"), ema_decay=ema_decay),
+                progress=False)
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
     torch.manual_seed(123)  # whatever happened in between must not matter
     resumed_model = Tiny()
-    resumed = eva.fit(resumed_model, *loaders(tiny), cfg(checkpoint_dir=str(tmp_path / "cut")),
+    resumed = eva.fit(resumed_model, *loaders(tiny),
+                      cfg(checkpoint_dir=str(tmp_path / "cut"), ema_decay=ema_decay),
                       resume=tmp_path / "cut" / "last.pt", progress=False)
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
         assert getattr(resumed, key) == pytest.approx(getattr(full, key), rel=1e-5), key
@@ -207,3 +210,21 @@ def test_onecycle_guards_short_runs_and_bad_pct():
     assert max(lrs) == pytest.approx(1.0) and len(lrs) == 4
     with pytest.raises(ValueError, match="pct_start=5"):
         eva.TrainConfig(pct_start=5)
+
+
+def test_ema_tracks_weights_and_buffers():
+    from eva_utils.engine import EMA
+    model = Tiny()
+    ema = EMA(model, decay=0.5)
+    start = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.train()(torch.randn(4, 3, 8, 8))  # moves BatchNorm's running statistics
+    ema.update()
+    for (k, e), m in zip(ema.module.state_dict().items(), model.state_dict().values()):
+        if e.is_floating_point():
+            torch.testing.assert_close(e, (start[k] + m) / 2, msg=k)
+        else:
+            assert torch.equal(e, m), k
+    assert not any(p.requires_grad for p in ema.module.parameters())

@@ -103,3 +103,19 @@ def test_package_imports_only_declared_dependencies():
 def test_version():
     import eva_utils
     assert eva_utils.__version__.count(".") == 2
+
+
+def test_headless_seed_runs_write_results(tmp_path):
+    """The README's headless command (papermill through scripts/run_seeds.py), smoke-sized."""
+    env = {**os.environ, "EVA_SMOKE": "1", "EVA_DATA_DIR": str(ROOT / "data")}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_seeds.py"),
+                          str(ROOT / "notebooks" / "04_custom_resnet.ipynb"), "--seeds", "0", "1",
+                          "--out", str(tmp_path / "04.json")], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "04.json").read_text())
+    accs = [r["test_acc"] for r in summary["runs"]]
+    assert [r["seed"] for r in summary["runs"]] == [0, 1]
+    assert summary["test_acc_mean"] == pytest.approx(sum(accs) / 2)
+    assert (tmp_path / "04-seed1.ipynb").exists()
+    assert "over 2 seeds" in out.stdout
