@@ -335,69 +335,29 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         for loader in (train_loader, test_loader):  # each epoch's shuffle/augmentation from its seed
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(cfg.seed * 100_003 + epoch)
-        model.train()
         epoch_lr = optimizer.param_groups[0]["lr"]
-        losses = torch.zeros(steps, device=device)   # per-batch values stay on the device
-        correct = torch.zeros(steps, device=device)
-        seen = 0
-        bar = tqdm(train_loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
         try:
-            for i, (x, y) in enumerate(bar):
-                x, y = _to_device(x, y, device, channels_last)
-                if epoch == start and i == 0:
-                    _check_first_batch(model, x, y)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
-                    logits = step_fn(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                if sched_every == "batch":
-                    scheduler.step()
-                if ema is not None:
-                    ema.update()
-                losses[i] = loss.detach()
-                correct[i] = (logits.detach().argmax(1) == y).sum()
-                seen += len(y)
-                if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
-                    _check_finite(losses[:i + 1], epoch, optimizer)  # one sync per log_every steps
-                    if progress:
-                        bar.set_postfix(loss=f"{losses[:i + 1].mean().item():.3f}",
-                                        acc=f"{100 * correct[:i + 1].sum().item() / seen:.1f}%")
+            train_loss, train_acc, seconds = _train_epoch(
+                model, step_fn, train_loader, optimizer, scheduler if sched_every == "batch" else None,
+                scaler, ema, cfg, device, amp_dtype, channels_last, epoch,
+                check_shapes=epoch == start, progress=progress)
+            test_loss, test_acc = evaluate(tested, test_loader, device, tta=cfg.tta, amp=cfg.amp,
+                                           channels_last=channels_last)
         except torch.OutOfMemoryError:
             raise TrainingError(
                 f"{device} ran out of memory in epoch {epoch + 1}. Fix: lower the batch size, turn "
                 "on mixed precision (cfg.amp=True), or free memory (restart the kernel).") from None
-        finally:
-            bar.close()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        test_loss, test_acc = evaluate(tested, test_loader, device, tta=cfg.tta, amp=cfg.amp,
-                                       channels_last=channels_last)
         if sched_every == "epoch":
             scheduler.step()
         elif sched_every == "plateau":
             scheduler.step(test_loss)
-        history.train_loss.append(losses.mean().item())
-        history.train_acc.append(100.0 * correct.sum().item() / seen)
-        history.test_loss.append(test_loss)
-        history.test_acc.append(test_acc)
-        history.lr.append(epoch_lr)
-        history.seconds.append(seconds)
+        for key, value in zip(("train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"),
+                              (train_loss, train_acc, test_loss, test_acc, epoch_lr, seconds)):
+            getattr(history, key).append(value)
         if progress:
-            tqdm.write(f"epoch {epoch + 1:3d}  train loss {history.train_loss[-1]:.3f} "
-                       f"acc {history.train_acc[-1]:5.2f}%  test loss {test_loss:.3f} "
-                       f"acc {test_acc:5.2f}%  lr {history.lr[-1]:.2e}  {seconds:.1f}s")
+            tqdm.write(f"epoch {epoch + 1:3d}  train loss {train_loss:.3f} acc {train_acc:5.2f}%  "
+                       f"test loss {test_loss:.3f} acc {test_acc:5.2f}%  lr {epoch_lr:.2e}  "
+                       f"{seconds:.1f}s")
         if ckpt_dir:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -412,6 +372,58 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         model.load_state_dict(ema.module.state_dict())
     return history
 
+def _train_epoch(model, step_fn, loader, optimizer, batch_scheduler, scaler, ema, cfg, device,
+                 amp_dtype, channels_last, epoch, *, check_shapes, progress):
+    """One pass over ``loader``; returns (mean loss, accuracy %, seconds of training).
+
+    Per-batch loss and hits are written into device tensors and read back once every
+    ``cfg.log_every`` steps (NaN check, progress bar), so the GPU is never waited on per step.
+    """
+    model.train()
+    steps = len(loader)
+    losses = torch.zeros(steps, device=device)
+    correct = torch.zeros(steps, device=device)
+    seen = 0
+    bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+               leave=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    try:
+        for i, (x, y) in enumerate(bar):
+            x, y = _to_device(x, y, device, channels_last)
+            if check_shapes and i == 0:
+                _check_first_batch(model, x, y)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                logits = step_fn(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if batch_scheduler is not None:
+                batch_scheduler.step()
+            if ema is not None:
+                ema.update()
+            losses[i] = loss.detach()
+            correct[i] = (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
+                _check_finite(losses[:i + 1], epoch, optimizer)
+                if progress:
+                    bar.set_postfix(loss=f"{losses[:i + 1].mean().item():.3f}",
+                                    acc=f"{100 * correct[:i + 1].sum().item() / seen:.1f}%")
+    finally:
+        bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    return losses.mean().item(), 100.0 * correct.sum().item() / seen, seconds
+
 
 def _check_finite(losses: torch.Tensor, epoch: int, optimizer: torch.optim.Optimizer) -> None:
     bad = ~torch.isfinite(losses)
@@ -421,7 +433,6 @@ def _check_finite(losses: torch.Tensor, epoch: int, optimizer: torch.optim.Optim
         raise TrainingError(f"The loss became {losses[batch].item()} in epoch {epoch + 1}, batch "
                             f"{batch + 1} (learning rate {lr:.3g}). Fix: lower the learning rate "
                             "(e.g. by 10x), or clip gradients with TrainConfig(grad_clip=1.0).")
-
 
 
 @dataclass
