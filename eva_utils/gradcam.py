@@ -60,6 +60,7 @@ def _untouched(model: nn.Module):
         m.inplace = False
     for p in params:  # activations need a graph even when the weights are frozen
         p.requires_grad_(True)
+        p.grad = None  # fresh tensors for Grad-CAM's backward: the caller's stay as they were
     try:
         yield
     finally:

@@ -113,6 +113,16 @@ def test_gradcam_masks_and_model_left_untouched(tiny, test_loader, model, layer,
         assert torch.equal(v, before[k]), k  # eval-mode forward: BatchNorm statistics unchanged
 
 
+def test_gradcam_keeps_existing_gradients(test_loader):
+    model = eva.CustomResNet()
+    images = next(iter(test_loader))[0][:2]
+    model(images).sum().backward()  # a student's half-done training step
+    before = [p.grad.clone() for p in model.parameters()]
+    eva.gradcam(model, images, "layer3")
+    for p, g in zip(model.parameters(), before):
+        assert torch.equal(p.grad, g)
+
+
 def test_gradcam_not_corrupted_by_inplace_relu(test_loader):
     torch.manual_seed(0)
     model = eva.CustomResNet().eval()
