@@ -14,8 +14,8 @@ from torch_lr_finder import LRFinder, TrainDataLoaderIter
 class RangeTest:
     lrs: list             # learning rate of each step (exponentially spaced)
     losses: list          # smoothed training loss after each step
-    suggested_lr: float   # steepest descent of the loss curve
-    max_lr: float         # one-cycle peak: the suggestion
+    suggested_lr: float   # steepest descent of the loss curve: a good constant learning rate
+    max_lr: float         # one-cycle peak: where the smoothed loss bottoms out, before it explodes
     min_lr: float         # one-cycle start: max_lr / div_factor
 
 
@@ -26,8 +26,9 @@ def lr_range_test(model: nn.Module, optimizer, train_loader, *, start_lr: float 
     explodes) on the model's own device. Weights, buffers, optimizer state and train/eval mode are
     the same afterwards as before.
 
-    The suggestion is where the loss falls fastest (most negative slope against log lr), ignoring
-    the first and last tenth of the curve, where the loss is flat or already exploding.
+    The suggestion is where the loss falls fastest (most negative slope against log lr). The
+    one-cycle peak is the largest rate at which the loss still falls: its minimum (Smith, "Super-
+    convergence", 2017); one-cycle only stays there briefly, so it can afford the edge.
     """
     if num_iter < 2:
         raise ValueError(f"num_iter={num_iter}: the range test needs at least 2 steps.")
@@ -45,17 +46,28 @@ def lr_range_test(model: nn.Module, optimizer, train_loader, *, start_lr: float 
     finally:
         finder.reset()  # restores the model's and the optimizer's state dicts
         model.train(was_training)
-    suggested = steepest_lr(lrs, losses)
-    return RangeTest(lrs, losses, suggested, suggested, suggested / div_factor)
+    peak = lowest_loss_lr(lrs, losses)
+    return RangeTest(lrs, losses, steepest_lr(lrs, losses), peak, peak / div_factor)
+
+
+def _finite(lrs, losses) -> tuple[np.ndarray, np.ndarray]:
+    lrs, losses = np.asarray(lrs, float), np.asarray(losses, float)
+    ok = np.isfinite(losses)
+    if ok.sum() < 2:
+        raise ValueError("The range test recorded fewer than 2 finite losses; lower end_lr.")
+    return lrs[ok], losses[ok]
+
+
+def lowest_loss_lr(lrs, losses) -> float:
+    """The learning rate at the smoothed loss's minimum."""
+    lrs, losses = _finite(lrs, losses)
+    return float(lrs[int(np.argmin(losses))])
 
 
 def steepest_lr(lrs, losses) -> float:
-    """The learning rate where d(loss)/d(log lr) is most negative; works from 2 points up."""
-    lrs, losses = np.asarray(lrs, float), np.asarray(losses, float)
-    ok = np.isfinite(losses)
-    lrs, losses = lrs[ok], losses[ok]
-    if len(lrs) < 2:
-        raise ValueError("The range test recorded fewer than 2 finite losses; lower end_lr.")
+    """The learning rate where d(loss)/d(log lr) is most negative, ignoring the first and last
+    tenth of a long curve, where the loss is still flat or already exploding."""
+    lrs, losses = _finite(lrs, losses)
     cut = len(lrs) // 10 if len(lrs) >= 20 else 0
     lo, hi = cut, len(lrs) - cut
     slope = np.gradient(losses[lo:hi], np.log(lrs[lo:hi]))

@@ -65,12 +65,13 @@ def plot_lr_schedule(lrs, steps_per_epoch: int | None = None, path=None) -> Figu
 
 
 def plot_lr_finder(result, path=None) -> Figure:
-    """Loss against learning rate (log scale) of an LR range test, with its suggestion marked.
+    """Loss against learning rate (log scale) of an LR range test, with its suggestions marked.
     Draws any number of points (torch-lr-finder's own plot needs at least 17)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(result.lrs, result.losses, marker="." if len(result.lrs) < 30 else None)
-    ax.axvline(result.suggested_lr, color="C3", ls="--",
+    ax.axvline(result.suggested_lr, color="C1", ls="--",
                label=f"steepest descent: {result.suggested_lr:.2e}")
+    ax.axvline(result.max_lr, color="C3", ls="-", label=f"one-cycle peak: {result.max_lr:.2e}")
     ax.axvline(result.min_lr, color="C2", ls=":", label=f"one-cycle start: {result.min_lr:.2e}")
     ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed loss", title="LR range test")
     ax.grid(alpha=0.3, which="both")

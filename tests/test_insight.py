@@ -36,16 +36,23 @@ def test_lr_range_test_restores_model_and_suggests_inside_range(tiny, num_iter):
         assert torch.equal(v, before[k]), k
     assert not model.training and opt.param_groups[0]["lr"] == 0.123 and not opt.state
     assert 1e-4 <= result.suggested_lr <= 1.0 and len(result.lrs) == len(result.losses) <= num_iter
-    assert result.min_lr == pytest.approx(result.max_lr / 10)
+    assert 1e-4 <= result.max_lr <= 1.0 and result.min_lr == pytest.approx(result.max_lr / 10)
+    assert result.max_lr in result.lrs
     fig = eva.plot_lr_finder(result)
     assert fig.axes[0].get_xscale() == "log"
 
 
-def test_steepest_lr_picks_the_fastest_fall():
-    from eva_utils.lr_finder import steepest_lr
-    lrs = np.logspace(-4, 0, 50)
-    losses = 2 - np.tanh((np.log10(lrs) + 2) * 3)  # falls fastest at 1e-2
+def test_suggestions_on_a_known_curve():
+    from eva_utils.lr_finder import lowest_loss_lr, steepest_lr
+    lrs = np.logspace(-4, 1, 60)
+    x = np.log10(lrs)
+    # falls fastest at 1e-2, bottoms out near 0.3, then explodes (with a NaN at the very end)
+    losses = 2 - np.tanh((x + 2) * 3) + np.where(x > -0.5, 4 * (x + 0.5) ** 2, 0)
+    losses[-1] = np.nan
     assert steepest_lr(lrs, losses) == pytest.approx(1e-2, rel=0.25)
+    assert lowest_loss_lr(lrs, losses) == pytest.approx(10 ** -0.5, rel=0.25)
+    with pytest.raises(ValueError, match="fewer than 2 finite"):
+        steepest_lr([1e-3, 1e-2], [1.0, np.inf])
 
 
 def test_predict_misclassified_and_confusion(tiny, test_loader):
