@@ -2,6 +2,8 @@
 rate over a few hundred steps, recording the smoothed loss; the model and optimizer are restored."""
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +42,9 @@ def lr_range_test(model: nn.Module, optimizer, train_loader, *, start_lr: float 
             group["lr"] = start_lr
         if not isinstance(train_loader, DataLoader):  # e.g. GpuLoader: any iterable of (x, y)
             train_loader = TrainDataLoaderIter(train_loader)
-        finder.range_test(train_loader, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
-                          step_mode="exp")
+        with contextlib.redirect_stdout(io.StringIO()):  # its "see the graph with .plot()" hint
+            finder.range_test(train_loader, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
+                              step_mode="exp")
         lrs, losses = list(finder.history["lr"]), list(finder.history["loss"])
     finally:
         finder.reset()  # restores the model's and the optimizer's state dicts

@@ -122,3 +122,12 @@ def test_subset_keeps_full_statistics(tiny):
     small = tiny.subset(20, 10)
     assert len(small.train_labels) == 20 and len(small.test_images) == 10
     assert small.mean == tiny.mean
+
+
+def test_read_only_folder_still_loads(image_folder, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+    monkeypatch.setattr(np, "savez", refuse)
+    with pytest.warns(UserWarning, match="Could not write the cache"):
+        data = load_cifar10(image_folder, download=False)
+    assert len(data.train_labels) == 20 and not (image_folder / CACHE_NAME).exists()

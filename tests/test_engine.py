@@ -228,3 +228,18 @@ def test_ema_tracks_weights_and_buffers():
         else:
             assert torch.equal(e, m), k
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_classic_path_trains_reproducibly_with_workers(tiny):
+    """albumentations in two DataLoader workers: same seed, same run (shuffle and augmentations)."""
+    from eva_utils.data import make_loader
+    from eva_utils.transforms import crop_flip_cutout
+
+    def run():
+        torch.manual_seed(0)
+        train = make_loader(tiny.train_images, tiny.train_labels,
+                            crop_flip_cutout(tiny.mean, tiny.std), 40, train=True, num_workers=2)
+        test = loaders(tiny)[1]
+        return eva.fit(Tiny(), train, test, cfg(epochs=2), progress=False)
+    a, b = run(), run()
+    assert a.train_loss == b.train_loss and a.test_acc == b.test_acc
