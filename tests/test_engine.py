@@ -243,3 +243,18 @@ def test_classic_path_trains_reproducibly_with_workers(tiny):
         return eva.fit(Tiny(), train, test, cfg(epochs=2), progress=False)
     a, b = run(), run()
     assert a.train_loss == b.train_loss and a.test_acc == b.test_acc
+
+
+def test_mixed_precision_choice(monkeypatch):
+    from eva_utils.engine import _amp_dtype
+    cuda = torch.device("cuda")
+    assert _amp_dtype(torch.device("cpu"), None) is None and _amp_dtype(torch.device("cpu"), True) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert _amp_dtype(cuda, None) is torch.bfloat16 and _amp_dtype(cuda, False) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a T4
+    assert _amp_dtype(cuda, None) is torch.float16
+
+
+def test_evaluate_needs_batches():
+    with pytest.raises(ValueError, match="no batches"):
+        eva.evaluate(Tiny(), [])
