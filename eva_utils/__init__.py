@@ -13,7 +13,8 @@ from .data import (CIFAR10, CLASSES, DataError, GpuLoader, data_root, load_cifar
                    smoke_mode, synthetic_cifar10)
 from .engine import (History, Predictions, TrainConfig, TrainingError, build_optimizer,
                      build_scheduler, confusion_matrix, device_name, evaluate, fit, get_device, load_checkpoint,
-                     lr_schedule, misclassified, predict, seed_everything)
+                     lr_schedule, misclassified, predict, run_record, save_json,
+                     seed_everything)
 from .gradcam import gradcam, plot_gradcam, target_layers
 from .lr_finder import RangeTest, lr_range_test
 from .models import CustomResNet, PlainCNN, ResNet18, SmallResNet, count_parameters

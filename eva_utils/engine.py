@@ -6,6 +6,7 @@ back a few times an epoch (for the progress bar and the NaN check), not after ev
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 import time
@@ -472,3 +473,19 @@ def confusion_matrix(p: Predictions, num_classes: int = 10) -> torch.Tensor:
     """int64 (num_classes, num_classes): row = true class, column = predicted class."""
     return torch.bincount(p.labels * num_classes + p.preds,
                           minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def run_record(history: History, model: nn.Module, device, **labels) -> dict:
+    """The numbers a results table needs from one run, with ``labels`` (notebook, seed, ...) first."""
+    return {**labels, "parameters": sum(p.numel() for p in model.parameters()),
+            "test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
+            "train_seconds": round(history.train_seconds, 2),
+            "seconds_per_epoch": [round(s, 3) for s in history.seconds],
+            "device": device_name(device)}
+
+
+def save_json(path: str | os.PathLike | None, record: dict) -> None:
+    """Write ``record`` as JSON to ``path`` (folders created); nothing when ``path`` is None."""
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(record, indent=1))

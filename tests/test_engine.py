@@ -258,3 +258,15 @@ def test_mixed_precision_choice(monkeypatch):
 def test_evaluate_needs_batches():
     with pytest.raises(ValueError, match="no batches"):
         eva.evaluate(Tiny(), [])
+
+
+def test_run_record_and_save_json(tmp_path):
+    import json
+    h = eva.History([1.0, 0.5], [50.0, 70.0], [1.1, 0.7], [45.0, 65.0], [0.1, 0.05], [2.0, 1.0])
+    record = eva.run_record(h, Tiny(), "cpu", notebook="04", seed=3)
+    assert list(record)[:2] == ["notebook", "seed"]
+    assert record["test_acc"] == 65.0 and record["train_seconds"] == 3.0 and record["device"] == "cpu"
+    assert record["parameters"] == sum(p.numel() for p in Tiny().parameters())
+    eva.save_json(tmp_path / "a" / "r.json", record)
+    assert json.loads((tmp_path / "a" / "r.json").read_text()) == record
+    eva.save_json(None, record)  # no path: nothing written, no error
