@@ -12,8 +12,8 @@ torch-lr-finder, torchinfo and tqdm, so the folder can be copied into another pr
 from .data import (CIFAR10, CLASSES, DataError, GpuLoader, data_root, load_cifar10, make_loader,
                    smoke_mode, synthetic_cifar10)
 from .engine import (History, Predictions, TrainConfig, TrainingError, build_optimizer,
-                     build_scheduler, confusion_matrix, device_name, evaluate, fit, get_device, load_checkpoint,
-                     lr_schedule, misclassified, predict, run_record, save_json,
+                     build_scheduler, confusion_matrix, device_name, evaluate, fit, get_device,
+                     load_checkpoint, lr_schedule, misclassified, predict, run_record, save_json,
                      seed_everything)
 from .gradcam import gradcam, plot_gradcam, target_layers
 from .lr_finder import RangeTest, lr_range_test

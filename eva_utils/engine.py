@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .models import count_parameters
+
 SCHEDULES = ("onecycle", "step", "multistep", "plateau", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -352,9 +354,12 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
             scheduler.step()
         elif sched_every == "plateau":
             scheduler.step(test_loss)
-        for key, value in zip(("train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"),
-                              (train_loss, train_acc, test_loss, test_acc, epoch_lr, seconds)):
-            getattr(history, key).append(value)
+        history.train_loss.append(train_loss)
+        history.train_acc.append(train_acc)
+        history.test_loss.append(test_loss)
+        history.test_acc.append(test_acc)
+        history.lr.append(epoch_lr)
+        history.seconds.append(seconds)
         if progress:
             tqdm.write(f"epoch {epoch + 1:3d}  train loss {train_loss:.3f} acc {train_acc:5.2f}%  "
                        f"test loss {test_loss:.3f} acc {test_acc:5.2f}%  lr {epoch_lr:.2e}  "
@@ -372,6 +377,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     if ema is not None:  # leave the averaged weights in the caller's model
         model.load_state_dict(ema.module.state_dict())
     return history
+
 
 def _train_epoch(model, step_fn, loader, optimizer, batch_scheduler, scaler, ema, cfg, device,
                  amp_dtype, channels_last, epoch, *, check_shapes, progress):
@@ -477,7 +483,7 @@ def confusion_matrix(p: Predictions, num_classes: int = 10) -> torch.Tensor:
 
 def run_record(history: History, model: nn.Module, device, **labels) -> dict:
     """The numbers a results table needs from one run, with ``labels`` (notebook, seed, ...) first."""
-    return {**labels, "parameters": sum(p.numel() for p in model.parameters()),
+    return {**labels, "parameters": count_parameters(model),
             "test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
             "train_seconds": round(history.train_seconds, 2),
             "seconds_per_epoch": [round(s, 3) for s in history.seconds],
