@@ -1,4 +1,4 @@
-"""Training-speed benchmark: seed 003's custom ResNet (6,573,120 parameters), 24 epochs, batch 512,
+"""Training-speed benchmark: assignment 003's custom ResNet (6,573,120 parameters), 24 epochs, batch 512,
 one-cycle Nesterov SGD, through each data path, on whatever device is found.
 
     python benchmarks/train_speed.py --data-dir data            # both paths, full length
@@ -23,15 +23,15 @@ import eva_utils as eva
 def run(path: str, data, args, device) -> dict:
     eva.seed_everything(args.seed)
     batch = args.batch_size
+    augment = eva.Augment(pad=4, flip=True, cutout=8)  # one description, either path
     if path == "gpu":
-        train = eva.GpuLoader(data.train_images, data.train_labels, data.mean, data.std, batch,
-                              train=True, pad=4, flip=True, cutout=8, device=device, seed=args.seed)
+        train = eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std, batch,
+                                 train=True, augment=augment, device=device, seed=args.seed)
     else:  # the classic path: per-image albumentations in DataLoader workers, fp32 by default
-        augment = eva.crop_flip_cutout(data.mean, data.std, pad=4, cutout=8)
-        train = eva.make_loader(data.train_images, data.train_labels, augment, batch, train=True,
-                                num_workers=args.workers, seed=args.seed)
-    test = eva.GpuLoader(data.test_images, data.test_labels, data.mean, data.std, 1000, train=False,
-                         device=device)
+        train = eva.make_loader(data.train_images, data.train_labels, data.mean, data.std, batch,
+                                train=True, augment=augment, num_workers=args.workers, seed=args.seed)
+    test = eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 1000,
+                            train=False, device=device)
     config = eva.TrainConfig(epochs=args.epochs, lr=0.4, momentum=0.9, nesterov=True,
                              weight_decay=5e-4, schedule="onecycle", pct_start=5 / 24,
                              div_factor=10, final_div_factor=1, label_smoothing=0.2, tta=True,

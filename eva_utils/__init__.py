@@ -1,26 +1,35 @@
-"""eva_utils: the helper package of the eva ResNet notebook suite (CIFAR-10, PyTorch).
+"""eva_utils: train and inspect image classifiers with PyTorch (the eva ResNet notebook suite).
 
     import eva_utils as eva
-    data = eva.load_cifar10()                       # uint8 arrays + mean/std, from a local copy or a download
-    train = eva.GpuLoader(data.train_images, data.train_labels, data.mean, data.std, 512, train=True)
-    test = eva.GpuLoader(data.test_images, data.test_labels, data.mean, data.std, 1024, train=False)
-    history = eva.fit(eva.CustomResNet(), train, test, eva.TrainConfig(epochs=24, lr=0.4))
+    data = eva.load_image_folder("shapes")          # train/<class>/*, test/<class>/*; or load_cifar10()
+    train = eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std, 128,
+                             train=True, augment=eva.Augment(pad=4, flip=True, cutout=8))
+    test = eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 500, train=False)
+    model = eva.ResNet18(num_classes=len(data.classes))
+    history = eva.fit(model, train, test, eva.TrainConfig(epochs=24, lr=0.1))
+    predictions = eva.predict(model, test, data.classes)
 
-Depends only on torch, torchvision, numpy, albumentations, opencv, matplotlib, grad-cam,
-torch-lr-finder, torchinfo and tqdm, so the folder can be copied into another project as it is.
+Modules, one noun each: data (ImageData, loading), transforms (Augment), loaders, models, runtime
+(device, precision, seeding, eval mode), schedule, train (TrainConfig, fit), checkpoint, inference
+(evaluate, predict), results, lr_finder, plots, gradcam, summary. Depends only on torch,
+torchvision, numpy, pillow, albumentations, opencv, matplotlib, grad-cam, torch-lr-finder,
+torchinfo and tqdm, so the folder can be copied into another project as it is.
 """
-from .data import (CIFAR10, CLASSES, DataError, GpuLoader, data_root, load_cifar10, make_loader,
-                   smoke_mode, synthetic_cifar10)
-from .engine import (History, Predictions, TrainConfig, TrainingError, build_optimizer,
-                     build_scheduler, confusion_matrix, device_name, evaluate, fit, get_device,
-                     load_checkpoint, lr_schedule, misclassified, predict, run_record, save_json,
-                     seed_everything)
-from .gradcam import gradcam, plot_gradcam, target_layers
+from .checkpoint import CheckpointError, load_checkpoint
+from .data import (CIFAR10_CLASSES, DataError, ImageData, channel_stats, data_root, load_cifar10,
+                   load_image_folder, smoke_mode, synthetic_data)
+from .gradcam import gradcam, gradcam_layers, plot_gradcam
+from .inference import Predictions, confusion_matrix, evaluate, misclassified, predict
+from .loaders import TensorLoader, make_loader
 from .lr_finder import RangeTest, lr_range_test
 from .models import CustomResNet, PlainCNN, ResNet18, SmallResNet, count_parameters
 from .plots import (figure_path, plot_augmentations, plot_confusion, plot_history, plot_lr_finder,
                     plot_lr_schedule, plot_misclassified)
+from .results import run_record, save_json
+from .runtime import TrainingError, device_name, eval_mode, get_device, seed_everything
+from .schedule import build_optimizer, build_scheduler, lr_schedule
 from .summary import summary
-from .transforms import crop_flip_cutout, denormalize, eval_transforms, gpu_augment, seed000_augment
+from .train import History, TrainConfig, fit
+from .transforms import Augment, classic_augment, denormalize
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

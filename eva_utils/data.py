@@ -1,35 +1,36 @@
-"""CIFAR-10 as uint8 arrays, from whichever copy is at hand, plus the two training loaders.
+"""Image-classification data sets as uint8 arrays in memory: ``ImageData``.
 
-Sources, tried in this order (local copies first, so nothing waits on a network):
-  1. an extracted torchvision copy: ``<root>/cifar-10-batches-py``;
-  2. an image-folder tree: ``<root>/train/<class>/*`` and ``<root>/test/<class>/*`` (PNG or JPEG,
-     e.g. ``../shared/data/cifar10-jpeg.tar.xz`` extracted, or a Kaggle export), decoded once and
-     cached next to it as ``<root>/cifar10-cache.npz`` (rebuilt when the folder changes);
-  3. a torchvision download into ``<root>`` (needs the internet).
-``root`` is the ``root`` argument, else ``$EVA_DATA_DIR``, else ``./data``.
+* ``load_image_folder(root)``: any ``<root>/train/<class>/*`` + ``<root>/test/<class>/*`` tree (PNG,
+  JPEG or BMP; any number of classes, named by their folders, sorted; any size with ``image_size=``;
+  grayscale or RGBA converted to RGB). Decoded once and cached beside the data as
+  ``<root>/eva-image-cache.npz`` (plain arrays, no pickle). The cache is rebuilt when a file is added,
+  removed, renamed, resized or touched (size and modification time): a file rewritten with the same
+  size *and* modification time is not noticed, so delete the cache after editing images in place.
+  A cache that cannot be read is rebuilt, with a warning.
+* ``load_cifar10(root)``: CIFAR-10 from, in this order (local copies first, so nothing waits on a
+  network): an extracted torchvision copy (``<root>/cifar-10-batches-py``), an image folder with
+  exactly CIFAR-10's ten classes, or a torchvision download into ``<root>``.
 
-In smoke mode (``EVA_SMOKE=1``, set by ``notebooks/conftest.py``) and only there, a missing data set
-is replaced by a small synthetic one with a loud warning, so the notebook tests run anywhere.
+``root`` is the argument, else ``$EVA_DATA_DIR``, else the nearest ``data/`` folder in the current
+directory or one of its parents (so notebooks find the repository's ``data/`` from ``notebooks/``),
+else ``./data``. In smoke mode (``EVA_SMOKE=1``, set by ``notebooks/conftest.py``) and only there, a
+missing CIFAR-10 is replaced by a small synthetic one with a loud warning.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import random
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .transforms import gpu_augment
-
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-CACHE_NAME = "cifar10-cache.npz"
+CACHE_NAME = "eva-image-cache.npz"
 
 
 class DataError(RuntimeError):
@@ -42,45 +43,54 @@ def smoke_mode() -> bool:
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The data folder: ``root``, else ``$EVA_DATA_DIR``, else ``./data``."""
-    return Path(root or os.environ.get("EVA_DATA_DIR") or "data").expanduser()
+    """``root``, else ``$EVA_DATA_DIR``, else the nearest ``data/`` here or above, else ``./data``."""
+    if root or os.environ.get("EVA_DATA_DIR"):
+        return Path(root or os.environ["EVA_DATA_DIR"]).expanduser()
+    here = Path.cwd()
+    for up, folder in enumerate((here, *here.parents)):
+        if (folder / "data").is_dir():  # relative, so logs and notebooks show no machine's paths
+            return Path(*[".."] * up, "data")
+    return Path("data")
 
 
 @dataclass(frozen=True)
-class CIFAR10:
-    """The whole data set in memory. Images are uint8 (N, 32, 32, 3) in RGB; labels int64 (N,)."""
+class ImageData:
+    """A whole data set in memory. Images uint8 (N, H, W, 3) RGB; labels int64 (N,) in
+    [0, len(classes)); ``classes[i]`` names label i."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
     mean: tuple[float, float, float]  # per-channel mean of the training pixels, in [0, 1]
-    std: tuple[float, float, float]  # per-channel standard deviation, in [0, 1]
-    source: str  # where the arrays came from, for the notebook's log
-    classes: tuple[str, ...] = CLASSES
+    std: tuple[float, float, float]   # per-channel standard deviation, in [0, 1]
+    classes: tuple[str, ...]
+    source: str                       # where the arrays came from, for the notebook's log
 
-    def subset(self, train: int | None = None, test: int | None = None) -> "CIFAR10":
-        """The first ``train``/``test`` images of each split (None keeps a split whole); every
-        source stores the classes mixed, so a prefix has roughly equal class counts.
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of every image."""
+        return tuple(self.train_images.shape[1:3])
 
-        Mean and std stay those of the full training set, so a subset is normalised like the whole.
-        """
-        return replace(
-            self,
-            train_images=self.train_images[:train], train_labels=self.train_labels[:train],
-            test_images=self.test_images[:test], test_labels=self.test_labels[:test],
-        )
+    def subset(self, train: int | None = None, test: int | None = None) -> "ImageData":
+        """The first ``train``/``test`` images of each split (None keeps a split whole). Every
+        source stores the classes mixed, so a prefix has roughly equal class counts; mean and std
+        stay those of the full training set, so a subset is normalised like the whole."""
+        return replace(self, train_images=self.train_images[:train],
+                       train_labels=self.train_labels[:train],
+                       test_images=self.test_images[:test], test_labels=self.test_labels[:test])
 
     def __repr__(self) -> str:
-        return (f"CIFAR10(train={len(self.train_labels):,}, test={len(self.test_labels):,}, "
+        h, w = self.image_size
+        return (f"ImageData(train={len(self.train_labels):,}, test={len(self.test_labels):,}, "
+                f"{h}x{w}, {len(self.classes)} classes, "
                 f"mean={tuple(round(m, 4) for m in self.mean)}, "
                 f"std={tuple(round(s, 4) for s in self.std)}, source={self.source!r})")
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std in [0, 1] of uint8 images (N, H, W, 3), in float64 chunks."""
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
+    total, total_sq = np.zeros(3), np.zeros(3)
     for start in range(0, len(images), 5000):  # chunks keep the float64 copy small
         chunk = images[start:start + 5000].reshape(-1, 3).astype(np.float64) / 255.0
         total += chunk.sum(0)
@@ -91,9 +101,145 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
+# --------------------------------------------------------------------------------------------------
+# Image folders
+
+def class_folders(split: Path) -> list[str]:
+    """The class names of one split: its sub-folders, sorted."""
+    if not split.is_dir():
+        raise DataError(f"{split} is missing: an image folder needs {split.parent / 'train'} and "
+                        f"{split.parent / 'test'}, each with one sub-folder per class.")
+    names = sorted(p.name for p in split.iterdir() if p.is_dir())
+    if not names:
+        raise DataError(f"{split} has no class folders. Fix: put the images of class c in "
+                        f"{split / 'c'}/.")
+    return names
+
+
+def _list_split(split: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    files = []
+    for label, name in enumerate(classes):
+        folder = split / name
+        found = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        for p in found:
+            if not p.exists():  # a symlink whose target is gone
+                raise DataError(f"{p} is a broken link (its target does not exist). Fix: remove "
+                                "it or point it at an image.")
+        if not found:
+            raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}). "
+                            "Fix: add its images, or remove the folder if the class is not wanted.")
+        files += [(p, label) for p in found]
+    # A fixed shuffle, so classes are mixed (as in CIFAR-10's own files) and subset(n) is balanced.
+    return [files[i] for i in np.random.default_rng(0).permutation(len(files))]
+
+
+def _signature(files: list[tuple[Path, int]], image_size) -> str:
+    """Changes when a file is added, removed, renamed, resized or touched, or the size asked."""
+    h = hashlib.sha256(f"{image_size}\n".encode())
+    for path, label in files:
+        st = path.stat()
+        h.update(f"{path.parent.name}/{path.name}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _decode(files: list[tuple[Path, int]], image_size) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    images = None
+    for i, (path, _) in enumerate(tqdm(files, desc=f"decoding {files[0][0].parent.parent.name}",
+                                       leave=False, mininterval=1.0)):
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")  # grayscale, palette, RGBA: all become RGB
+                if image_size is not None:
+                    im = im.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+                array = np.asarray(im)
+        except Exception as exc:
+            raise DataError(f"Cannot read image {path} ({exc}). Fix: delete or replace that "
+                            "file.") from exc
+        if images is None:
+            images = np.empty((len(files), *array.shape), dtype=np.uint8)
+        elif array.shape != images.shape[1:]:
+            raise DataError(
+                f"{path} is {array.shape[1]}x{array.shape[0]} (width x height) but "
+                f"{files[0][0]} is {images.shape[2]}x{images.shape[1]}: all images must have one "
+                "size. Fix: load_image_folder(root, image_size=(height, width)) resizes them all.")
+        images[i] = array
+    return images, np.array([label for _, label in files], dtype=np.int64)
+
+
+def _read_cache(cache: Path, signature: str):
+    """The cached arrays, or None when the cache is missing, stale or unreadable."""
+    if not cache.exists():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as z:  # plain arrays only: no pickle
+            if str(z["signature"]) != signature:
+                return None
+            return {k: z[k] for k in ("train_images", "train_labels", "test_images",
+                                      "test_labels", "mean", "std", "classes")}
+    except Exception as exc:  # truncated, empty, CRC error, foreign file: never trusted
+        warnings.warn(f"The cache {cache} cannot be read ({type(exc).__name__}: {exc}); "
+                      "rebuilding it from the images.", stacklevel=3)
+        return None
+
+
+def _write_cache(cache: Path, arrays: dict) -> None:
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    try:  # a temporary name, then rename: an interrupted write leaves no broken cache
+        np.savez(tmp, **arrays)
+        os.replace(tmp, cache)
+    except OSError as exc:  # a read-only folder still works, just without the cache
+        warnings.warn(f"Could not write the cache {cache} ({exc}); images will be decoded each "
+                      "time.", stacklevel=3)
+
+
+def load_image_folder(root: str | os.PathLike | None = None, *,
+                      image_size: int | tuple[int, int] | None = None) -> ImageData:
+    """Load ``<root>/train/<class>/*`` and ``<root>/test/<class>/*`` (see the module doc).
+
+    ``image_size`` (H, W) or one int resizes every image; None requires them all to be one size.
+    """
+    root = data_root(root)
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    classes = class_folders(root / "train")
+    test_classes = class_folders(root / "test")
+    if test_classes != classes:
+        raise DataError(f"{root / 'train'} and {root / 'test'} must hold the same class folders; "
+                        f"only in train: {sorted(set(classes) - set(test_classes)) or 'none'}, "
+                        f"only in test: {sorted(set(test_classes) - set(classes)) or 'none'}.")
+    train_files = _list_split(root / "train", classes)
+    test_files = _list_split(root / "test", classes)
+    signature = _signature(train_files + test_files, image_size)
+    cache = root / CACHE_NAME
+    arrays = _read_cache(cache, signature)
+    source = f"image folder {root}"
+    if arrays is not None:
+        source += f" (cached in {CACHE_NAME})"
+    else:
+        train_images, train_labels = _decode(train_files, image_size)
+        test_images, test_labels = _decode(test_files, image_size)
+        if train_images.shape[1:] != test_images.shape[1:]:
+            raise DataError(f"Training images are {train_images.shape[2]}x{train_images.shape[1]} "
+                            f"but test images {test_images.shape[2]}x{test_images.shape[1]}. Fix: "
+                            "load_image_folder(root, image_size=(height, width)).")
+        mean, std = channel_stats(train_images)
+        arrays = dict(train_images=train_images, train_labels=train_labels,
+                      test_images=test_images, test_labels=test_labels, mean=np.array(mean),
+                      std=np.array(std), classes=np.array(classes), signature=np.array(signature))
+        _write_cache(cache, arrays)
+    return ImageData(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
+                     arrays["test_labels"], tuple(arrays["mean"].tolist()),
+                     tuple(arrays["std"].tolist()), tuple(arrays["classes"].tolist()), source)
+
+
+# --------------------------------------------------------------------------------------------------
+# CIFAR-10
+
 def load_cifar10(root: str | os.PathLike | None = None, *, download: bool = True,
-                 smoke: bool | None = None) -> CIFAR10:
-    """Load CIFAR-10 from the first source found under ``data_root(root)`` (see the module doc).
+                 smoke: bool | None = None) -> ImageData:
+    """CIFAR-10 from the first source found under ``data_root(root)`` (see the module doc).
 
     ``smoke=None`` follows ``smoke_mode()``. Raises DataError when no source works outside smoke mode.
     """
@@ -102,7 +248,9 @@ def load_cifar10(root: str | os.PathLike | None = None, *, download: bool = True
     if (root / "cifar-10-batches-py").is_dir():
         return _from_torchvision(root, download=False)
     if (root / "train").is_dir() or (root / "test").is_dir():
-        return _from_image_folder(root)
+        for split in ("train", "test"):
+            _check_cifar10_classes(root / split)
+        return load_image_folder(root)
     problem = None
     if download:
         try:
@@ -114,7 +262,7 @@ def load_cifar10(root: str | os.PathLike | None = None, *, download: bool = True
             f"\n{'!' * 70}\nSMOKE MODE: no CIFAR-10 under {root.resolve()} and no download, so a small "
             f"SYNTHETIC data set stands in. Accuracies below mean nothing.\n{'!' * 70}",
             stacklevel=2)
-        return synthetic_cifar10()
+        return synthetic_data()
     raise DataError(
         f"No CIFAR-10 found under {root.resolve()}"
         + (f" and the download failed ({type(problem).__name__}: {problem})" if problem else "")
@@ -124,12 +272,25 @@ def load_cifar10(root: str | os.PathLike | None = None, *, download: bool = True
         "or the EVA_DATA_DIR environment variable.") from problem
 
 
-def _from_torchvision(root: Path, download: bool) -> CIFAR10:
-    from torchvision.datasets import CIFAR10 as TVCIFAR10
+def _check_cifar10_classes(split: Path) -> None:
+    found = class_folders(split)
+    missing = sorted(set(CIFAR10_CLASSES) - set(found))
+    extra = sorted(set(found) - set(CIFAR10_CLASSES))
+    if missing or extra:
+        raise DataError(
+            f"{split} must hold exactly the ten CIFAR-10 class folders {', '.join(CIFAR10_CLASSES)}; "
+            + (f"missing: {', '.join(missing)}. " if missing else "")
+            + (f"unexpected: {', '.join(extra)}. " if extra else "")
+            + "Fix: rename or remove folders so the names match, or use load_image_folder(root) "
+            "for another data set.")
+
+
+def _from_torchvision(root: Path, download: bool) -> ImageData:
+    from torchvision.datasets import CIFAR10
 
     try:
-        train = TVCIFAR10(str(root), train=True, download=download)
-        test = TVCIFAR10(str(root), train=False, download=download)
+        train = CIFAR10(str(root), train=True, download=download)
+        test = CIFAR10(str(root), train=False, download=download)
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
         if download:
             raise
@@ -137,217 +298,22 @@ def _from_torchvision(root: Path, download: bool) -> CIFAR10:
                         "Fix: delete that folder and download it again.") from exc
     images = np.asarray(train.data)
     mean, std = channel_stats(images)  # about 0.3 s: cheaper than a cache to keep in sync
-    return CIFAR10(images, np.asarray(train.targets, dtype=np.int64), np.asarray(test.data),
-                   np.asarray(test.targets, dtype=np.int64), mean, std,
-                   source=f"torchvision copy in {root}")
+    return ImageData(images, np.asarray(train.targets, dtype=np.int64), np.asarray(test.data),
+                     np.asarray(test.targets, dtype=np.int64), mean, std, CIFAR10_CLASSES,
+                     source=f"torchvision copy in {root}")
 
 
-def _list_split(root: Path, split: str) -> list[tuple[Path, int]]:
-    folder = root / split
-    if not folder.is_dir():
-        raise DataError(f"{folder} is missing: an image-folder copy of CIFAR-10 needs both "
-                        f"{root / 'train'} and {root / 'test'}, each with one folder per class.")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    missing = sorted(set(CLASSES) - set(found))
-    extra = sorted(set(found) - set(CLASSES))
-    if missing or extra:
-        raise DataError(
-            f"{folder} must hold exactly the ten CIFAR-10 class folders {', '.join(CLASSES)}; "
-            + (f"missing: {', '.join(missing)}. " if missing else "")
-            + (f"unexpected: {', '.join(extra)}. " if extra else "")
-            + "Fix: rename or remove folders so the names match.")
-    files = [(p, label) for label, name in enumerate(CLASSES)
-             for p in sorted((folder / name).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    # A fixed shuffle, so classes are mixed as in CIFAR-10's own files and subset(n) is balanced.
-    files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
-    if not files:
-        raise DataError(f"{folder} has class folders but no images in them (.png/.jpg). "
-                        "Fix: extract the data set again.")
-    return files
-
-
-def _signature(files: list[tuple[Path, int]]) -> str:
-    """Changes when any file is added, removed, renamed, resized or touched."""
-    h = hashlib.sha256()
-    for path, label in files:
-        st = path.stat()
-        h.update(f"{path.parent.name}/{path.name}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def _decode(files: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
-    images = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
-    for i, (path, _) in enumerate(tqdm(files, desc=f"decoding {files[0][0].parent.parent.name}",
-                                       leave=False, mininterval=1.0)):
-        try:
-            with Image.open(path) as im:
-                im.load()
-                mode, size = im.mode, im.size
-                array = np.asarray(im)
-        except Exception as exc:
-            raise DataError(f"Cannot read image {path} ({exc}). Fix: delete or replace that file.") \
-                from exc
-        if mode != "RGB" or size != (32, 32):
-            raise DataError(f"Image {path} is {size[0]}x{size[1]} {mode}; CIFAR-10 images are 32x32 "
-                            "RGB. Fix: remove it, or convert it with PIL: "
-                            "Image.open(p).convert('RGB').resize((32, 32)).save(p).")
-        images[i] = array
-    return images, np.array([label for _, label in files], dtype=np.int64)
-
-
-def _from_image_folder(root: Path) -> CIFAR10:
-    train_files, test_files = _list_split(root, "train"), _list_split(root, "test")
-    signature = _signature(train_files + test_files)
-    cache = root / CACHE_NAME
-    if cache.exists():
-        with np.load(cache, allow_pickle=False) as z:  # plain arrays only: no pickle
-            if str(z["signature"]) == signature:
-                return CIFAR10(z["train_images"], z["train_labels"], z["test_images"],
-                               z["test_labels"], tuple(z["mean"].tolist()), tuple(z["std"].tolist()),
-                               source=f"image folder {root} (cached in {CACHE_NAME})")
-    train_images, train_labels = _decode(train_files)
-    test_images, test_labels = _decode(test_files)
-    mean, std = channel_stats(train_images)
-    try:  # write to a temporary name and rename, so an interrupted write leaves no broken cache
-        tmp = root / (CACHE_NAME + ".tmp.npz")
-        np.savez(tmp, train_images=train_images, train_labels=train_labels,
-                 test_images=test_images, test_labels=test_labels, mean=np.array(mean),
-                 std=np.array(std), signature=np.array(signature))
-        os.replace(tmp, cache)
-    except OSError as exc:  # a read-only folder still works, just without the cache
-        warnings.warn(f"Could not write the cache {cache} ({exc}); images will be decoded each time.",
-                      stacklevel=3)
-    return CIFAR10(train_images, train_labels, test_images, test_labels, mean, std,
-                   source=f"image folder {root}")
-
-
-def synthetic_cifar10(train: int = 512, test: int = 256, seed: int = 0) -> CIFAR10:
-    """A small CIFAR-shaped stand-in for smoke tests: each class a noisy tint, so it is learnable."""
+def synthetic_data(train: int = 512, test: int = 256, *, classes=CIFAR10_CLASSES,
+                   image_size: int = 32, seed: int = 0) -> ImageData:
+    """A small stand-in for smoke tests: each class a noisy tint, so it is learnable."""
     rng = np.random.default_rng(seed)
-    tints = rng.integers(40, 216, size=(10, 3))
+    tints = rng.integers(40, 216, size=(len(classes), 3))
 
     def make(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.arange(n, dtype=np.int64) % 10
-        noise = rng.normal(0, 40, size=(n, 32, 32, 3))
+        labels = np.arange(n, dtype=np.int64) % len(classes)
+        noise = rng.normal(0, 40, size=(n, image_size, image_size, 3))
         return np.clip(tints[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8), labels
 
     (xtr, ytr), (xte, yte) = make(train), make(test)
     mean, std = channel_stats(xtr)
-    return CIFAR10(xtr, ytr, xte, yte, mean, std, source="SYNTHETIC (smoke mode)")
-
-
-# --------------------------------------------------------------------------------------------------
-# The classic path: a Dataset applying an albumentations Compose, through a DataLoader.
-
-class AlbumentationsDataset(Dataset):
-    """uint8 images (N, 32, 32, 3) -> (float tensor (3, 32, 32), int label) via ``transform``.
-
-    ``transform`` is an albumentations Compose ending in Normalize + ToTensorV2 (see transforms.py).
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels: they must match.")
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.transform(image=self.images[i])["image"], int(self.labels[i])
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker its own python, numpy and albumentations seed.
-
-    albumentations 2.x keeps its own generators inside each Compose; a forked worker inherits a copy,
-    so without this every worker would replay the same augmentations.
-    """
-    info = torch.utils.data.get_worker_info()
-    seed = info.seed % 2**32  # torch sets it to the loader's base seed + worker_id
-    random.seed(seed)
-    np.random.seed(seed)
-    transform = getattr(info.dataset, "transform", None)
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
-
-
-class SeededDataLoader(DataLoader):
-    """A DataLoader whose shuffling and augmentation are a function of ``set_epoch(seed)`` alone,
-    so a resumed run sees the same batches as an uninterrupted one."""
-
-    def set_epoch(self, seed: int) -> None:
-        self.generator.manual_seed(seed)  # drives the shuffle and the workers' base seed
-        transform = getattr(self.dataset, "transform", None)
-        if self.num_workers == 0 and hasattr(transform, "set_random_seed"):
-            transform.set_random_seed(seed)
-
-
-def make_loader(images: np.ndarray, labels: np.ndarray, transform, batch_size: int, *,
-                train: bool, num_workers: int | None = None, seed: int = 0) -> SeededDataLoader:
-    """The classic path: shuffled, drop-last batches for training, ordered full batches for test."""
-    if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1) if len(labels) > 4096 else 0
-    _check_batch_size(batch_size, len(labels), drop_last=train)
-    return SeededDataLoader(
-        AlbumentationsDataset(images, labels, transform), batch_size=batch_size, shuffle=train,
-        drop_last=train, num_workers=num_workers, worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
-        persistent_workers=False)
-
-
-def _check_batch_size(batch_size: int, n: int, drop_last: bool) -> None:
-    if batch_size < 1 or (drop_last and batch_size > n):
-        raise ValueError(f"batch_size={batch_size} does not fit a split of {n} images"
-                         f"{' (incomplete batches are dropped in training)' if drop_last else ''}. "
-                         f"Fix: choose a batch size between 1 and {n}.")
-
-
-# --------------------------------------------------------------------------------------------------
-# The fast path: the whole split as uint8 on the device, augmented a batch at a time with tensor ops.
-
-class GpuLoader:
-    """Batches of a split kept on ``device`` as uint8 (N, 3, 32, 32).
-
-    Yields (images float (B, 3, 32, 32) normalised with ``mean``/``std``, labels int64 (B,)).
-    In training: reshuffled each epoch, incomplete last batch dropped, each image randomly cropped
-    after ``pad`` pixels of reflect padding, flipped left-right with probability 1/2 and given a
-    ``cutout`` x ``cutout`` hole filled with 0 (the mean after normalisation). Plain tensor ops, so it
-    runs on CPU for tests as well. Call ``set_epoch(seed)`` to fix an epoch's randomness.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int, *,
-                 train: bool, pad: int = 4, flip: bool = True, cutout: int = 8,
-                 device: torch.device | str = "cpu", seed: int = 0,
-                 dtype: torch.dtype = torch.float32):
-        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (N, H, W, 3); got {images.dtype} {images.shape}.")
-        _check_batch_size(batch_size, len(labels), drop_last=train)
-        self.device = torch.device(device)
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
-        self.batch_size, self.train, self.dtype = batch_size, train, dtype
-        self.pad, self.flip, self.cutout = (pad, flip, cutout) if train else (0, False, 0)
-        self.generator = torch.Generator(self.device).manual_seed(seed)
-
-    def set_epoch(self, seed: int) -> None:
-        self.generator.manual_seed(seed)
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
-
-    def __iter__(self):
-        n = len(self.labels)
-        order = (torch.randperm(n, device=self.device, generator=self.generator) if self.train
-                 else torch.arange(n, device=self.device))
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = (self.images[idx].float() - self.mean) / self.std
-            x = gpu_augment(x, pad=self.pad, flip=self.flip, cutout=self.cutout,
-                            generator=self.generator)
-            yield x.to(self.dtype), self.labels[idx]
+    return ImageData(xtr, ytr, xte, yte, mean, std, tuple(classes), source="SYNTHETIC (smoke mode)")

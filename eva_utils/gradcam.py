@@ -1,4 +1,4 @@
-"""Grad-CAM heat maps (pytorch-grad-cam 1.5) and panels of them, leaving the model untouched."""
+"""Grad-CAM heat maps (pytorch-grad-cam 1.5) and panels of them, leaving the model as it was found."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -6,32 +6,36 @@ from contextlib import contextmanager
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from .data import CLASSES
-from .engine import Predictions
-from .plots import _finish, _no_mistakes, check_normalised
+from .inference import Predictions
+from .plots import check_normalised, no_mistakes, save_figure
+from .runtime import eval_mode
 from .transforms import denormalize
 
-# The layers worth looking at in each of our models, with their output size on 32x32 inputs.
-TARGET_LAYERS = {
-    "PlainCNN": {"body.1": "32x28x28", "body.5": "64x10x10"},
-    "SmallResNet": {"block1": "32x16x16", "block2": "64x8x8", "block3": "128x4x4"},
-    "ResNet18": {"layer1": "64x32x32", "layer2": "128x16x16", "layer3": "256x8x8",
-                 "layer4": "512x4x4"},
-    "CustomResNet": {"layer1": "128x16x16", "layer2": "256x8x8", "layer3": "512x4x4"},
-}
+
+def gradcam_layers(model: nn.Module) -> tuple[str, ...]:
+    """The layers a model names as worth a Grad-CAM look (its ``gradcam_layers`` attribute)."""
+    layers = getattr(model, "gradcam_layers", None)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} names no Grad-CAM layers. Fix: pass layer names, "
+                         f"e.g. one of {', '.join(_spatial_names(model)[-6:])}, or give the class a "
+                         "gradcam_layers = (...) attribute.")
+    return tuple(layers)
 
 
-def target_layers(model: nn.Module) -> dict[str, str]:
-    """Sensible Grad-CAM layers of one of our models: {name: output size}."""
-    return dict(TARGET_LAYERS.get(type(model).__name__, {}))
+def _spatial_names(model: nn.Module) -> list[str]:
+    """Dotted names of the modules that can make feature maps (not activations or the head)."""
+    return [name for name, m in model.named_modules()
+            if name and not isinstance(m, (nn.ReLU, nn.Linear, nn.Flatten, nn.Dropout))]
 
 
-def _layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
+def find_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
+    """The submodule ``layer`` (a dotted name such as "layer2" or "body.1", or the module itself)."""
     if isinstance(layer, nn.Module):
         if not any(m is layer for m in model.modules()):
             raise ValueError(f"The layer {type(layer).__name__} given is not part of this "
@@ -40,18 +44,32 @@ def _layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     try:
         return model.get_submodule(layer)
     except AttributeError:
-        names = list(target_layers(model)) or [n for n, _ in model.named_children()]
-        raise ValueError(f"{type(model).__name__} has no layer {layer!r}; try one of "
-                         f"{', '.join(names)}.") from None
+        raise ValueError(f"{type(model).__name__} has no layer {layer!r}. Valid names: "
+                         f"{', '.join(_spatial_names(model))}.") from None
+
+
+def layer_sizes(model: nn.Module, images: torch.Tensor, layers) -> dict:
+    """{layer: "HxW"} of each layer's output for ``images``, from one forward pass (hooks removed)."""
+    sizes, handles = {}, []
+    for layer in layers:
+        def hook(module, args, out, layer=layer):
+            sizes.setdefault(layer, f"{out.shape[-2]}x{out.shape[-1]}")
+        handles.append(find_layer(model, layer).register_forward_hook(hook))
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(images[:1].to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return sizes
 
 
 @contextmanager
 def _untouched(model: nn.Module):
-    """Restore mode, requires_grad, .grad and in-place ReLUs however the block ends.
-
-    In-place ReLUs are turned off meanwhile: they would overwrite the activations that
+    """Restore every submodule's mode, requires_grad, .grad and in-place ReLUs however the block
+    ends. In-place ReLUs are turned off meanwhile: they would overwrite the activations that
     Grad-CAM keeps (on the CPU its saved copy shares their memory)."""
-    mode = model.training
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
@@ -62,9 +80,9 @@ def _untouched(model: nn.Module):
         p.requires_grad_(True)
         p.grad = None  # fresh tensors for Grad-CAM's backward: the caller's stay as they were
     try:
-        yield
+        with eval_mode(model):
+            yield
     finally:
-        model.train(mode)
         for p, flag, grad in zip(params, flags, grads):
             p.requires_grad_(flag)
             p.grad = grad
@@ -76,45 +94,64 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: str | nn.Module,
             classes: torch.Tensor | None = None) -> np.ndarray:
     """Grad-CAM masks float32 (B, H, W) in [0, 1], the size of ``images`` (B, 3, H, W, normalised).
 
-    ``classes`` (B,) are the classes explained; None explains the model's own prediction.
+    ``classes`` (B,) are the class indices explained; None explains the model's own prediction.
     """
+    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+        raise RuntimeError("Grad-CAM needs gradients, but it was called inside torch.no_grad() or "
+                           "torch.inference_mode(). Fix: call it outside that block.")
     check_normalised(images)
-    module = _layer(model, layer)
+    module = find_layer(model, layer)
     device = next(model.parameters()).device
-    targets = None if classes is None else [ClassifierOutputTarget(int(c)) for c in classes]
+    images = images.to(device)
+    targets = None
+    if classes is not None:
+        with torch.no_grad(), eval_mode(model):
+            outputs = model(images[:1]).shape[1]
+        bad = [int(c) for c in classes if not 0 <= int(c) < outputs]
+        if bad:
+            raise ValueError(f"Class indices {bad} do not exist: the model has {outputs} outputs "
+                             f"(classes 0..{outputs - 1}).")
+        targets = [ClassifierOutputTarget(int(c)) for c in classes]
     with _untouched(model), GradCAM(model=model, target_layers=[module]) as cam:
-        masks = cam(input_tensor=images.to(device), targets=targets)
+        masks = cam(input_tensor=images, targets=targets)
     return masks.astype(np.float32)
 
 
 def plot_gradcam(model: nn.Module, wrong: Predictions, layers, mean, std, *, n: int = 10,
-                 target: str = "pred", classes=CLASSES, path=None):
-    """Panel: for each of the first ``n`` images of ``wrong``, the image and one Grad-CAM overlay
-    per layer in ``layers`` (names or modules), titled true / predicted. ``target`` "pred" explains
-    the predicted class, "true" the true one."""
+                 target: str = "pred", cols: int = 5, path=None) -> Figure:
+    """For the first ``n`` images of ``wrong`` (fewer if there are fewer), rows of at most ``cols``:
+    the images titled "true / predicted", then one row of Grad-CAM overlays per layer, labelled with
+    the layer and its map size. ``target`` "pred" explains the predicted class, "true" the true one."""
     if target not in {"pred", "true"}:
         raise ValueError(f"target={target!r}: use 'pred' (explain the prediction) or 'true'.")
-    if len(wrong.labels) == 0:
-        return _no_mistakes(path)
-    if n > len(wrong.labels):
-        raise ValueError(f"Asked for {n} images but only {len(wrong.labels)} were given.")
+    n = min(n, len(wrong))
+    if n == 0:
+        return no_mistakes(path)
     layers = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)
+    names = [name if isinstance(name, str) else type(name).__name__ for name in layers]
     images = wrong.images[:n]
-    chosen = wrong.preds[:n] if target == "pred" else wrong.labels[:n]
-    masks = {(name if isinstance(name, str) else type(name).__name__):
-             gradcam(model, images, name, chosen) for name in layers}
+    explained = wrong.preds[:n] if target == "pred" else wrong.labels[:n]
+    sizes = layer_sizes(model, images, layers)
+    masks = [gradcam(model, images, layer, explained) for layer in layers]
     pictures = denormalize(images, mean, std).numpy()
-    fig, axes = plt.subplots(1 + len(masks), n, figsize=(1.9 * n, 2.1 * (1 + len(masks))),
+    groups, rows_per = -(-n // cols), 1 + len(layers)
+    fig, axes = plt.subplots(groups * rows_per, cols, figsize=(2.0 * cols, 2.15 * groups * rows_per),
                              squeeze=False)
-    for i in range(n):
-        axes[0, i].imshow(pictures[i])
-        axes[0, i].set_title(f"{classes[wrong.labels[i]]}\n/ {classes[wrong.preds[i]]}", fontsize=8)
-        for row, (name, mask) in enumerate(masks.items(), start=1):
-            axes[row, i].imshow(show_cam_on_image(pictures[i], mask[i], use_rgb=True))
-    for row, name in enumerate(["image", *masks]):
-        axes[row, 0].set_ylabel(name, fontsize=9)
     for ax in axes.flat:
         ax.set(xticks=[], yticks=[])
+        ax.set_frame_on(False)
+    for i in range(n):
+        g, c = divmod(i, cols)
+        top = axes[g * rows_per, c]
+        top.imshow(pictures[i])
+        top.set_title(f"{wrong.classes[wrong.labels[i]]} / {wrong.classes[wrong.preds[i]]}",
+                      fontsize=10)
+        for r, mask in enumerate(masks, start=1):
+            axes[g * rows_per + r, c].imshow(show_cam_on_image(pictures[i], mask[i], use_rgb=True))
+    for g in range(groups):
+        axes[g * rows_per, 0].set_ylabel("image", fontsize=10)
+        for r, (name, layer) in enumerate(zip(names, layers), start=1):
+            axes[g * rows_per + r, 0].set_ylabel(f"{name} ({sizes[layer]})", fontsize=10)
     fig.suptitle(f"Grad-CAM of the {'predicted' if target == 'pred' else 'true'} class "
-                 "(titles: true / predicted)")
-    return _finish(fig, path)
+                 "(titles: true / predicted)", fontsize=12)
+    return save_figure(fig, path)

@@ -1,18 +1,19 @@
-"""Shared fixtures: tiny CIFAR-shaped data built on the fly (never the real images)."""
+"""Shared fixtures: tiny data sets built on the fly (never the real images)."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from eva_utils.data import CLASSES, synthetic_cifar10
+from eva_utils.data import CIFAR10_CLASSES, synthetic_data
 
 
 @pytest.fixture
 def tiny():
-    """A learnable synthetic data set: 200 training and 100 test images."""
-    return synthetic_cifar10(train=200, test=100, seed=1)
+    """A learnable synthetic CIFAR-shaped data set: 200 training and 100 test images."""
+    return synthetic_data(train=200, test=100, seed=1)
 
 
-def write_image_folder(root, per_class=2, size=(32, 32), mode="RGB", classes=CLASSES):
+def write_image_folder(root, per_class=2, size=(32, 32), mode="RGB", classes=CIFAR10_CLASSES):
+    """root/train/<class>/NNNN.png and root/test/<class>/NNNN.png, random pixels; size is (W, H)."""
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
         for name in classes:

@@ -1,22 +1,37 @@
-"""Both augmentation paths, checked for the same meaning on CPU."""
+"""One augmentation spec, two backends (albumentations per image, tensor ops per batch): same meaning."""
 import numpy as np
 import pytest
 import torch
 
 import eva_utils as eva
-from eva_utils.data import make_loader
-from eva_utils.transforms import crop_flip_cutout, denormalize, gpu_augment, eval_transforms
+from eva_utils.loaders import make_loader, reseed
+from eva_utils.transforms import Augment, denormalize, normalize
 
 PAD, CUT = 4, 8
+MEAN, STD = (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)  # "normalised" = raw pixel values
 
 
-def coded_image():
+def coded_image(h=32, w=32):
     """Pixel (r, c) = (r, c, 1) * 7 + 1: its row and column can be read back, and no value is 0."""
-    r, c = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    r, c = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     return np.stack([r * 7 + 1, c * 7 + 1, np.full_like(r, 8)], -1).astype(np.uint8)
 
 
-MEAN, STD = (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)  # "normalised" = raw pixel values
+def tensor_batch(spec, n, image=None, seed=0):
+    image = coded_image() if image is None else image
+    x = torch.from_numpy(image).permute(2, 0, 1).float()[None].repeat(n, 1, 1, 1)
+    return spec(x, torch.Generator().manual_seed(seed))
+
+
+def albumentations_batch(spec, n, image=None, seed=0):
+    image = coded_image() if image is None else image
+    aug = spec.albumentations(MEAN, STD, image.shape[:2])
+    reseed(aug, seed)
+    return torch.stack([aug(image=image)["image"] for _ in range(n)])
+
+
+BACKENDS = pytest.mark.parametrize("make", [tensor_batch, albumentations_batch],
+                                   ids=["tensor", "albumentations"])
 
 
 def read_offsets(x):
@@ -29,22 +44,10 @@ def read_offsets(x):
     return row.round().long(), dx.round().long(), flipped
 
 
-def gpu_batch(n, **kw):
-    x = torch.from_numpy(coded_image()).permute(2, 0, 1).float()[None].repeat(n, 1, 1, 1)
-    return gpu_augment(x, generator=torch.Generator().manual_seed(0), **kw)
-
-
-def alb_batch(n):
-    aug = crop_flip_cutout(MEAN, STD, pad=PAD, cutout=0)
-    aug.set_random_seed(0)
-    return torch.stack([aug(image=coded_image())["image"] for _ in range(n)])
-
-
-@pytest.mark.parametrize("make", [gpu_batch, alb_batch], ids=["gpu", "albumentations"])
+@BACKENDS
 def test_crop_offsets_uniform_and_flip_rate(make):
     n = 2700
-    x = make(n, pad=PAD, flip=True, cutout=0) if make is gpu_batch else make(n)
-    dy, dx, flipped = read_offsets(x)
+    dy, dx, flipped = read_offsets(make(Augment(pad=PAD, flip=True), n))
     for offsets in (dy, dx):
         counts = torch.bincount(offsets, minlength=2 * PAD + 1)
         assert len(counts) == 2 * PAD + 1  # offsets 0..8, none outside
@@ -52,25 +55,84 @@ def test_crop_offsets_uniform_and_flip_rate(make):
     assert abs(flipped.float().mean().item() - 0.5) < 0.05
 
 
-@pytest.mark.parametrize("path", ["gpu", "albumentations"])
-def test_cutout_is_one_square_of_the_right_area(path):
-    if path == "gpu":
-        x = gpu_batch(200, pad=PAD, flip=True, cutout=CUT)
-    else:
-        aug = crop_flip_cutout(MEAN, STD, pad=PAD, cutout=CUT)
-        aug.set_random_seed(0)
-        x = torch.stack([aug(image=coded_image())["image"] for _ in range(200)])
+@BACKENDS
+def test_cutout_is_one_square_of_the_right_area(make):
+    x = make(Augment(pad=PAD, flip=True, cutout=CUT), 200)
     holes = (x == 0).all(1)  # (B, H, W): pixels zero in every channel
     assert (holes.sum((1, 2)) == CUT * CUT).all()
     rows, cols = holes.any(2), holes.any(1)
     assert (rows.sum(1) == CUT).all() and (cols.sum(1) == CUT).all()  # a square, inside the image
-    centres = holes.float().mean(0)
-    assert centres[8:24, 8:24].min() > 0  # holes land all over the image, not in one spot
+    assert holes.float().mean(0)[8:24, 8:24].min() > 0  # holes land all over, not in one spot
 
 
-def test_gpu_loader_normalises_and_covers_each_image_once(tiny):
-    loader = eva.GpuLoader(tiny.train_images, np.arange(200), tiny.mean, tiny.std, 40,
-                           train=True, pad=0, flip=False, cutout=0)
+def test_both_backends_give_the_same_distribution():
+    """Per-pixel mean and spread of 3,000 augmentations of one image, and where the holes fall,
+    agree between the backends (crop, rotation, flip and cutout together)."""
+    spec = Augment(pad=PAD, flip=True, rotate=10, cutout=CUT)
+    image = np.clip(coded_image() + 20, 0, 255).astype(np.uint8)
+    a = tensor_batch(spec, 3000, image, seed=1)
+    b = albumentations_batch(spec, 3000, image, seed=2)
+    assert a.shape == b.shape == (3000, 3, 32, 32)
+    inner = (slice(None), slice(4, 28), slice(4, 28))  # borders: reflection details differ slightly
+    scale = float(a.std())
+    assert (a.mean(0) - b.mean(0))[inner].abs().max() < 0.08 * scale
+    assert (a.std(0) - b.std(0))[inner].abs().max() < 0.08 * scale
+    holes_a, holes_b = (a == 0).all(1).float().mean(0), (b == 0).all(1).float().mean(0)
+    assert (holes_a - holes_b).abs().max() < 0.04
+    assert holes_a.mean() == pytest.approx(CUT * CUT / 32 / 32, rel=0.02)
+
+
+def test_albumentations_seeding_keeps_transforms_independent():
+    """Compose.set_random_seed (albumentations 2.0.8) seeds every transform alike, which ties the
+    flip to the rotation's direction; ``reseed`` does not."""
+    image = np.clip(coded_image() + 20, 0, 255).astype(np.uint8)
+    spec = Augment(pad=0, flip=True, rotate=10)
+    aug = spec.albumentations(MEAN, STD, (32, 32))
+    aug.set_random_seed(0)
+    tied = torch.stack([aug(image=image)["image"] for _ in range(2000)])
+    fair = albumentations_batch(spec, 2000, image)
+    # image[4, 4] and image[4, 27] have the same row value: a fair mix of rotations keeps it so
+    assert abs(float(tied[:, 0, 4, 4].mean() - tied[:, 0, 4, 27].mean())) > 8
+    assert abs(float(fair[:, 0, 4, 4].mean() - fair[:, 0, 4, 27].mean())) < 2
+
+
+@BACKENDS
+def test_rotation_turns_images_by_up_to_the_limit(make):
+    """A horizontal bar through the centre comes back tilted: its slope spreads over +-limit."""
+    image = np.zeros((33, 33, 3), np.uint8)
+    image[15:18, :] = 255
+    x = make(Augment(pad=0, flip=False, rotate=10), 400, image)
+    cols = torch.arange(33).float()
+    ys = (x[:, 0] * torch.arange(33).float()[:, None]).sum(1) / x[:, 0].sum(1).clamp(min=1e-6)
+    centred = cols - 16
+    slope = ((ys[:, 8:25] - ys[:, 8:25].mean(1, keepdim=True)) * centred[8:25]).sum(1) \
+        / (centred[8:25] ** 2).sum()
+    angles = torch.rad2deg(torch.atan(slope)).abs()
+    assert angles.max() < 11 and angles.max() > 8 and angles.mean() > 3
+
+
+@BACKENDS
+def test_any_image_size_is_kept(make):
+    image = np.random.default_rng(0).integers(1, 255, (48, 40, 3), dtype=np.uint8)
+    x = make(Augment(pad=PAD, flip=True, rotate=5, cutout=CUT), 4, image)
+    assert x.shape == (4, 3, 48, 40)  # cropped back to its own size, not to 32x32
+
+
+def test_bad_specs_are_refused():
+    with pytest.raises(ValueError, match="cutout=40.*32x32"):
+        Augment(cutout=40).albumentations(MEAN, STD, (32, 32))
+    with pytest.raises(ValueError, match="pad=-1"):
+        Augment(pad=-1)
+    with pytest.raises(ValueError, match="rotate=400"):
+        Augment(rotate=400)
+    with pytest.raises(TypeError, match="as a list"):
+        eva.make_loader(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), MEAN, STD, 2, train=True,
+                        augment=normalize(MEAN, STD))
+
+
+def test_tensor_loader_normalises_and_covers_each_image_once(tiny):
+    loader = eva.TensorLoader(tiny.train_images, np.arange(200), tiny.mean, tiny.std, 40, train=True)
+    assert loader.device == eva.get_device()  # the best device there is
     seen, xs = [], []
     for x, idx in loader:
         assert x.shape == (40, 3, 32, 32) and x.dtype == torch.float32
@@ -87,29 +149,55 @@ def test_gpu_loader_normalises_and_covers_each_image_once(tiny):
     assert torch.equal(first, next(iter(loader))[1])     # and a reproducible one
 
 
-def test_gpu_loader_drop_last_and_test_mode(tiny):
-    train = eva.GpuLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 64, train=True)
+def test_drop_last_test_mode_and_batch_size_errors(tiny):
+    train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 64, train=True)
     assert len(train) == 3 and sum(len(y) for _, y in train) == 192
-    test = eva.GpuLoader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 64, train=False)
+    test = eva.TensorLoader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 64, train=False,
+                            augment=Augment(cutout=8))
+    assert test.augment is None  # test batches are never augmented
     assert len(test) == 2 and torch.equal(torch.cat([y for _, y in test]),
                                           torch.from_numpy(tiny.test_labels))
-    with pytest.raises(ValueError, match="batch_size=500 does not fit a split of 200"):
-        eva.GpuLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 500, train=True)
+    for make in (eva.TensorLoader, eva.make_loader):
+        with pytest.raises(ValueError, match="batch_size=500 does not fit a split of 200"):
+            make(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 500, train=True)
 
 
-def test_albumentations_and_gpu_paths_normalise_alike(tiny):
-    alb = make_loader(tiny.test_images, tiny.test_labels, eval_transforms(tiny.mean, tiny.std),
-                      50, train=False, num_workers=0)
-    gpu = eva.GpuLoader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 50, train=False)
-    for (xa, ya), (xg, yg) in zip(alb, gpu):
-        torch.testing.assert_close(xa, xg, atol=1e-5, rtol=0)
-        assert torch.equal(ya, yg)
+def test_both_loaders_normalise_alike(tiny):
+    classic = make_loader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 50, train=False,
+                          num_workers=0)
+    tensor = eva.TensorLoader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 50,
+                              train=False)
+    for (xa, ya), (xg, yg) in zip(classic, tensor):
+        torch.testing.assert_close(xa, xg.cpu(), atol=1e-5, rtol=0)
+        assert torch.equal(ya, yg.cpu())
+
+
+@pytest.mark.parametrize("kind", ["tensor", "classic"])
+def test_preview_is_what_the_loader_trains_on(tiny, kind):
+    spec = Augment(pad=PAD, flip=True, cutout=CUT)
+    if kind == "tensor":
+        loader = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 40,
+                                  train=True, augment=spec)
+        normalised = (torch.from_numpy(tiny.train_images[:6]).permute(0, 3, 1, 2).float()
+                      - loader._mean) / loader._std
+        want = spec(normalised, torch.Generator().manual_seed(3))
+    else:
+        loader = make_loader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 40,
+                             train=True, augment=spec, num_workers=0)
+        pipeline = spec.albumentations(tiny.mean, tiny.std, (32, 32))
+        reseed(pipeline, 3)
+        want = torch.stack([pipeline(image=im)["image"] for im in tiny.train_images[:6]])
+    originals, shown = loader.preview(6, seed=3)
+    np.testing.assert_array_equal(originals, tiny.train_images[:6])
+    torch.testing.assert_close(shown, want)
+    fig = eva.plot_augmentations(loader, n=6)
+    assert sum(1 for ax in fig.axes if ax.images) == 12
 
 
 def test_workers_get_their_own_augmentation_seeds():
     images = np.repeat(coded_image()[None], 16, 0)
-    aug = crop_flip_cutout(MEAN, STD, pad=PAD, cutout=CUT)
-    loader = make_loader(images, np.zeros(16, np.int64), aug, 1, train=False, num_workers=2)
+    loader = make_loader(images, np.zeros(16, np.int64), MEAN, STD, 1, train=True,
+                         augment=Augment(pad=PAD, cutout=CUT), num_workers=2)
     loader.set_epoch(0)
     out = [x for x, _ in loader]
     # worker 0 makes items 0, 2, 4...; worker 1 items 1, 3, 5... Without per-worker reseeding the
@@ -122,7 +210,7 @@ def test_workers_get_their_own_augmentation_seeds():
 
 
 def test_denormalize_inverts_normalisation(tiny):
-    x = eval_transforms(tiny.mean, tiny.std)(image=tiny.test_images[0])["image"]
+    x = normalize(tiny.mean, tiny.std)(image=tiny.test_images[0])["image"]
     back = denormalize(x, tiny.mean, tiny.std)
     assert back.shape == (32, 32, 3)
     np.testing.assert_allclose(back.numpy() * 255, tiny.test_images[0], atol=1e-3)

@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 import eva_utils as eva
-from eva_utils.data import CACHE_NAME, DataError, channel_stats, load_cifar10
+from eva_utils.data import CACHE_NAME, DataError, channel_stats, load_cifar10, load_image_folder
 
 
 def test_image_folder_loads_in_cifar_order_and_caches(image_folder):
@@ -14,7 +16,8 @@ def test_image_folder_loads_in_cifar_order_and_caches(image_folder):
     # the label of an image is the index of its folder in CIFAR-10's class order
     img = np.asarray(Image.open(image_folder / "train" / "cat" / "0001.png"))
     idx = [i for i, x in enumerate(data.train_images) if (x == img).all()]
-    assert data.train_labels[idx[0]] == eva.CLASSES.index("cat") == 3
+    assert data.train_labels[idx[0]] == eva.CIFAR10_CLASSES.index("cat") == 3
+    assert data.classes == eva.CIFAR10_CLASSES and data.image_size == (32, 32)
     assert (image_folder / CACHE_NAME).exists()
     cached = load_cifar10(image_folder, download=False)
     assert "cached" in cached.source
@@ -44,7 +47,12 @@ def test_data_root_order(tmp_path, monkeypatch):
     assert eva.data_root() == tmp_path / "env"
     assert eva.data_root(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv("EVA_DATA_DIR")
-    assert str(eva.data_root()) == "data"
+    monkeypatch.chdir(tmp_path)
+    assert eva.data_root() == Path("data")  # nothing found: ./data, where a download goes
+    (tmp_path / "data").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")  # jupyter lab notebooks/ finds the repository's data
+    assert eva.data_root() == Path("../data") and eva.data_root().resolve() == tmp_path / "data"
 
 
 def test_no_data_no_network_is_one_clear_error(tmp_path, monkeypatch):
@@ -70,8 +78,8 @@ def test_smoke_mode_falls_back_loudly(tmp_path, monkeypatch):
     assert data.source.startswith("SYNTHETIC") and data.train_images.shape[1:] == (32, 32, 3)
 
 
-@pytest.mark.parametrize("classes, word", [(eva.CLASSES[:-1], "missing: truck"),
-                                           (eva.CLASSES + ("zebra",), "unexpected: zebra")])
+@pytest.mark.parametrize("classes, word", [(eva.CIFAR10_CLASSES[:-1], "missing: truck"),
+                                           (eva.CIFAR10_CLASSES + ("zebra",), "unexpected: zebra")])
 def test_class_folders_must_match(tmp_path, make_folder, classes, word):
     make_folder(tmp_path, per_class=1, classes=classes)
     with pytest.raises(DataError, match=word) as err:
@@ -86,21 +94,77 @@ def test_corrupt_image_is_named(image_folder):
         load_cifar10(image_folder, download=False)
 
 
-@pytest.mark.parametrize("size, mode", [((28, 28), "RGB"), ((32, 32), "L")])
-def test_wrong_size_or_mode_is_named(tmp_path, make_folder, size, mode):
+def test_mixed_sizes_are_named_unless_resized(tmp_path, make_folder):
     make_folder(tmp_path, per_class=1)
     odd = tmp_path / "train" / "ship" / "0000.png"
-    Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).convert(mode).save(odd)
-    with pytest.raises(DataError, match=f"{odd} is {size[0]}x{size[1]} {mode}"):
+    Image.fromarray(np.zeros((28, 30, 3), np.uint8)).save(odd)
+    with pytest.raises(DataError, match=r"(?s)ship/0000.png is 30x28 .* is 32x32.*image_size="):
+        load_cifar10(tmp_path, download=False)
+    data = load_image_folder(tmp_path, image_size=32)
+    assert data.train_images.shape == (10, 32, 32, 3)
+
+
+def test_any_image_folder_loads(tmp_path, make_folder):
+    """5 classes of 48x48, one of them grayscale: names sorted from the folders, RGB out."""
+    make_folder(tmp_path, per_class=3, size=(48, 48), classes=("star", "circle", "square", "cross",
+                                                                "ring"))
+    for p in (tmp_path / "train" / "ring").glob("*.png"):
+        Image.open(p).convert("L").save(p)
+    data = load_image_folder(tmp_path)
+    assert data.classes == ("circle", "cross", "ring", "square", "star")
+    assert data.train_images.shape == (15, 48, 48, 3) and data.image_size == (48, 48)
+    assert sorted(np.bincount(data.test_labels).tolist()) == [3] * 5
+    gray = data.train_images[data.train_labels == data.classes.index("ring")]
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    small = load_image_folder(tmp_path, image_size=(24, 20))  # resized: a new cache signature
+    assert small.train_images.shape == (15, 24, 20, 3) and "cached" not in small.source
+    with pytest.raises(DataError, match="CIFAR-10 class folders"):
         load_cifar10(tmp_path, download=False)
 
 
-def test_empty_split(tmp_path, make_folder):
+def test_train_and_test_classes_must_agree(tmp_path, make_folder):
+    make_folder(tmp_path, per_class=1, classes=("a", "b"))
+    (tmp_path / "test" / "c").mkdir()
+    with pytest.raises(DataError, match=r"only in test: \['c'\]"):
+        load_image_folder(tmp_path)
+
+
+def test_empty_class_folder_is_named(tmp_path, make_folder):
     make_folder(tmp_path, per_class=1)
-    for p in (tmp_path / "test").glob("*/*.png"):
+    for p in (tmp_path / "test" / "frog").glob("*.png"):
         p.unlink()
-    with pytest.raises(DataError, match=f"{tmp_path / 'test'} has class folders but no images"):
+    with pytest.raises(DataError, match=f"{tmp_path / 'test' / 'frog'} holds no images"):
         load_cifar10(tmp_path, download=False)
+
+
+def test_broken_link_is_named(tmp_path, make_folder):
+    make_folder(tmp_path, per_class=1)
+    link = tmp_path / "train" / "cat" / "9999.png"
+    link.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DataError, match=f"{link} is a broken link"):
+        load_cifar10(tmp_path, download=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "foreign", "crc"])
+def test_damaged_cache_is_rebuilt_with_a_warning(image_folder, damage):
+    first = load_cifar10(image_folder, download=False)
+    cache = image_folder / CACHE_NAME
+    raw = cache.read_bytes()
+    if damage == "truncated":
+        cache.write_bytes(raw[:len(raw) // 2])
+    elif damage == "empty":
+        cache.write_bytes(b"")
+    elif damage == "foreign":
+        np.savez(cache, something=np.zeros(3))
+    else:  # flip bytes inside the first array's data: the zip's CRC check fails
+        i = raw.index(b"train_images") + 200
+        cache.write_bytes(raw[:i] + bytes(b ^ 0xFF for b in raw[i:i + 64]) + raw[i + 64:])
+    with pytest.warns(UserWarning, match=f"cache {cache} cannot be read.*rebuilding") \
+            if damage != "foreign" else pytest.warns(UserWarning, match="rebuilding"):
+        again = load_cifar10(image_folder, download=False)
+    assert "cached" not in again.source
+    np.testing.assert_array_equal(again.train_images, first.train_images)
+    assert "cached" in load_cifar10(image_folder, download=False).source  # and rewritten
 
 
 def test_torchvision_copy_is_preferred(tmp_path, monkeypatch, make_folder):

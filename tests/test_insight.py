@@ -5,14 +5,15 @@ import pytest
 import torch
 
 import eva_utils as eva
-from eva_utils.engine import Predictions
+from eva_utils.gradcam import layer_sizes
+from eva_utils.inference import Predictions
 
 matplotlib.use("Agg")
 
 
 @pytest.fixture
 def test_loader(tiny):
-    return eva.GpuLoader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 50, train=False)
+    return eva.TensorLoader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 50, train=False)
 
 
 def state(model):
@@ -24,42 +25,67 @@ def hook_count(model):
                for m in model.modules())
 
 
-@pytest.mark.parametrize("num_iter", [30, 5])  # 5: fewer points than torch-lr-finder's plot takes
+@pytest.mark.parametrize("num_iter", [30, 6])  # 6: fewer points than torch-lr-finder's plot takes
 def test_lr_range_test_restores_model_and_suggests_inside_range(tiny, num_iter):
     torch.manual_seed(0)
-    model = eva.SmallResNet().eval()
+    model = eva.SmallResNet().train()
+    model.block1.eval()  # a frozen block inside a training model stays frozen
     opt = torch.optim.SGD(model.parameters(), lr=0.123, momentum=0.9)
     before = state(model)
-    train = eva.GpuLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
-    result = eva.lr_range_test(model, opt, train, start_lr=1e-4, end_lr=1.0, num_iter=num_iter)
+    train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
+    result = eva.lr_range_test(model, train, optimizer=opt, start_lr=1e-4, end_lr=1.0,
+                               num_iter=num_iter)
     for k, v in state(model).items():
         assert torch.equal(v, before[k]), k
-    assert not model.training and opt.param_groups[0]["lr"] == 0.123 and not opt.state
+    assert model.training and not model.block1.training
+    assert opt.param_groups[0]["lr"] == 0.123 and not opt.state
     assert 1e-4 <= result.suggested_lr <= 1.0 and len(result.lrs) == len(result.losses) <= num_iter
     assert 1e-4 <= result.max_lr <= 1.0 and result.min_lr == pytest.approx(result.max_lr / 10)
     assert result.max_lr in result.lrs
+    assert "suggested" in str(result) and "LRMAX" in str(result)
     fig = eva.plot_lr_finder(result)
     assert fig.axes[0].get_xscale() == "log"
+    assert [t.get_text().split(":")[0] for t in fig.axes[0].get_legend().get_texts()][0] == \
+        "suggested (steepest descent)"  # one word for the pick, in the print and the legend
+
+
+def test_lr_range_test_refuses_what_cannot_work(tiny):
+    model = eva.PlainCNN()
+    train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
+    with pytest.raises(ValueError, match="0 < start_lr < end_lr"):
+        eva.lr_range_test(model, train, start_lr=1.0, end_lr=1e-3)
+    with pytest.raises(ValueError, match="yields no batches"):
+        eva.lr_range_test(model, [], num_iter=10)
+    other = torch.optim.SGD(eva.PlainCNN().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="holds none of this model's parameters"):
+        eva.lr_range_test(model, train, optimizer=other, num_iter=10)
+    with pytest.raises(ValueError, match="only .* usable steps .* too few"):
+        eva.lr_range_test(model, train, start_lr=1e3, end_lr=1e6, num_iter=20)
 
 
 def test_suggestions_on_a_known_curve():
-    from eva_utils.lr_finder import lowest_loss_lr, steepest_lr
+    from eva_utils.lr_finder import picks
     lrs = np.logspace(-4, 1, 60)
     x = np.log10(lrs)
     # falls fastest at 1e-2, bottoms out near 0.3, then explodes (with a NaN at the very end)
     losses = 2 - np.tanh((x + 2) * 3) + np.where(x > -0.5, 4 * (x + 0.5) ** 2, 0)
     losses[-1] = np.nan
-    assert steepest_lr(lrs, losses) == pytest.approx(1e-2, rel=0.25)
-    assert lowest_loss_lr(lrs, losses) == pytest.approx(10 ** -0.5, rel=0.25)
-    with pytest.raises(ValueError, match="fewer than 2 finite"):
-        steepest_lr([1e-3, 1e-2], [1.0, np.inf])
+    result = picks(lrs, losses, div_factor=10)
+    assert result.suggested_lr == pytest.approx(1e-2, rel=0.25)
+    assert result.max_lr == pytest.approx(10 ** -0.5, rel=0.25)
+    assert result.min_lr == pytest.approx(result.max_lr / 10)
+    with pytest.raises(ValueError, match="only 1 usable steps"):
+        picks([1e-3, 1e-2], [1.0, np.inf])
+    with pytest.warns(UserWarning, match="never fell"):
+        picks(lrs[:10], np.linspace(1, 2, 10))
 
 
 def test_predict_misclassified_and_confusion(tiny, test_loader):
     torch.manual_seed(0)
     model = eva.PlainCNN().train()
-    p = eva.predict(model, test_loader)
+    p = eva.predict(model, test_loader, tiny.classes)
     assert model.training  # mode restored
+    assert p.classes == eva.CIFAR10_CLASSES
     assert p.images.shape == (100, 3, 32, 32) and p.preds.shape == p.labels.shape == (100,)
     assert ((0 <= p.confidence) & (p.confidence <= 1)).all()
     wrong = eva.misclassified(p)
@@ -68,30 +94,36 @@ def test_predict_misclassified_and_confusion(tiny, test_loader):
     cm = eva.confusion_matrix(p)
     assert cm.sum() == 100 and cm.trace() == (p.preds == p.labels).sum()
     assert (cm.sum(1).numpy() == np.bincount(tiny.test_labels, minlength=10)).all()
-    fig = eva.plot_confusion(cm)
-    assert len(fig.axes) == 2
+    fig = eva.plot_confusion(p)
+    assert len(fig.axes) == 2 and [t.get_text() for t in fig.axes[0].get_yticklabels()] == \
+        list(eva.CIFAR10_CLASSES)
+    with pytest.raises(ValueError, match="10 outputs but 9 class names"):
+        eva.predict(model, test_loader, tiny.classes[:9])
 
 
 def test_misclassified_gallery_panels_and_titles(tiny, test_loader, tmp_path):
-    wrong = eva.misclassified(eva.predict(eva.PlainCNN(), test_loader))
+    wrong = eva.misclassified(eva.predict(eva.PlainCNN(), test_loader, tiny.classes))
     fig = eva.plot_misclassified(wrong, tiny.mean, tiny.std, n=7, cols=4, path=tmp_path / "m.png")
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == 7 and (tmp_path / "m.png").stat().st_size > 0
-    c = eva.CLASSES
-    assert shown[0].get_title() == (f"{c[wrong.labels[0]]} / {c[wrong.preds[0]]}\n"
+    c = tiny.classes
+    assert shown[0].get_title() == (f"{c[wrong.labels[0]]}\n→ {c[wrong.preds[0]]} "
                                     f"({100 * wrong.confidence[0]:.0f}%)")
-    with pytest.raises(ValueError, match=f"only {len(wrong.labels)}"):
-        eva.plot_misclassified(wrong, tiny.mean, tiny.std, n=len(wrong.labels) + 1)
+    few = eva.misclassified(eva.predict(eva.PlainCNN(), test_loader, tiny.classes))
+    few = Predictions(*(getattr(few, f)[:3] for f in
+                                      ("images", "labels", "preds", "confidence")), few.classes)
+    fig = eva.plot_misclassified(few, tiny.mean, tiny.std, n=10)  # fewer than asked: what there is
+    assert sum(1 for ax in fig.axes if ax.images) == 3
 
 
 def test_no_mistakes_and_unnormalised_images(tiny):
     empty = Predictions(torch.zeros(0, 3, 32, 32), *(torch.zeros(0, dtype=torch.long),) * 2,
-                        torch.zeros(0))
+                        torch.zeros(0), tiny.classes)
     fig = eva.plot_misclassified(empty, tiny.mean, tiny.std)
     assert "No mistakes" in fig.axes[0].texts[0].get_text()
     raw = torch.from_numpy(tiny.test_images[:4]).permute(0, 3, 1, 2).float()
     bad = Predictions(raw, torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long),
-                      torch.ones(4))
+                      torch.ones(4), tiny.classes)
     with pytest.raises(ValueError, match="look unnormalised"):
         eva.plot_misclassified(bad, tiny.mean, tiny.std, n=2)
     with pytest.raises(ValueError, match="look unnormalised"):
@@ -102,13 +134,14 @@ def test_no_mistakes_and_unnormalised_images(tiny):
                                                 (eva.ResNet18(norm="layer"), "layer2", 16),
                                                 (eva.SmallResNet(repeats=2), "block2", 8)])
 def test_gradcam_masks_and_model_left_untouched(tiny, test_loader, model, layer, size):
-    assert layer in eva.target_layers(model) and str(size) in eva.target_layers(model)[layer]
+    images = next(iter(test_loader))[0][:4]
+    assert layer in eva.gradcam_layers(model)
+    assert layer_sizes(model, images, [layer]) == {layer: f"{size}x{size}"}
     model.train()
     model.fc.weight.requires_grad_(False) if hasattr(model, "fc") else None
     flags = [p.requires_grad for p in model.parameters()]
     inplace = [m.inplace for m in model.modules() if hasattr(m, "inplace")]
     hooks, before = hook_count(model), state(model)
-    images = next(iter(test_loader))[0][:4]
     masks = eva.gradcam(model, images, layer)
     assert masks.shape == (4, 32, 32) and masks.min() >= 0 and masks.max() <= 1
     assert masks.std() > 0  # a real map, not a constant
@@ -145,22 +178,48 @@ def test_gradcam_not_corrupted_by_inplace_relu(test_loader):
 def test_gradcam_targets_and_panel(tiny, test_loader):
     torch.manual_seed(0)
     model = eva.ResNet18(norm="layer")
-    wrong = eva.misclassified(eva.predict(model, test_loader))
+    wrong = eva.misclassified(eva.predict(model, test_loader, tiny.classes))
     images = wrong.images[:3]
     by_pred = eva.gradcam(model, images, "layer3", None)
     np.testing.assert_allclose(by_pred, eva.gradcam(model, images, "layer3", wrong.preds[:3]),
                                atol=1e-5)
-    fig = eva.plot_gradcam(model, wrong, ["layer2", "layer3"], tiny.mean, tiny.std, n=3,
+    fig = eva.plot_gradcam(model, wrong, ["layer2", "layer3"], tiny.mean, tiny.std, n=7,
                            target="true")
-    assert sum(1 for ax in fig.axes if ax.images) == 3 * 3  # image + 2 layers, 3 columns
-    with pytest.raises(ValueError, match="has no layer 'layer9'; try one of layer1, layer2"):
+    # rows of at most 5: (image + 2 layers) x 5 columns, then the same for the last 2 images
+    assert sum(1 for ax in fig.axes if ax.images) == 3 * 7 and len(fig.axes) == 6 * 5
+    assert [fig.axes[5 * r].get_ylabel() for r in range(6)] == \
+        ["image", "layer2 (16x16)", "layer3 (8x8)"] * 2
+    assert fig.axes[0].get_title() == f"{tiny.classes[wrong.labels[0]]} / {tiny.classes[wrong.preds[0]]}"
+    with pytest.raises(ValueError, match=r"has no layer 'layer9'. Valid names: stem, .*layer2\.0\.conv1"):
         eva.gradcam(model, images, "layer9")
     with pytest.raises(ValueError, match="not part of this"):
         eva.gradcam(model, images, torch.nn.Conv2d(3, 3, 1))
-    with pytest.raises(ValueError, match="only 3 were given"):
-        eva.plot_gradcam(model, Predictions(*(getattr(wrong, f)[:3] for f in
-                                              ("images", "labels", "preds", "confidence"))),
-                         "layer3", tiny.mean, tiny.std, n=4)
+    three = Predictions(*(getattr(wrong, f)[:3] for f in ("images", "labels", "preds", "confidence")),
+                        wrong.classes)
+    fig = eva.plot_gradcam(model, three, "layer3", tiny.mean, tiny.std, n=10)  # shows the 3 there are
+    assert sum(1 for ax in fig.axes if ax.images) == 2 * 3
+
+
+def test_gradcam_refuses_no_grad_and_unknown_classes(test_loader):
+    model = eva.CustomResNet()
+    images = next(iter(test_loader))[0][:2]
+    with torch.no_grad(), pytest.raises(RuntimeError, match="needs gradients.*no_grad"):
+        eva.gradcam(model, images, "layer3")
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="needs gradients"):
+        eva.gradcam(model, images, "layer3")
+    with pytest.raises(ValueError, match=r"Class indices \[12\] do not exist: the model has 10"):
+        eva.gradcam(model, images, "layer3", torch.tensor([1, 12]))
+
+
+def test_models_name_their_gradcam_layers():
+    class Student(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="Student names no Grad-CAM layers.*features"):
+        eva.gradcam_layers(Student())
+    assert eva.gradcam_layers(eva.PlainCNN()) == ("body.1", "body.5")
 
 
 @pytest.mark.parametrize("model, total", [(eva.CustomResNet(), "6,573,120"),
@@ -180,12 +239,16 @@ def test_plots_return_figures_and_save(tiny, tmp_path):
     h = eva.History([1.0, 0.5], [50, 70], [1.1, 0.7], [45, 65], [0.1, 0.05], [1, 1])
     fig = eva.plot_history({"CNN": h, "ResNet": h}, path=tmp_path / "h.png")
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 4 and (tmp_path / "h.png").exists()
+    assert fig.axes[0].lines[0].get_marker() == "o"  # few epochs: each one marked
+    assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
     cfg = eva.TrainConfig(epochs=4, lr=0.4)
     fig = eva.plot_lr_schedule(eva.lr_schedule(cfg, 10), 10)
     assert len(fig.axes[0].lines[0].get_xdata()) == 40
-    fig = eva.plot_augmentations(tiny.train_images, eva.crop_flip_cutout(tiny.mean, tiny.std),
-                                 tiny.mean, tiny.std, n=4)
-    assert sum(1 for ax in fig.axes if ax.images) == 8
-    with pytest.raises(ValueError, match="only 200"):
-        eva.plot_augmentations(tiny.train_images, eva.eval_transforms(tiny.mean, tiny.std),
-                               tiny.mean, tiny.std, n=201)
+    x = fig.axes[0].lines[0].get_xdata()
+    assert x[0] == pytest.approx(0.1) and x[-1] == 4  # a step's rate at the end of that step
+    peak = eva.lr_schedule(eva.TrainConfig(epochs=24, lr=0.4), 10)
+    fig = eva.plot_lr_schedule(peak, 10)
+    line = fig.axes[0].lines[0]
+    assert line.get_xdata()[line.get_ydata().argmax()] == pytest.approx(5.0)  # on the peak epoch
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert labels == ["LRMAX 0.4", "LRMIN 0.04"]

@@ -6,18 +6,31 @@ from eva_utils.models import CustomResNet, PlainCNN, ResNet18, SmallResNet, coun
 
 
 @pytest.mark.parametrize("model, total, body", [
-    (PlainCNN(), 81_578, 65_568),                 # seed 000 table: 65,568 + our linear head
-    (SmallResNet(), 491_082, 485_952),            # seed 000 table: 485,952 + our linear head
+    (PlainCNN(), 81_578, 65_568),                 # assignment 000's table: 65,568 + our linear head
+    (SmallResNet(), 491_082, 485_952),            # assignment 000's table: 485,952 + our linear head
     (SmallResNet(repeats=2), 491_082, 485_952),   # weight sharing adds no parameter
-    (ResNet18(norm="layer"), 11_173_962, None),   # seed 002
+    (ResNet18(norm="layer"), 11_173_962, None),   # assignment 002
     (ResNet18(norm="batch"), 11_173_962, None),
-    (CustomResNet(), 6_573_120, None),            # seed 003
+    (CustomResNet(), 6_573_120, None),            # assignment 003
 ])
 def test_parameter_counts_and_output_shape(model, total, body):
     assert count_parameters(model) == total
     if body is not None:
         assert total - count_parameters(model.head) == body
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("make", [PlainCNN, SmallResNet, lambda **k: SmallResNet(repeats=2, **k),
+                                  ResNet18, CustomResNet])
+def test_any_class_count_and_image_size(make):
+    model = make(num_classes=5).eval()
+    for size in ((48, 48), (64, 40), (model.min_input_size,) * 2):
+        assert model(torch.randn(2, 3, *size)).shape == (2, 5)
+    small = model.min_input_size - 1
+    with pytest.raises(ValueError, match=f"needs images of at least {model.min_input_size}x"
+                                         f"{model.min_input_size} pixels.*got {small}x{small}"):
+        model(torch.randn(1, 3, small, small))
+    assert model.init_args["num_classes"] == 5
 
 
 def test_small_resnet_under_500k_for_notebook_02():

@@ -1,6 +1,8 @@
-"""The four networks of the suite, one module each, all for 3x32x32 CIFAR-10 inputs.
+"""The four networks of the suite, one module each. Parameter counts for 10 classes; every model
+takes ``num_classes`` and any image size from its ``min_input_size`` up, and names the layers worth
+a Grad-CAM look in ``gradcam_layers``.
 
-| class          | seed      | parameters                                | notebook |
+| class          | assignment| parameters                                 | notebook |
 | PlainCNN       | 000 pt 1  | 65,568 body + 16,010 head = 81,578         | 01       |
 | SmallResNet    | 000 pt 1-2| 485,952 body + 5,130 head = 491,082        | 01, 02   |
 | ResNet18       | 002       | 11,173,962 (BatchNorm or GroupNorm(1, C))  | 03       |

@@ -3,6 +3,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .common import check_input_size
+
 
 def make_norm(kind: str, channels: int) -> nn.Module:
     """"batch": BatchNorm2d. "layer": GroupNorm(1, C), i.e. LayerNorm over (C, H, W) per image, with
@@ -33,14 +35,19 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """(B, 3, 32, 32) -> (B, 10) logits; 11,173,962 parameters with either norm.
+    """(B, 3, H, W), H and W >= 8 -> (B, num_classes) logits; 11,173,962 parameters with either
+    norm and 10 classes.
 
-    layer1..layer4 output 64x32x32, 128x16x16, 256x8x8, 512x4x4 (Grad-CAM targets: ``layer2`` is the
-    seed's "layer 2 (16x16)", ``layer3`` its "layer 3 (8x8)").
+    At 32x32, layer1..layer4 output 64x32x32, 128x16x16, 256x8x8, 512x4x4 (Grad-CAM: ``layer2`` is
+    the assignment's "layer 2 (16x16)", ``layer3`` its "layer 3 (8x8)").
     """
+
+    gradcam_layers = ("layer1", "layer2", "layer3", "layer4")
+    min_input_size = 8
 
     def __init__(self, norm: str = "layer", num_classes: int = 10):
         super().__init__()
+        self.init_args = {"norm": norm, "num_classes": num_classes}
         self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), make_norm(norm, 64),
                                   nn.ReLU(inplace=True))
         widths, c_in, layers = (64, 128, 256, 512), 64, []
@@ -54,5 +61,6 @@ class ResNet18(nn.Module):
         self.fc = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(self, x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
         return self.fc(torch.flatten(self.pool(x), 1))

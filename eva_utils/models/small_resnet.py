@@ -1,6 +1,8 @@
-"""Seed 000's small ResNet (part 1) and its weight-shared "recursive" variant (part 2)."""
+"""Assignment 000's small ResNet (part 1) and its weight-shared "recursive" variant (part 2)."""
 import torch
 from torch import nn
+
+from .common import check_input_size
 
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
@@ -20,16 +22,21 @@ class ResBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """(B, 3, 32, 32) -> (B, 10) logits.
+    """(B, 3, H, W), H and W >= 16 -> (B, num_classes) logits.
 
-    Body (485,952 parameters): 7x7/2 stem to 32 channels (16x16), ResBlock, 3x3/2 conv to 64 (8x8),
-    ResBlock, 3x3/2 conv to 128 (4x4), ResBlock, AvgPool2d(2) (2x2). Head: linear 512 -> 10 (5,130).
-    ``repeats=2`` applies each ResBlock twice with the *same* weights (seed 000 part 2's "(recursive)"
-    rows): twice the block compute for no extra parameter.
+    Body (485,952 parameters): 7x7/2 stem to 32 channels (16x16 at 32x32 input), ResBlock, 3x3/2 conv
+    to 64 (8x8), ResBlock, 3x3/2 conv to 128 (4x4), ResBlock, average pool to 2x2 (the assignment's
+    AvgPool2d(2) at 32x32; adaptive, so other sizes work). Head: linear 512 -> 10 (5,130).
+    ``repeats=2`` applies each ResBlock twice with the *same* weights (assignment 000 part 2's
+    "(recursive)" rows): twice the block compute for no extra parameter.
     """
+
+    gradcam_layers = ("block1", "block2", "block3")
+    min_input_size = 16
 
     def __init__(self, repeats: int = 1, num_classes: int = 10):
         super().__init__()
+        self.init_args = {"repeats": repeats, "num_classes": num_classes}
         self.repeats = repeats
         self.stem = conv_bn_relu(3, 32, kernel=7, stride=2)
         self.block1 = ResBlock(32)
@@ -37,7 +44,7 @@ class SmallResNet(nn.Module):
         self.block2 = ResBlock(64)
         self.down3 = conv_bn_relu(64, 128, stride=2)
         self.block3 = ResBlock(128)
-        self.pool = nn.AvgPool2d(2)
+        self.pool = nn.AdaptiveAvgPool2d(2)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(128 * 2 * 2, num_classes))
 
     def _repeat(self, block: ResBlock, x: torch.Tensor) -> torch.Tensor:
@@ -46,6 +53,7 @@ class SmallResNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(self, x)
         x = self._repeat(self.block1, self.stem(x))
         x = self._repeat(self.block2, self.down2(x))
         x = self._repeat(self.block3, self.down3(x))

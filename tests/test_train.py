@@ -1,11 +1,17 @@
+"""fit, TrainConfig, schedules, evaluation and the runtime choices (precision, layout, modes)."""
+import json
+import math
+import random
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import eva_utils as eva
-from eva_utils.engine import TrainingError, build_scheduler, load_checkpoint
+from eva_utils.checkpoint import EMA
+from eva_utils.runtime import TrainingError, amp_dtype, use_channels_last
 
 
 class Tiny(nn.Module):
@@ -20,9 +26,10 @@ class Tiny(nn.Module):
         return self.net(x)
 
 
-def loaders(data, batch=40):
-    return (eva.GpuLoader(data.train_images, data.train_labels, data.mean, data.std, batch, train=True),
-            eva.GpuLoader(data.test_images, data.test_labels, data.mean, data.std, 50, train=False))
+def loaders(data, batch=40, labels=None):
+    labels = data.train_labels if labels is None else labels
+    return (eva.TensorLoader(data.train_images, labels, data.mean, data.std, batch, train=True),
+            eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 50, train=False))
 
 
 def cfg(**kw):
@@ -54,8 +61,7 @@ def test_scheduler_steps_at_its_granularity(tiny, monkeypatch, schedule, cls, ex
         return original(self, *args, **kw)
     monkeypatch.setattr(cls, "step", counting)
     h = eva.fit(Tiny(), *loaders(tiny), cfg(schedule=schedule), progress=False)
-    # schedulers other than plateau also step once when they are built
-    built = 0 if schedule == "plateau" else 1
+    built = 0 if schedule == "plateau" else 1  # the others also step once when they are built
     assert len(calls) == expected + built
     if schedule == "plateau":
         assert [args[0] for args in calls] == pytest.approx(h.test_loss)
@@ -69,59 +75,40 @@ def test_onecycle_peaks_at_epoch_5_of_24_without_annihilation():
     assert lrs[0] == pytest.approx(0.04) and lrs[-1] == pytest.approx(0.04, rel=0.01)
 
 
-def test_unknown_names_are_rejected():
-    with pytest.raises(ValueError, match="Unknown schedule 'cosine'; choose one of onecycle"):
-        eva.TrainConfig(schedule="cosine")
-    with pytest.raises(ValueError, match="Unknown optimizer"):
-        eva.TrainConfig(optimizer="lion")
+def test_onecycle_guards_short_runs():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match="at least 4 steps; this run has 3"):
+        eva.build_scheduler(opt, eva.TrainConfig(epochs=1), 3)
+    lrs = eva.lr_schedule(eva.TrainConfig(epochs=1, lr=1.0, pct_start=0.1), 4)  # 0.4 steps -> 2
+    assert max(lrs) == pytest.approx(1.0) and len(lrs) == 4
+    assert eva.build_scheduler(opt, eva.TrainConfig(schedule="plateau"), 10)[1] == "plateau"
 
 
-@pytest.mark.parametrize("ema_decay", [None, 0.9])
-def test_resume_continues_exactly(tiny, tmp_path, ema_decay):
-    torch.manual_seed(0)
-    full_model = Tiny()
-    start = {k: v.clone() for k, v in full_model.state_dict().items()}
-    full = eva.fit(full_model, *loaders(tiny), cfg(checkpoint_dir=str(tmp_path / "full"),
-                                                   ema_decay=ema_decay), progress=False)
-
-    class Interrupt(Exception):
-        pass
-
-    train, test = loaders(tiny)
-    epochs_started = []
-    original = train.set_epoch
-
-    def set_epoch(seed):
-        epochs_started.append(seed)
-        if len(epochs_started) == 2:  # the user stops the kernel as epoch 2 starts
-            raise Interrupt
-        original(seed)
-    train.set_epoch = set_epoch
-    model = Tiny()
-    model.load_state_dict(start)
-    with pytest.raises(Interrupt):
-        eva.fit(model, train, test, cfg(checkpoint_dir=str(tmp_path / "cut"), ema_decay=ema_decay),
-                progress=False)
-    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
-    torch.manual_seed(123)  # whatever happened in between must not matter
-    resumed_model = Tiny()
-    resumed = eva.fit(resumed_model, *loaders(tiny),
-                      cfg(checkpoint_dir=str(tmp_path / "cut"), ema_decay=ema_decay),
-                      resume=tmp_path / "cut" / "last.pt", progress=False)
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
-        assert getattr(resumed, key) == pytest.approx(getattr(full, key), rel=1e-5), key
-    for (k, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
-        torch.testing.assert_close(a, b, msg=k)
+@pytest.mark.parametrize("field, value, words", [
+    ("lr", float("nan"), "lr=nan: must be a finite number > 0"),
+    ("lr", float("inf"), "lr=inf: must be a finite number > 0"),
+    ("lr", "0.1", "lr='0.1': must be a finite number > 0"),
+    ("epochs", 2.5, "epochs=2.5: must be a whole number >= 1"),
+    ("epochs", 0, "epochs=0"),
+    ("label_smoothing", 1.5, r"label_smoothing=1.5: must be a number in \[0, 1\)"),
+    ("weight_decay", -1, "weight_decay=-1: must be a finite number >= 0"),
+    ("momentum", -0.5, r"momentum=-0.5: must be a number in \[0, 1\)"),
+    ("pct_start", 5, "pct_start=5"),
+    ("schedule", "cosine", "schedule='cosine': must be one of onecycle"),
+    ("optimizer", "lion", "optimizer='lion': must be one of sgd"),
+    ("ema_decay", 1.0, "ema_decay=1.0"),
+    ("betas", (0.9,), "betas"),
+])
+def test_config_validates_types_and_ranges(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        eva.TrainConfig(**{field: value})
 
 
-def test_checkpoints_are_complete_and_atomic(tiny, tmp_path):
-    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=str(tmp_path)), progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no .tmp left
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)  # loads without pickle code
-    assert set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "history", "config", "rng"}
-    assert ckpt["epoch"] == 2 and ckpt["config"]["epochs"] == 2
-    best = load_checkpoint(tmp_path / "best.pt")
-    assert best["history"]["test_acc"][-1] == max(ckpt["history"]["test_acc"])
+def test_config_names_every_bad_field_at_once():
+    with pytest.raises(ValueError) as err:
+        eva.TrainConfig(lr=-1, epochs=2.5, momentum=2)
+    assert [line.split("=")[0].strip() for line in str(err.value).splitlines()[1:]] == \
+        ["epochs", "lr", "momentum"]
 
 
 def test_nan_loss_names_epoch_and_batch(tiny):
@@ -138,16 +125,26 @@ def test_nan_loss_names_epoch_and_batch(tiny):
         eva.fit(Explodes(), *loaders(tiny), cfg(), progress=False)
 
 
-def test_shape_mismatches_are_explained(tiny):
+def test_shape_mismatches_and_label_ranges_are_explained(tiny):
     with pytest.raises(TrainingError, match=r"cannot take the data's batches of shape \(40, 3, 32"):
         eva.fit(Tiny(in_ch=1), *loaders(tiny), cfg(), progress=False)
-    with pytest.raises(TrainingError, match=r"outputs shape \(2, 5\) but the labels go up to 9"):
+    with pytest.raises(TrainingError, match=r"Labels run from 0 to 9 but the model has 5 outputs"):
         eva.fit(Tiny(classes=5), *loaders(tiny), cfg(), progress=False)
+    # label 10 for a 10-class model, somewhere after the first batch
+    labels = tiny.train_labels.copy()
+    labels[-1] = 10
+    with pytest.raises(TrainingError, match=r"Labels run from 0 to 10 but the model has 10"):
+        eva.fit(Tiny(), *loaders(tiny, labels=labels), cfg(), progress=False)
+    test = eva.TensorLoader(tiny.test_images, np.full(100, 10), tiny.mean, tiny.std, 50, train=False)
+    with pytest.raises(TrainingError, match="Labels run from 10 to 10"):
+        eva.evaluate(Tiny(), test)
 
 
-def test_empty_loader_and_out_of_memory(tiny):
+def test_empty_loaders_and_out_of_memory(tiny):
     with pytest.raises(TrainingError, match="no batches"):
         eva.fit(Tiny(), [], loaders(tiny)[1], cfg(), progress=False)
+    with pytest.raises(ValueError, match="no images"):
+        eva.evaluate(Tiny(), [])
 
     class Hungry(Tiny):
         def forward(self, x):
@@ -158,24 +155,35 @@ def test_empty_loader_and_out_of_memory(tiny):
         eva.fit(Hungry(), *loaders(tiny), cfg(), progress=False)
 
 
-def test_evaluate_tta_averages_mirror_and_restores_mode(tiny):
-    class LeftHalf(nn.Module):  # looks only at the left half: mirroring changes its answer
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(3, 10)
+class LeftHalf(nn.Module):
+    """Looks only at the left half of the image: mirroring changes its answer."""
 
-        def forward(self, x):
-            return self.fc(x[..., :16].mean((2, 3)))
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 10)
+        self.frozen = nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.fc(self.frozen(x[..., :16].mean((2, 3))))
+
+
+def test_evaluate_and_predict_share_tta_and_restore_every_mode(tiny):
     torch.manual_seed(0)
     model = LeftHalf().train()
+    model.frozen.eval()  # a student's frozen layer inside a training model
     _, test = loaders(tiny)
     x = torch.cat([x for x, _ in test])
     y = torch.from_numpy(tiny.test_labels)
-    want = (model(x) + model(x.flip(3))) / 2
+    with eva.eval_mode(model):
+        want = (model(x) + model(x.flip(3))) / 2
+    assert model.training and not model.frozen.training
     loss, acc = eva.evaluate(model, test, tta=True)
     assert loss == pytest.approx(nn.functional.cross_entropy(want, y).item(), rel=1e-5)
     assert acc == pytest.approx(100 * (want.argmax(1) == y).float().mean().item())
-    assert model.training
+    p = eva.predict(model, test, tiny.classes, tta=True)
+    assert p.accuracy == pytest.approx(acc)  # the gallery analyses what evaluate scored
+    assert torch.equal(p.preds, want.argmax(1))
+    assert model.training and not model.frozen.training
 
 
 def test_options_run_together(tiny):
@@ -186,34 +194,37 @@ def test_options_run_together(tiny):
     assert len(h) == 3 and h.lr == [1e-2] * 3
 
 
-def test_build_scheduler_granularity():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    assert build_scheduler(opt, eva.TrainConfig(schedule="plateau"), 10)[1] == "plateau"
-    assert build_scheduler(opt, eva.TrainConfig(schedule="onecycle"), 10)[1] == "batch"
-
-
 def test_device_choice_and_seeding():
     assert eva.get_device("cpu") == torch.device("cpu")
     assert eva.get_device().type in {"cuda", "mps", "cpu"}
     eva.seed_everything(3)
-    a = (torch.rand(2), __import__("numpy").random.rand(), __import__("random").random())
+    a = (torch.rand(2), np.random.rand(), random.random())
     eva.seed_everything(3)
-    b = (torch.rand(2), __import__("numpy").random.rand(), __import__("random").random())
+    b = (torch.rand(2), np.random.rand(), random.random())
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
 
 
-def test_onecycle_guards_short_runs_and_bad_pct():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    with pytest.raises(ValueError, match="at least 4 steps; this run has 3"):
-        build_scheduler(opt, eva.TrainConfig(epochs=1), 3)
-    lrs = eva.lr_schedule(eva.TrainConfig(epochs=1, lr=1.0, pct_start=0.1), 4)  # 0.4 steps -> 2
-    assert max(lrs) == pytest.approx(1.0) and len(lrs) == 4
-    with pytest.raises(ValueError, match="pct_start=5"):
-        eva.TrainConfig(pct_start=5)
+@pytest.mark.parametrize("capability, want", [((7, 5), torch.float16),   # T4 (Colab)
+                                              ((7, 0), torch.float16),   # V100
+                                              ((8, 0), torch.bfloat16),  # A100
+                                              ((9, 0), torch.bfloat16)])  # H100
+def test_mixed_precision_follows_compute_capability(monkeypatch, capability, want):
+    # a T4 answers True here through emulation, which is slower than float32: not the test
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    cuda = torch.device("cuda")
+    assert amp_dtype(cuda, None) is want and amp_dtype(cuda, True) is want
+    assert amp_dtype(cuda, False) is None
+    assert amp_dtype(torch.device("cpu"), None) is None and amp_dtype(torch.device("cpu"), True) is None
+
+
+def test_channels_last_default():
+    assert use_channels_last(torch.device("cuda"), None)
+    assert not use_channels_last(torch.device("cpu"), None)  # measured: benchmarks/channels_last.py
+    assert use_channels_last(torch.device("cpu"), True)
 
 
 def test_ema_tracks_weights_and_buffers():
-    from eva_utils.engine import EMA
     model = Tiny()
     ema = EMA(model, decay=0.5)
     start = {k: v.clone() for k, v in ema.module.state_dict().items()}
@@ -232,41 +243,22 @@ def test_ema_tracks_weights_and_buffers():
 
 def test_classic_path_trains_reproducibly_with_workers(tiny):
     """albumentations in two DataLoader workers: same seed, same run (shuffle and augmentations)."""
-    from eva_utils.data import make_loader
-    from eva_utils.transforms import crop_flip_cutout
-
     def run():
         torch.manual_seed(0)
-        train = make_loader(tiny.train_images, tiny.train_labels,
-                            crop_flip_cutout(tiny.mean, tiny.std), 40, train=True, num_workers=2)
-        test = loaders(tiny)[1]
-        return eva.fit(Tiny(), train, test, cfg(epochs=2), progress=False)
+        train = eva.make_loader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 40,
+                                train=True, augment=eva.Augment(cutout=8), num_workers=2)
+        return eva.fit(Tiny(), train, loaders(tiny)[1], cfg(epochs=2), progress=False)
     a, b = run(), run()
     assert a.train_loss == b.train_loss and a.test_acc == b.test_acc
 
 
-def test_mixed_precision_choice(monkeypatch):
-    from eva_utils.engine import _amp_dtype
-    cuda = torch.device("cuda")
-    assert _amp_dtype(torch.device("cpu"), None) is None and _amp_dtype(torch.device("cpu"), True) is None
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert _amp_dtype(cuda, None) is torch.bfloat16 and _amp_dtype(cuda, False) is None
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a T4
-    assert _amp_dtype(cuda, None) is torch.float16
-
-
-def test_evaluate_needs_batches():
-    with pytest.raises(ValueError, match="no batches"):
-        eva.evaluate(Tiny(), [])
-
-
 def test_run_record_and_save_json(tmp_path):
-    import json
     h = eva.History([1.0, 0.5], [50.0, 70.0], [1.1, 0.7], [45.0, 65.0], [0.1, 0.05], [2.0, 1.0])
-    record = eva.run_record(h, Tiny(), "cpu", notebook="04", seed=3)
-    assert list(record)[:2] == ["notebook", "seed"]
+    record = eva.run_record(h, Tiny(), "cpu", notebook="04", model="Tiny", seed=3)
+    assert list(record)[:3] == ["notebook", "model", "seed"]
     assert record["test_acc"] == 65.0 and record["train_seconds"] == 3.0 and record["device"] == "cpu"
     assert record["parameters"] == sum(p.numel() for p in Tiny().parameters())
     eva.save_json(tmp_path / "a" / "r.json", record)
     assert json.loads((tmp_path / "a" / "r.json").read_text()) == record
     eva.save_json(None, record)  # no path: nothing written, no error
+    assert math.isclose(h.train_seconds, 3.0)

@@ -1,0 +1,64 @@
+"""Channels-last (NHWC) against the default layout (NCHW): training images per second of each
+model on this machine's default device, both layouts measured in one run, alternating.
+
+    python benchmarks/channels_last.py                          # every model, batch 128
+    python benchmarks/channels_last.py --models SmallResNet --steps 30
+
+Why: ``runtime.use_channels_last`` turns NHWC on for CUDA only; this prints the evidence for the
+CPU (and checks it on a GPU).
+"""
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+import eva_utils as eva
+
+MODELS = {"PlainCNN": eva.PlainCNN, "SmallResNet": eva.SmallResNet,
+          "SmallResNet(repeats=2)": lambda: eva.SmallResNet(repeats=2),
+          "CustomResNet": eva.CustomResNet, "ResNet18": eva.ResNet18}
+
+
+def images_per_second(model, layout, device, batch, steps) -> float:
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=layout)
+    y = torch.randint(0, 10, (batch,), device=device)
+    model = model.to(device, memory_format=layout).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for i in range(steps + 2):  # two warm-up steps
+        if i == 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2, help="alternations of the two layouts")
+    args = p.parse_args()
+    device = eva.get_device()
+    print(f"device: {eva.device_name(device)}, {torch.get_num_threads()} threads, "
+          f"batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds per layout")
+    print(f"{'model':24s} {'NCHW img/s':>11s} {'NHWC img/s':>11s} {'NHWC/NCHW':>10s}")
+    for name in args.models:
+        speed = {torch.contiguous_format: [], torch.channels_last: []}
+        for _ in range(args.rounds):
+            for layout in speed:
+                torch.manual_seed(0)
+                speed[layout].append(images_per_second(MODELS[name](), layout, device,
+                                                       args.batch_size, args.steps))
+        nchw, nhwc = max(speed[torch.contiguous_format]), max(speed[torch.channels_last])
+        print(f"{name:24s} {nchw:11.0f} {nhwc:11.0f} {nhwc / nchw:10.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""What a run needs to survive an interruption: weight averaging (EMA), random state, checkpoints.
+
+A checkpoint holds tensors and plain values only, so it loads with ``weights_only=True``, and
+records the model's class and constructor arguments and the training config, so ``fit(resume=...)``
+can refuse a checkpoint that would not continue the same run.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .runtime import TrainingError
+
+KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "history", "config", "rng", "epoch",
+        "model_class", "model_args", "steps_per_epoch")
+# Settings that may differ when a run is resumed: they change how it is watched, not what it learns.
+# "epochs" may grow too, except under one-cycle, whose whole shape depends on the total.
+MAY_CHANGE = {"checkpoint_dir", "log_every", "compile"}
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint cannot be read or does not belong to this run; the message names the file."""
+
+
+class EMA:
+    """Exponential moving average of a model's weights and buffers (BatchNorm statistics too).
+
+    Updated in place with one fused kernel per step and no host synchronisation (torch's
+    AveragedModel checks a counter on the host every step). Create it after the model is on its device.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        # state_dict() tensors share storage with the live ones, so these pairs stay current.
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
+        self._floats = [p for p in pairs if p[0].is_floating_point()]
+        self._others = [p for p in pairs if not p[0].is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_([e for e, _ in self._floats], [m for _, m in self._floats], 1 - self.decay)
+        for e, m in self._others:
+            e.copy_(m)
+
+
+def rng_state() -> dict:
+    """Every RNG as tensors and plain numbers, so checkpoints load with ``weights_only=True``."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_identity(model: nn.Module) -> tuple[str, dict]:
+    """The model's class name and constructor arguments (``init_args``, which our models keep)."""
+    return type(model).__name__, dict(getattr(model, "init_args", {}))
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """Write, flush to disk, then rename: a crash or power cut leaves the old file or the new one,
+    never a half-written or empty one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        fd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """A checkpoint written by ``fit``; one ``CheckpointError`` naming the file if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint at {path}. Fix: give the path of a last.pt or "
+                              "best.pt that fit wrote (TrainConfig.checkpoint_dir).")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # empty, truncated, not a torch file, or holds arbitrary objects
+        raise CheckpointError(f"{path} cannot be read as a checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}). It may be "
+                              "truncated or not written by eva.fit. Fix: resume from another "
+                              "checkpoint (best.pt or last.pt) or start a new run.") from None
+    missing = [k for k in KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint written by eva.fit: it lacks "
+                              f"{', '.join(missing)}. Fix: load plain weights with "
+                              "model.load_state_dict(...) and start a new run instead of resuming.")
+    return ckpt
+
+
+def check_resumable(ckpt: dict, path, model: nn.Module, cfg: dict, steps_per_epoch: int) -> None:
+    """Raise one CheckpointError naming everything in which this run differs from the checkpoint's."""
+    problems = []
+    name, args = model_identity(model)
+    if (ckpt["model_class"], ckpt["model_args"]) != (name, args):
+        problems.append(f"model: checkpoint {ckpt['model_class']}({_args(ckpt['model_args'])}), "
+                        f"now {name}({_args(args)})")
+    if ckpt["steps_per_epoch"] != steps_per_epoch:
+        problems.append(f"steps per epoch: checkpoint {ckpt['steps_per_epoch']}, now "
+                        f"{steps_per_epoch} (another batch size or training set)")
+    old = ckpt["config"]
+    for key in sorted(set(old) | set(cfg)):
+        before, after = old.get(key), cfg.get(key)
+        if isinstance(before, (list, tuple)):
+            before = tuple(before)
+        if isinstance(after, (list, tuple)):
+            after = tuple(after)
+        if key in MAY_CHANGE or before == after:
+            continue
+        if key == "epochs" and cfg["schedule"] != "onecycle" and after >= ckpt["epoch"]:
+            continue
+        why = (" (a one-cycle schedule's shape depends on the number of epochs)"
+               if key == "epochs" else "")
+        problems.append(f"{key}: checkpoint {before!r}, now {after!r}{why}")
+    if problems:
+        raise CheckpointError(
+            f"Cannot resume from {path}: this run differs from the one that wrote it in\n  "
+            + "\n  ".join(problems)
+            + "\nFix: resume with the same model, data and TrainConfig (only checkpoint_dir, "
+            "log_every and compile may change; epochs may grow except under one-cycle), or start "
+            "a new run without resume=.")
+
+
+def _args(args: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in args.items())

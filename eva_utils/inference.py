@@ -1,0 +1,107 @@
+"""A trained model's answers: ``evaluate`` (loss, accuracy) and ``predict`` (every answer), through
+one inference path, so a notebook's gallery, confusion matrix and Grad-CAM analyse the very
+predictions whose accuracy it reports."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .runtime import TrainingError, amp_dtype, eval_mode, to_device, use_channels_last
+
+
+def check_labels(y: torch.Tensor, num_outputs: int) -> None:
+    """Raise if labels (B,) fall outside [0, num_outputs): one clear error instead of an IndexError
+    deep in the loss (or a device-side assert on CUDA)."""
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_outputs):
+        raise TrainingError(f"Labels run from {int(y.min())} to {int(y.max())} but the model has "
+                            f"{num_outputs} outputs, for labels 0..{num_outputs - 1}. Fix: build the "
+                            f"model with num_classes=len(data.classes), or correct the labels.")
+
+
+@torch.no_grad()
+def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bool | None = None,
+            channels_last: bool | None = None):
+    """Yield (images as the loader gave them, labels, float32 logits (B, K)) for each batch.
+
+    ``tta`` averages the logits of each image and its left-right mirror. Runs in eval mode; every
+    submodule's mode is restored afterwards.
+    """
+    device = torch.device(device) if device else next(model.parameters()).device
+    dtype = amp_dtype(device, amp)
+    nhwc = use_channels_last(device, channels_last)
+    with eval_mode(model):
+        for x_in, y_in in loader:
+            x, y = to_device(x_in, y_in, device, nhwc)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = model(x)
+                if tta:
+                    logits = (logits + model(x.flip(3))) / 2
+            check_labels(y, logits.shape[1])  # one sync per batch: evaluation has few batches
+            yield x_in, y, logits.float()
+
+
+def evaluate(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bool | None = None,
+             channels_last: bool | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (percent, in [0, 100]) of ``model`` over ``loader``."""
+    loss_sum, correct, n = 0.0, 0, 0
+    for _, y, logits in outputs(model, loader, device, tta=tta, amp=amp, channels_last=channels_last):
+        loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum")
+        correct = correct + (logits.argmax(1) == y).sum()
+        n += len(y)
+    if n == 0:
+        raise ValueError("The evaluation loader yielded no images; check the test split is not empty.")
+    return float(loss_sum) / n, 100.0 * int(correct) / n
+
+
+@dataclass
+class Predictions:
+    """A model's answers on a loader, with the names of its classes."""
+
+    images: torch.Tensor       # float (N, 3, H, W), normalised as the loader gave them, on the CPU
+    labels: torch.Tensor       # int64 (N,) true classes
+    preds: torch.Tensor        # int64 (N,) predicted classes
+    confidence: torch.Tensor   # float (N,) softmax probability of the predicted class, in [0, 1]
+    classes: tuple[str, ...]   # classes[i] names class i
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def accuracy(self) -> float:
+        """Percent correct, in [0, 100]."""
+        return 100.0 * int((self.preds == self.labels).sum()) / len(self) if len(self) else 0.0
+
+
+def predict(model: nn.Module, loader, classes, device=None, *, tta: bool = False,
+            amp: bool | None = None, channels_last: bool | None = None) -> Predictions:
+    """Every answer of ``model`` over an unshuffled ``loader``, exactly as ``evaluate`` computes
+    them (pass the same ``tta``). ``classes``: one name per output, e.g. ``data.classes``."""
+    classes = tuple(classes)
+    out = {"images": [], "labels": [], "preds": [], "confidence": []}
+    for x, y, logits in outputs(model, loader, device, tta=tta, amp=amp, channels_last=channels_last):
+        if logits.shape[1] != len(classes):
+            raise ValueError(f"The model has {logits.shape[1]} outputs but {len(classes)} class "
+                             f"names were given. Fix: pass one name per class (data.classes).")
+        conf, pred = logits.softmax(1).max(1)
+        for key, value in zip(out, (x, y, pred, conf)):
+            out[key].append(value.cpu())
+    if not out["labels"]:
+        raise ValueError("The loader yielded no images; check the split is not empty.")
+    return Predictions(**{k: torch.cat(v) for k, v in out.items()}, classes=classes)
+
+
+def misclassified(p: Predictions) -> Predictions:
+    """The wrong answers of ``p``, most confident first (may be empty)."""
+    wrong = (p.preds != p.labels).nonzero().flatten()
+    wrong = wrong[p.confidence[wrong].argsort(descending=True)]
+    return Predictions(p.images[wrong], p.labels[wrong], p.preds[wrong], p.confidence[wrong],
+                       p.classes)
+
+
+def confusion_matrix(p: Predictions) -> torch.Tensor:
+    """int64 (K, K) for K = len(p.classes): row = true class, column = predicted class."""
+    k = len(p.classes)
+    return torch.bincount(p.labels * k + p.preds, minlength=k * k).view(k, k)

@@ -1,0 +1,172 @@
+"""The two ways to feed a model batches of (images float (B, 3, H, W) normalised, labels int64 (B,)).
+
+* ``TensorLoader``: the whole split as a uint8 tensor on the device, augmented a batch at a time
+  with tensor ops (``Augment.__call__``). The fast path on a GPU; works on any device.
+* ``make_loader``: the classic path, a ``DataLoader`` whose workers run a per-image albumentations
+  pipeline (``Augment.albumentations``, or any list of albumentations transforms).
+
+Both take the same arguments, shuffle and drop the last incomplete batch in training only, and make
+an epoch's randomness a function of their ``seed`` and ``set_epoch(epoch)`` alone (so a resumed run
+sees the same batches), and ``preview(n)`` shows what they train on (``plots.plot_augmentations``).
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .runtime import get_device
+from .transforms import Augment, pipeline
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """One seed per (run seed, epoch); the prime stride keeps runs' epochs from sharing seeds."""
+    return seed * 100_003 + epoch
+
+
+def reseed(transform, seed: int) -> None:
+    """Seed an albumentations Compose with one generator that all its transforms draw from in turn.
+
+    Not ``Compose.set_random_seed``: in albumentations 2.0.8 it gives every transform its own
+    generator with the *same* seed, so their first draws coincide and, e.g., whether an image is
+    flipped decides which way it is rotated (tests/test_augment.py measures this).
+    """
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+def _check_arrays(images: np.ndarray, labels: np.ndarray, batch_size: int, train: bool) -> None:
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N, H, W, 3); got {images.dtype} {images.shape}.")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels: they must match.")
+    if batch_size < 1 or (train and batch_size > len(labels)):
+        raise ValueError(f"batch_size={batch_size} does not fit a split of {len(labels)} images"
+                         f"{' (incomplete batches are dropped in training)' if train else ''}. "
+                         f"Fix: choose a batch size between 1 and {len(labels)}.")
+
+
+class TensorLoader:
+    """Batches of a split kept on ``device`` (default: the best available) as uint8 (N, 3, H, W).
+
+    Yields (float (B, 3, H, W) normalised with ``mean``/``std``, int64 (B,)). Training: reshuffled
+    every epoch, incomplete last batch dropped, ``augment`` applied; test: in order, no augmentation.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int, *,
+                 train: bool, augment: Augment | None = None,
+                 device: torch.device | str | None = None, seed: int = 0,
+                 dtype: torch.dtype = torch.float32):
+        labels = np.asarray(labels, dtype=np.int64)
+        _check_arrays(images, labels, batch_size, train)
+        if augment is not None:
+            augment.check_size(images.shape[1:3])
+        self.device = get_device(device)
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
+        self.labels = torch.from_numpy(labels).to(self.device)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+        self.batch_size, self.train, self.dtype, self.seed = batch_size, train, dtype, seed
+        self.augment = augment if train else None
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
+        x = (self.images[idx].float() - self._mean) / self._std
+        if self.augment is not None:
+            x = self.augment(x, self.generator)
+        return x.to(self.dtype)
+
+    def __iter__(self):
+        n = len(self.labels)
+        order = (torch.randperm(n, device=self.device, generator=self.generator) if self.train
+                 else torch.arange(n, device=self.device))
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self._batch(idx), self.labels[idx]
+
+    def preview(self, n: int = 8, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
+        """The first ``n`` images as stored (uint8 (n, H, W, 3)) and as this loader would train
+        on them (float (n, 3, H, W), normalised), with randomness from ``seed``."""
+        idx = torch.arange(min(n, len(self.labels)), device=self.device)
+        saved = self.generator.get_state()
+        self.generator.manual_seed(seed)
+        try:
+            x = self._batch(idx).float().cpu()
+        finally:
+            self.generator.set_state(saved)
+        return self.images[idx].permute(0, 2, 3, 1).cpu().numpy(), x
+
+
+# --------------------------------------------------------------------------------------------------
+# The classic path
+
+class AlbumentationsDataset(Dataset):
+    """uint8 images (N, H, W, 3) -> (float tensor (3, H, W), int label) via ``transform``, an
+    albumentations Compose ending in Normalize + ToTensorV2."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(image=self.images[i])["image"], int(self.labels[i])
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker its own python, numpy and albumentations seed.
+
+    albumentations 2.x keeps its own generators inside each Compose; a forked worker inherits a copy,
+    so without this every worker would replay the same augmentations.
+    """
+    info = torch.utils.data.get_worker_info()
+    seed = info.seed % 2**32  # torch sets it to the loader's base seed + worker_id
+    random.seed(seed)
+    np.random.seed(seed)
+    reseed(info.dataset.transform, seed)
+
+
+class SeededDataLoader(DataLoader):
+    """A DataLoader whose shuffling and augmentation are a function of its seed and the epoch."""
+
+    def set_epoch(self, epoch: int) -> None:
+        seed = epoch_seed(self.seed, epoch)
+        self.generator.manual_seed(seed)  # drives the shuffle and the workers' base seed
+        if self.num_workers == 0:
+            reseed(self.dataset.transform, seed)
+
+    def preview(self, n: int = 8, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
+        """As ``TensorLoader.preview``: the first ``n`` images, as stored and as trained on."""
+        dataset = self.dataset
+        originals = dataset.images[:n]
+        reseed(dataset.transform, seed)  # set_epoch re-seeds it before training
+        return originals, torch.stack([dataset.transform(image=im)["image"] for im in originals])
+
+
+def make_loader(images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int, *,
+                train: bool, augment=None, num_workers: int | None = None,
+                seed: int = 0) -> SeededDataLoader:
+    """The classic path. ``augment``: an ``Augment``, a list of albumentations transforms (e.g.
+    ``classic_augment(size)``; normalisation is appended), or None; used in training only."""
+    labels = np.asarray(labels, dtype=np.int64)
+    _check_arrays(images, labels, batch_size, train)
+    transform = pipeline(augment if train else None, mean, std, images.shape[1:3])
+    if num_workers is None:  # workers pay off only when there is enough per-image work
+        num_workers = min(8, os.cpu_count() or 1) if len(labels) > 4096 else 0
+    loader = SeededDataLoader(
+        AlbumentationsDataset(images, labels, transform), batch_size=batch_size, shuffle=train,
+        drop_last=train, num_workers=num_workers, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available())
+    loader.seed, loader.mean, loader.std, loader.labels = seed, tuple(mean), tuple(std), labels
+    return loader

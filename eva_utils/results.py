@@ -1,0 +1,28 @@
+"""Run records: the numbers a results table needs from one run, written as JSON."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from torch import nn
+
+from .models import count_parameters
+from .runtime import device_name
+from .train import History
+
+
+def run_record(history: History, model: nn.Module, device, /, **labels) -> dict:
+    """Accuracy (percent), training seconds, parameters and device of a run, ``labels`` first."""
+    return {**labels, "parameters": count_parameters(model),
+            "test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
+            "train_seconds": round(history.train_seconds, 2),
+            "seconds_per_epoch": [round(s, 3) for s in history.seconds],
+            "device": device_name(device)}
+
+
+def save_json(path: str | os.PathLike | None, record: dict) -> None:
+    """Write ``record`` as JSON to ``path`` (folders created); nothing when ``path`` is None."""
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(record, indent=1) + "\n")

@@ -1,0 +1,83 @@
+"""Where and how a model runs: device, mixed-precision type, memory layout, seeding, eval mode."""
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class TrainingError(RuntimeError):
+    """Training or evaluation cannot go on; the message says why and what to change."""
+
+
+def get_device(preferred: str | torch.device | None = None) -> torch.device:
+    """``preferred`` if given, else CUDA, else Apple's MPS, else CPU."""
+    if preferred is not None:
+        return torch.device(preferred)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device | str) -> str:
+    """A readable name for reports, e.g. "NVIDIA H100 80GB HBM3" or "cpu"."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
+    """The autocast type for ``device``, or None for full float32.
+
+    ``amp=None`` means on for CUDA only. bfloat16 needs no loss scaling, but only GPUs of compute
+    capability 8.0+ (Ampere on) run it natively: on a T4 (7.5), ``torch.cuda.is_bf16_supported()``
+    says True through emulation, which is slower than float32. Older GPUs get float16 + GradScaler.
+    """
+    if device.type != "cuda" or amp is False:
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def use_channels_last(device: torch.device, channels_last: bool | None) -> bool:
+    """``channels_last=None``: NHWC on CUDA (tensor cores want it), NCHW elsewhere: on the CPU
+    ``benchmarks/channels_last.py`` measured it slower or no faster for our models."""
+    return device.type == "cuda" if channels_last is None else channels_last
+
+
+def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every GPU). Loaders carry their own seeds."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS
+
+
+@contextmanager
+def kept_modes(model: nn.Module):
+    """Give every submodule its own train/eval mode back when the block ends (a caller's frozen
+    ``layer1.eval()`` inside a training model stays frozen; ``model.train(mode)`` would not)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in eval mode inside the block; every submodule's own mode restored after it."""
+    with kept_modes(model):
+        model.eval()
+        yield model

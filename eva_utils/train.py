@@ -1,0 +1,332 @@
+"""Training: ``TrainConfig`` (every setting, with units), ``fit`` and one epoch of it.
+
+The hot loop never waits on the GPU: per-batch loss and accuracy stay on the device and are read
+back every ``log_every`` steps (for the progress bar and the NaN check), not after every step.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import (EMA, atomic_save, check_resumable, load_checkpoint, model_identity,
+                         rng_state, set_rng_state)
+from .inference import check_labels, evaluate
+from .runtime import (TrainingError, amp_dtype, eval_mode, get_device, seed_everything, to_device,
+                      use_channels_last)
+from .schedule import build_optimizer, build_scheduler
+
+SCHEDULES = ("onecycle", "step", "multistep", "plateau", "constant")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _optional_flag(x) -> bool:
+    return x is None or isinstance(x, bool)
+
+
+# field -> (is it valid?, the valid range in words)
+RULES = {
+    "epochs": (lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "lr": (lambda v: _number(v) and v > 0, "a finite number > 0"),
+    "momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "nesterov": (lambda v: isinstance(v, bool), "True or False"),
+    "betas": (lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
+              "two numbers in [0, 1)"),
+    "weight_decay": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    "pct_start": (lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1), e.g. peak epoch / epochs"),
+    "div_factor": (lambda v: _number(v) and v >= 1, "a finite number >= 1"),
+    "final_div_factor": (lambda v: _number(v) and v >= 1, "a finite number >= 1"),
+    "anneal_strategy": (lambda v: v in ("linear", "cos"), "'linear' or 'cos'"),
+    "step_size": (lambda v: _whole(v) and v >= 1, "a whole number of epochs >= 1"),
+    "milestones": (lambda v: all(_whole(m) and m >= 1 for m in v) and list(v) == sorted(set(v)),
+                   "increasing whole numbers of epochs >= 1"),
+    "gamma": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "patience": (lambda v: _whole(v) and v >= 0, "a whole number of epochs >= 0"),
+    "label_smoothing": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "grad_clip": (lambda v: v is None or (_number(v) and v > 0), "None or a finite number > 0"),
+    "ema_decay": (lambda v: v is None or (_number(v) and 0 < v < 1), "None or a number in (0, 1)"),
+    "tta": (lambda v: isinstance(v, bool), "True or False"),
+    "amp": (_optional_flag, "None, True or False"),
+    "channels_last": (_optional_flag, "None, True or False"),
+    "compile": (lambda v: isinstance(v, bool), "True or False"),
+    "seed": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+    "checkpoint_dir": (lambda v: v is None or isinstance(v, str), "None or a folder path"),
+    "log_every": (lambda v: _whole(v) and v >= 1, "a whole number of steps >= 1"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Units in the comments; checked when built."""
+
+    epochs: int = 24                      # passes over the training set
+    optimizer: str = "sgd"                # "sgd" | "adam" | "adamw"
+    lr: float = 0.05                      # learning rate; for "onecycle" the peak (per step)
+    momentum: float = 0.9                 # SGD momentum (dimensionless)
+    nesterov: bool = True                 # Nesterov momentum for SGD
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW moment decay rates
+    weight_decay: float = 5e-4            # L2 penalty (Adam/SGD) or decoupled decay (AdamW), per step
+    schedule: str = "onecycle"            # one of SCHEDULES
+    # onecycle: lr rises from lr/div_factor to lr over pct_start of the steps, then falls to
+    # lr/div_factor/final_div_factor. final_div_factor=1 is "no annihilation".
+    pct_start: float = 5 / 24             # fraction of all steps spent rising (5/24: peak at epoch 5)
+    div_factor: float = 10.0              # lr / starting lr
+    final_div_factor: float = 1.0         # starting lr / final lr
+    anneal_strategy: str = "linear"       # "linear" | "cos"
+    step_size: int = 10                   # step: epochs between decays
+    milestones: tuple[int, ...] = (50, 100)  # multistep: epochs at which to decay
+    gamma: float = 0.1                    # step/multistep/plateau: factor per decay
+    patience: int = 3                     # plateau: epochs without test-loss improvement first
+    label_smoothing: float = 0.0          # target mass spread over the other classes, in [0, 1)
+    grad_clip: float | None = None        # max global L2 norm of the gradients (None: off)
+    ema_decay: float | None = None        # weight-averaging decay per step, e.g. 0.999 (None: off)
+    tta: bool = False                     # evaluate on image + its left-right mirror, logits averaged
+    amp: bool | None = None               # mixed precision; None: on for CUDA (see runtime.amp_dtype)
+    channels_last: bool | None = None     # NHWC memory layout; None: on for CUDA
+    compile: bool = False                 # torch.compile the model (pays off for long runs on CUDA)
+    seed: int = 0                         # seeds python, numpy and torch (model initialisation)
+    checkpoint_dir: str | None = None     # where best.pt and last.pt go (None: no checkpoints)
+    log_every: int = 20                   # steps between progress-bar updates (each one syncs once)
+
+    def __post_init__(self):
+        if isinstance(self.checkpoint_dir, os.PathLike):
+            self.checkpoint_dir = os.fspath(self.checkpoint_dir)
+        if isinstance(self.betas, (list, tuple)):
+            self.betas = tuple(self.betas)
+        if isinstance(self.milestones, (list, tuple)):
+            self.milestones = tuple(self.milestones)
+        bad = []
+        for f in fields(self):
+            valid, words = RULES[f.name]
+            value = getattr(self, f.name)
+            try:
+                ok = valid(value)
+            except TypeError:  # e.g. len() of a number
+                ok = False
+            if not ok:
+                bad.append(f"{f.name}={value!r}: must be {words}")
+        if bad:
+            raise ValueError("TrainConfig has invalid settings:\n  " + "\n  ".join(bad))
+
+
+@dataclass
+class History:
+    """Per-epoch record of a run; lists of floats, one entry per finished epoch."""
+
+    train_loss: list = field(default_factory=list)   # mean cross-entropy over the epoch's batches
+    train_acc: list = field(default_factory=list)    # percent, on augmented training batches
+    test_loss: list = field(default_factory=list)
+    test_acc: list = field(default_factory=list)     # percent
+    lr: list = field(default_factory=list)           # learning rate at the start of the epoch
+    seconds: list = field(default_factory=list)      # wall time of the epoch's training steps
+
+    def __len__(self) -> int:
+        return len(self.test_acc)
+
+    @property
+    def train_seconds(self) -> float:
+        return float(sum(self.seconds))
+
+    def append(self, **values) -> None:
+        for key, value in values.items():
+            getattr(self, key).append(value)
+
+
+@dataclass
+class Run:
+    """The live state of one training run: what an epoch updates and a checkpoint saves."""
+
+    model: nn.Module
+    forward: nn.Module             # the model, or its torch.compile'd wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    step_every: str                # when the scheduler steps: "batch", "epoch" or "plateau"
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    history: History
+
+    def state(self, cfg: TrainConfig, steps_per_epoch: int) -> dict:
+        name, args = model_identity(self.model)
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "history": asdict(self.history), "config": asdict(cfg), "rng": rng_state(),
+                "epoch": len(self.history), "model_class": name, "model_args": args,
+                "steps_per_epoch": steps_per_epoch}
+
+    def restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+        self.history = History(**ckpt["history"])
+        set_rng_state(ckpt["rng"])
+
+
+def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = None, *,
+        device: str | torch.device | None = None, resume: str | os.PathLike | None = None,
+        progress: bool = True) -> History:
+    """Train ``model`` for ``cfg.epochs`` epochs, testing after each; returns the History.
+
+    Loaders yield (images float (B, 3, H, W), labels int64 (B,)): ``TensorLoader`` or
+    ``make_loader``. With ``cfg.checkpoint_dir`` it writes ``last.pt`` after every epoch and
+    ``best.pt`` at each new best test accuracy; ``resume=".../last.pt"`` continues such a run at the
+    next epoch, exactly, if model, data and config are the same. With ``cfg.ema_decay`` the weight
+    average is what gets tested, and copied into ``model`` at the end.
+    """
+    cfg = cfg or TrainConfig()
+    device = get_device(device)
+    steps = len(train_loader)
+    if steps == 0:
+        raise TrainingError("The training loader yields no batches: the batch size is larger than "
+                            "the training set and incomplete batches are dropped. Fix: lower the "
+                            "batch size or use more images.")
+    seed_everything(cfg.seed)
+    nhwc = use_channels_last(device, cfg.channels_last)
+    model.to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
+    optimizer = build_optimizer(model, cfg)
+    scheduler, step_every = build_scheduler(optimizer, cfg, steps)
+    dtype = amp_dtype(device, cfg.amp)
+    run = Run(model, torch.compile(model) if cfg.compile else model, optimizer, scheduler,
+              step_every, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+              EMA(model, cfg.ema_decay) if cfg.ema_decay else None, dtype, nhwc, History())
+    if resume is not None:
+        ckpt = load_checkpoint(resume, map_location=device)
+        check_resumable(ckpt, resume, model, asdict(cfg), steps)
+        run.restore(ckpt)
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    if ckpt_dir:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tested = run.ema.module if run.ema is not None else model
+    best = max(run.history.test_acc, default=-1.0)
+
+    for epoch in range(len(run.history), cfg.epochs):
+        for loader in (train_loader, test_loader):  # each epoch's shuffle and augmentation
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        try:
+            train_loss, train_acc, seconds = train_epoch(run, train_loader, cfg, device, epoch,
+                                                         progress=progress)
+            test_loss, test_acc = evaluate(tested, test_loader, device, tta=cfg.tta, amp=cfg.amp,
+                                           channels_last=nhwc)
+        except torch.OutOfMemoryError:
+            raise TrainingError(
+                f"{device} ran out of memory in epoch {epoch + 1}. Fix: lower the batch size, turn "
+                "on mixed precision (cfg.amp=True), or free memory (restart the kernel).") from None
+        if step_every == "epoch":
+            scheduler.step()
+        elif step_every == "plateau":
+            scheduler.step(test_loss)
+        run.history.append(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                           test_acc=test_acc, lr=lr, seconds=seconds)
+        if progress:
+            tqdm.write(f"epoch {epoch + 1:3d}  train loss {train_loss:.3f} acc {train_acc:5.2f}%  "
+                       f"test loss {test_loss:.3f} acc {test_acc:5.2f}%  lr {lr:.2e}  {seconds:.1f}s")
+        if ckpt_dir:
+            state = run.state(cfg, steps)
+            atomic_save(state, ckpt_dir / "last.pt")
+            if test_acc > best:
+                atomic_save(state, ckpt_dir / "best.pt")
+        best = max(best, test_acc)
+    if run.ema is not None:  # leave the averaged weights in the caller's model
+        model.load_state_dict(run.ema.module.state_dict())
+    return run.history
+
+
+def train_epoch(run: Run, loader, cfg: TrainConfig, device: torch.device, epoch: int, *,
+                progress: bool = True) -> tuple[float, float, float]:
+    """One pass over ``loader``; returns (mean loss, accuracy %, seconds of training)."""
+    model = run.model
+    model.train()
+    steps = len(loader)
+    losses = torch.zeros(steps, device=device)   # read back every log_every steps, not every step
+    correct = torch.zeros(steps, device=device)
+    seen = 0
+    bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+               leave=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    try:
+        for i, (x, y) in enumerate(bar):
+            x, y = to_device(x, y, device, run.channels_last)
+            if i == 0:
+                _check_first_batch(model, x, y, loader)
+            with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32,
+                                enabled=run.amp_dtype is not None):
+                logits = run.forward(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                run.scaler.unscale_(run.optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            if run.step_every == "batch":
+                run.scheduler.step()
+            if run.ema is not None:
+                run.ema.update()
+            losses[i] = loss.detach()
+            correct[i] = (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
+                _check_finite(losses[:i + 1], epoch, run.optimizer)
+                if progress:
+                    bar.set_postfix(loss=f"{losses[:i + 1].mean().item():.3f}",
+                                    acc=f"{100 * correct[:i + 1].sum().item() / seen:.1f}%")
+    finally:
+        bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return losses.mean().item(), 100.0 * correct.sum().item() / seen, time.perf_counter() - t0
+
+
+def _check_first_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loader) -> None:
+    """Turn a shape mismatch or out-of-range labels into one clear message, before training."""
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(x[:2])
+    except (RuntimeError, ValueError) as exc:
+        if "out of memory" in str(exc):
+            raise
+        raise TrainingError(f"The model cannot take the data's batches of shape {tuple(x.shape)}: "
+                            f"{exc}\nFix: build the model for this image size and channel count, "
+                            "or resize the images (load_image_folder(..., image_size=...)).") from None
+    if out.ndim != 2:
+        raise TrainingError(f"The model outputs shape {tuple(out.shape)}; it needs (batch, classes) "
+                            "logits.")
+    labels = getattr(loader, "labels", None)  # both our loaders keep every label: check them all
+    check_labels(torch.as_tensor(labels) if labels is not None else y, out.shape[1])
+
+
+def _check_finite(losses: torch.Tensor, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+    bad = ~torch.isfinite(losses)
+    if bad.any():
+        batch = int(bad.nonzero()[0])
+        lr = optimizer.param_groups[0]["lr"]
+        raise TrainingError(f"The loss became {losses[batch].item()} in epoch {epoch + 1}, batch "
+                            f"{batch + 1} (learning rate {lr:.3g}). Fix: lower the learning rate "
+                            "(e.g. by 10x), or clip gradients with TrainConfig(grad_clip=1.0).")

@@ -1,0 +1,130 @@
+"""Full runs of the suite: executed notebooks, figures, run records and the README's results table.
+
+    python scripts/full_runs.py --cpu                    # notebooks 01 and 02 (about 2 h on 2 CPU cores)
+    python scripts/full_runs.py --gpu                    # 03, 04 with seeds 0 1 2, the speed benchmark
+    python scripts/full_runs.py --only 04 benchmark      # some of them (one device-tool call each)
+    python scripts/full_runs.py --gpu --smoke --out runs/smoke   # smoke-sized, on a CPU: what CI runs
+
+A full run overwrites notebooks/NN_*.ipynb with the executed notebook (seed 0's; other seeds' go to
+runs/), writes figures to images/, each run's record to results/raw/, their summary with the command
+to results/NN.json (results/benchmark.json) and regenerates README's results table
+(scripts/results_table.py). A smoke run writes all of that under --out and touches nothing
+tracked. The data is found as everywhere else: $EVA_DATA_DIR, else the nearest data/ folder.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = {"01": "01_cnn_vs_resnet", "02": "02_resnet_under_500k",
+             "03": "03_resnet18_layernorm", "04": "04_custom_resnet"}
+SEEDS = {"04": [0, 1, 2]}  # mean ± std over seeds where the spread is the point
+CPU_JOBS, GPU_JOBS = ["01", "02"], ["03", "04", "benchmark"]
+
+
+def clean(path: Path) -> None:
+    """Tidy an executed notebook: drop papermill's injected-parameters cell (it set only SEED, the
+    default, and where figures and records go, so the outputs are those of the code as committed),
+    its timing metadata, and the progress bars: tqdm's notebook widgets, whose state is not saved, so
+    a reader would see "model not found" where they were (the epoch lines stay)."""
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    nb.metadata.pop("papermill", None)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs
+                            if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+    nbformat.write(nb, path)
+
+
+def run_notebook(key: str, out: Path, smoke: bool, command: str) -> None:
+    name = NOTEBOOKS[key]
+    runs = []
+    for seed in SEEDS.get(key, [0]):
+        first = not runs
+        executed = (out / "notebooks" / f"{name}.ipynb" if first
+                    else out / "runs" / f"{name}-seed{seed}.ipynb")  # runs/ is not committed
+        executed.parent.mkdir(parents=True, exist_ok=True)
+        record = out / "results" / "raw" / f"{key}-seed{seed}.json"  # the notebook writes it
+        params = {"SEED": seed, "RESULTS_JSON": os.path.relpath(record, ROOT)}
+        if first:  # figures from the committed run only
+            params["FIGURE_DIR"] = os.path.relpath(out / "images", ROOT)
+        print(f"== {name}, seed {seed} -> {executed}", flush=True)
+        papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(executed),
+                                   parameters=params, cwd=str(ROOT), log_output=True,
+                                   progress_bar=False, kernel_name="python3")
+        clean(executed)
+        runs += json.loads(record.read_text())["runs"]
+    save(out / "results" / f"{key}.json", {"notebook": key, "command": command, "smoke": smoke,
+                                           "date": today(), "runs": runs})
+
+
+def run_benchmark(out: Path, smoke: bool, command: str) -> None:
+    target = out / "results" / "benchmark.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    raw = out / "results" / "raw" / "benchmark.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--out", str(raw),
+                    *(["--smoke"] if smoke else [])], check=True, cwd=ROOT)
+    runs = json.loads(raw.read_text())
+    save(target, {"notebook": "benchmark", "command": command, "smoke": smoke, "date": today(),
+                  "runs": runs})
+
+
+def save(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cpu", action="store_true", help=f"run {', '.join(CPU_JOBS)}")
+    p.add_argument("--gpu", action="store_true", help=f"run {', '.join(GPU_JOBS)}")
+    p.add_argument("--only", nargs="+", default=[], choices=[*NOTEBOOKS, "benchmark"])
+    p.add_argument("--smoke", action="store_true", help="smoke-sized runs (EVA_SMOKE=1)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where everything goes (default: the repository; required with --smoke)")
+    args = p.parse_args()
+    jobs = args.only + (CPU_JOBS if args.cpu else []) + (GPU_JOBS if args.gpu else [])
+    if not jobs:
+        p.error("say what to run: --cpu, --gpu or --only ...")
+    if args.smoke and args.out is None:
+        p.error("--smoke writes only under --out, e.g. --out runs/smoke")
+    if args.gpu and not args.smoke:
+        import torch
+        if not torch.cuda.is_available():
+            p.error("--gpu needs a CUDA device; this machine has none (use --smoke to test it)")
+    out = (args.out or ROOT).resolve()
+    command = "python scripts/full_runs.py " + " ".join(sys.argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the notebooks' output, live
+    if args.smoke:
+        os.environ["EVA_SMOKE"] = "1"
+    for job in dict.fromkeys(jobs):  # in order, once each
+        if job == "benchmark":
+            run_benchmark(out, args.smoke, command)
+        else:
+            run_notebook(job, out, args.smoke, command)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"),
+                    "--results", str(out / "results"), "--readme", str(out / "README.md")],
+                   check=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Checkpoints and resume: an interrupted run continues exactly; anything else is refused clearly."""
+import os
+import re
+
+import pytest
+import torch
+
+import eva_utils as eva
+from eva_utils.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from test_train import Tiny, cfg, loaders
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_continues_exactly(tiny, tmp_path, ema_decay):
+    torch.manual_seed(0)
+    full_model = Tiny()
+    start = {k: v.clone() for k, v in full_model.state_dict().items()}
+    full = eva.fit(full_model, *loaders(tiny), cfg(checkpoint_dir=str(tmp_path / "full"),
+                                                   ema_decay=ema_decay), progress=False)
+
+    class Interrupt(Exception):
+        pass
+
+    train, test = loaders(tiny)
+    epochs_started = []
+    original = train.set_epoch
+
+    def set_epoch(epoch):
+        epochs_started.append(epoch)
+        if len(epochs_started) == 2:  # the user stops the kernel as epoch 2 starts
+            raise Interrupt
+        original(epoch)
+    train.set_epoch = set_epoch
+    model = Tiny()
+    model.load_state_dict(start)
+    with pytest.raises(Interrupt):
+        eva.fit(model, train, test, cfg(checkpoint_dir=str(tmp_path / "cut"), ema_decay=ema_decay),
+                progress=False)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    torch.manual_seed(123)  # whatever happened in between must not matter
+    resumed_model = Tiny()
+    resumed = eva.fit(resumed_model, *loaders(tiny),
+                      cfg(checkpoint_dir=str(tmp_path / "cut"), ema_decay=ema_decay, log_every=1),
+                      resume=tmp_path / "cut" / "last.pt", progress=False)
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        assert getattr(resumed, key) == pytest.approx(getattr(full, key), rel=1e-5), key
+    for (k, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_checkpoints_are_complete_durable_and_atomic(tiny, tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=tmp_path), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no .tmp left
+    assert len(synced) >= 2 * 2  # each save flushes the file and its folder before trusting them
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)  # loads without pickle code
+    assert ckpt["epoch"] == 2 and ckpt["config"]["epochs"] == 2
+    assert ckpt["model_class"] == "Tiny" and ckpt["steps_per_epoch"] == 5
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["history"]["test_acc"][-1] == max(ckpt["history"]["test_acc"])
+
+
+def test_a_failed_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    atomic_save({"a": torch.ones(2)}, tmp_path / "last.pt")
+
+    def power_cut(*args, **kwargs):
+        raise OSError("disk gone")
+    monkeypatch.setattr(os, "fsync", power_cut)
+    with pytest.raises(OSError):
+        atomic_save({"a": torch.zeros(2)}, tmp_path / "last.pt")
+    assert torch.equal(torch.load(tmp_path / "last.pt")["a"], torch.ones(2))
+
+
+@pytest.fixture
+def finished(tiny, tmp_path):
+    """A finished 2-epoch one-cycle run's last.pt."""
+    torch.manual_seed(0)
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=tmp_path), progress=False)
+    return tmp_path / "last.pt"
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"lr": 0.1}, "lr: checkpoint 0.05, now 0.1"),
+    ({"schedule": "step"}, "schedule: checkpoint 'onecycle', now 'step'"),
+    ({"epochs": 4}, "epochs: checkpoint 2, now 4 (a one-cycle schedule's shape"),
+    ({"optimizer": "adam"}, "optimizer: checkpoint 'sgd', now 'adam'"),
+    ({"ema_decay": 0.9}, "ema_decay: checkpoint None, now 0.9"),
+])
+def test_resume_refuses_a_different_config(tiny, finished, change, words):
+    settings = {"epochs": 2, "checkpoint_dir": str(finished.parent), **change}
+    with pytest.raises(CheckpointError, match=rf"(?s)Cannot resume from {re.escape(str(finished))}.*{re.escape(words)}.*Fix"):
+        eva.fit(Tiny(), *loaders(tiny), cfg(**settings), resume=finished, progress=False)
+
+
+def test_resume_refuses_other_data_or_model(tiny, finished):
+    with pytest.raises(CheckpointError, match="steps per epoch: checkpoint 5, now 10"):
+        eva.fit(Tiny(), *loaders(tiny, batch=20), cfg(epochs=2), resume=finished, progress=False)
+    with pytest.raises(CheckpointError, match=r"model: checkpoint Tiny\(\), now SmallResNet"):
+        eva.fit(eva.SmallResNet(), *loaders(tiny), cfg(epochs=2), resume=finished, progress=False)
+
+
+def test_weight_shared_model_is_not_resumed_from_a_plain_one(tiny, tmp_path):
+    train, test = loaders(tiny, batch=100)
+    eva.fit(eva.SmallResNet(), train, test, cfg(epochs=1, schedule="constant",
+                                                checkpoint_dir=tmp_path), progress=False)
+    with pytest.raises(CheckpointError, match=r"SmallResNet\(repeats=1, num_classes=10\), now "
+                                              r"SmallResNet\(repeats=2, num_classes=10\)"):
+        eva.fit(eva.SmallResNet(repeats=2), train, test, cfg(epochs=1, schedule="constant"),
+                resume=tmp_path / "last.pt", progress=False)
+
+
+def test_a_finished_run_can_be_extended_where_the_schedule_allows(tiny, tmp_path):
+    torch.manual_seed(0)
+    settings = {"schedule": "step", "step_size": 1, "gamma": 0.5, "checkpoint_dir": str(tmp_path)}
+    h2 = eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, **settings), progress=False)
+    h4 = eva.fit(Tiny(), *loaders(tiny), cfg(epochs=4, **settings), resume=tmp_path / "last.pt",
+                 progress=False)
+    assert len(h4) == 4 and h4.test_acc[:2] == h2.test_acc
+    assert h4.lr == pytest.approx([0.05, 0.025, 0.0125, 0.00625])  # the decay goes on
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "cannot be read as a checkpoint"),
+    ("truncated", "cannot be read as a checkpoint"),
+    ({"model": {}}, "not a checkpoint written by eva.fit: it lacks optimizer"),
+])
+def test_unreadable_checkpoints_name_the_file(tiny, finished, tmp_path, content, words):
+    bad = tmp_path / "bad.pt"
+    if content == "truncated":
+        raw = finished.read_bytes()
+        bad.write_bytes(raw[:len(raw) // 2])
+    elif isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        torch.save(content, bad)
+    with pytest.raises(CheckpointError, match=f"{bad}.*{words}" if "lacks" not in words
+                       else f"{bad} is {words}"):
+        eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2), resume=bad, progress=False)
+    with pytest.raises(CheckpointError, match=f"No checkpoint at {tmp_path / 'nope.pt'}"):
+        load_checkpoint(tmp_path / "nope.pt")
