@@ -218,7 +218,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     if ckpt_dir:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tested = run.ema.module if run.ema is not None else model
+    scored = run.ema.module if run.ema is not None else model  # what each epoch is tested on
     best = max(run.history.test_acc, default=-1.0)
 
     for epoch in range(len(run.history), cfg.epochs):
@@ -229,7 +229,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         try:
             train_loss, train_acc, seconds = train_epoch(run, train_loader, cfg, device, epoch,
                                                          progress=progress)
-            test_loss, test_acc = evaluate(tested, test_loader, device, tta=cfg.tta, amp=cfg.amp,
+            test_loss, test_acc = evaluate(scored, test_loader, device, tta=cfg.tta, amp=cfg.amp,
                                            channels_last=nhwc)
         except torch.OutOfMemoryError:
             raise TrainingError(
