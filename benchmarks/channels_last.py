@@ -15,9 +15,11 @@ import torch.nn.functional as F
 
 import eva_utils as eva
 
-MODELS = {"PlainCNN": eva.PlainCNN, "SmallResNet": eva.SmallResNet,
-          "SmallResNet(repeats=2)": lambda: eva.SmallResNet(repeats=2),
-          "CustomResNet": eva.CustomResNet, "ResNet18": eva.ResNet18}
+MODELS = {"PlainCNN": lambda: eva.PlainCNN(num_classes=10),
+          "SmallResNet": lambda: eva.SmallResNet(num_classes=10),
+          "SmallResNet(repeats=2)": lambda: eva.SmallResNet(repeats=2, num_classes=10),
+          "CustomResNet": lambda: eva.CustomResNet(num_classes=10),
+          "ResNet18": lambda: eva.ResNet18(num_classes=10)}
 
 
 def images_per_second(model, layout, device, batch, steps) -> float:

@@ -39,7 +39,7 @@ def run(path: str, data, args, device) -> dict:
                              seed=args.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model = eva.CustomResNet(logit_scale=0.125)
+    model = eva.CustomResNet(num_classes=10, logit_scale=0.125)
     start = time.perf_counter()
     history = eva.fit(model, train, test, config, device=device, progress=False)
     wall = time.perf_counter() - start

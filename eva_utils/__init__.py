@@ -3,9 +3,10 @@
     import eva_utils as eva
     data = eva.load_image_folder("shapes")          # train/<class>/*, test/<class>/*; or load_cifar10()
     train = eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std, 128,
-                             train=True, augment=eva.Augment(pad=4, flip=True, cutout=8))
-    test = eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 500, train=False)
-    model = eva.ResNet18(num_classes=len(data.classes))
+                             train=True, augment=eva.Augment(pad=4, cutout=8), classes=data.classes)
+    test = eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 500,
+                            train=False, classes=data.classes)
+    model = eva.ResNet18(num_classes=data.num_classes)
     history = eva.fit(model, train, test, eva.TrainConfig(epochs=24, lr=0.1))
     predictions = eva.predict(model, test, data.classes)
 
@@ -17,7 +18,7 @@ torchinfo and tqdm, so the folder can be copied into another project as it is.
 """
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import (CIFAR10_CLASSES, DataError, ImageData, channel_stats, data_root, load_cifar10,
-                   load_image_folder, smoke_mode, synthetic_data)
+                   load_image_folder, smoke_mode, synthetic_data, to_rgb)
 from .gradcam import gradcam, gradcam_layers, plot_gradcam
 from .inference import Predictions, confusion_matrix, evaluate, misclassified, predict
 from .loaders import TensorLoader, make_loader

@@ -75,14 +75,34 @@ def model_identity(model: nn.Module) -> tuple[str, dict]:
     return type(model).__name__, dict(getattr(model, "init_args", {}))
 
 
+def check_writable(folder: Path) -> None:
+    """Make ``folder`` and write a probe file there, or raise one CheckpointError naming the setting."""
+    probe = folder / ".eva-write-test"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CheckpointError(f"Cannot write checkpoints to {folder} ({exc.strerror or exc}). Fix: "
+                              "set TrainConfig(checkpoint_dir=...) to a folder you can write to, "
+                              "or None for no checkpoints.") from None
+
+
 def atomic_save(obj: dict, path: Path) -> None:
     """Write, flush to disk, then rename: a crash or power cut leaves the old file or the new one,
-    never a half-written or empty one."""
+    never a half-written or empty one. A failed write (a full disk) removes its partial file."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} yet"
+        raise CheckpointError(f"Could not write the checkpoint {path} ({exc}); {kept}. Fix: free "
+                              "disk space, or point TrainConfig(checkpoint_dir=...) elsewhere, "
+                              "then resume.") from None
     os.replace(tmp, path)
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
         fd = os.open(path.parent, os.O_DIRECTORY)
@@ -113,9 +133,19 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
-def check_resumable(ckpt: dict, path, model: nn.Module, cfg: dict, steps_per_epoch: int) -> None:
-    """Raise one CheckpointError naming everything in which this run differs from the checkpoint's."""
+def check_resumable(ckpt: dict, path, model: nn.Module, cfg: dict, steps_per_epoch: int,
+                    data: dict | None = None) -> None:
+    """Raise one CheckpointError naming everything in which this run differs from the checkpoint's:
+    model, steps per epoch, config, and the training loader's ``fingerprint`` (data, class names,
+    augmentation, batch size, seed)."""
     problems = []
+    old_data = ckpt.get("data")
+    if old_data is not None and data is not None:
+        for key in sorted(set(old_data) | set(data)):
+            if old_data.get(key) != data.get(key):
+                what = {"content": "image or label content"}.get(key, key.replace("_", " "))
+                problems.append(f"training data's {what}: checkpoint {old_data.get(key)!r}, now "
+                                f"{data.get(key)!r}")
     name, args = model_identity(model)
     if (ckpt["model_class"], ckpt["model_args"]) != (name, args):
         problems.append(f"model: checkpoint {ckpt['model_class']}({_args(ckpt['model_args'])}), "
@@ -134,8 +164,11 @@ def check_resumable(ckpt: dict, path, model: nn.Module, cfg: dict, steps_per_epo
             continue
         if key == "epochs" and cfg["schedule"] != "onecycle" and after >= ckpt["epoch"]:
             continue
-        why = (" (a one-cycle schedule's shape depends on the number of epochs)"
-               if key == "epochs" else "")
+        why = ""
+        if key == "epochs" and cfg["schedule"] == "onecycle":
+            why = " (a one-cycle schedule's shape depends on the number of epochs)"
+        elif key == "epochs":
+            why = f" (the checkpoint has already trained {ckpt['epoch']} epochs)"
         problems.append(f"{key}: checkpoint {before!r}, now {after!r}{why}")
     if problems:
         raise CheckpointError(

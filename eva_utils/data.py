@@ -1,8 +1,10 @@
 """Image-classification data sets as uint8 arrays in memory: ``ImageData``.
 
 * ``load_image_folder(root)``: any ``<root>/train/<class>/*`` + ``<root>/test/<class>/*`` tree (PNG,
-  JPEG or BMP; any number of classes, named by their folders, sorted; any size with ``image_size=``;
-  grayscale or RGBA converted to RGB). Decoded once and cached beside the data as
+  JPEG or BMP; any number of classes, named by their folders, sorted unless ``classes=`` gives the
+  order; any size with ``image_size=``). Hidden and system folders (``.ipynb_checkpoints``,
+  ``__MACOSX``, any name starting with "." or "__") are skipped, with one warning; folder names are
+  compared in Unicode NFC form, so "café" typed on a Mac matches "café" from Linux. Decoded once and cached beside the data as
   ``<root>/eva-image-cache.npz`` (plain arrays, no pickle). The cache is rebuilt when a file is added,
   removed, renamed, resized or touched (size and modification time): a file rewritten with the same
   size *and* modification time is not noticed, so delete the cache after editing images in place.
@@ -15,11 +17,17 @@
 directory or one of its parents (so notebooks find the repository's ``data/`` from ``notebooks/``),
 else ``./data``. In smoke mode (``EVA_SMOKE=1``, set by ``notebooks/conftest.py``) and only there, a
 missing CIFAR-10 is replaced by a small synthetic one with a loud warning.
+
+**Channels: one rule.** eva_utils works in RGB. Grayscale, palette and RGBA files become RGB when
+decoded; grayscale arrays, (N, H, W) or (N, H, W, 1), become RGB in the loaders (``to_rgb``: the
+gray value in all three channels). So every model takes 3 channels, and a grayscale data set's
+three channel statistics are equal.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,6 +76,11 @@ class ImageData:
     source: str                       # where the arrays came from, for the notebook's log
 
     @property
+    def num_classes(self) -> int:
+        """len(classes): the number of outputs a model for this data needs."""
+        return len(self.classes)
+
+    @property
     def image_size(self) -> tuple[int, int]:
         """(H, W) of every image."""
         return tuple(self.train_images.shape[1:3])
@@ -88,11 +101,31 @@ class ImageData:
                 f"std={tuple(round(s, 4) for s in self.std)}, source={self.source!r})")
 
 
+def to_rgb(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, H, W), (N, H, W, 1) or (N, H, W, 3) -> (N, H, W, 3); gray copied to R, G, B."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 pixels in [0, 255]; got {images.dtype}. Fix: "
+                         "np.clip(x * 255, 0, 255).astype(np.uint8) for floats in [0, 1].")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"images must be (N, H, W) or (N, H, W, 1) grayscale, or (N, H, W, 3) "
+                         f"RGB; got shape {images.shape}. Fix: channels last, and drop an alpha "
+                         "channel (images[..., :3]).")
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] of uint8 images (N, H, W, 3), in float64 chunks."""
-    total, total_sq = np.zeros(3), np.zeros(3)
+    """Per-channel mean and std in [0, 1] of uint8 images (N, H, W, C), or (N, H, W) grayscale
+    (one channel), in float64 chunks."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    c = images.shape[-1]
+    total, total_sq = np.zeros(c), np.zeros(c)
     for start in range(0, len(images), 5000):  # chunks keep the float64 copy small
-        chunk = images[start:start + 5000].reshape(-1, 3).astype(np.float64) / 255.0
+        chunk = images[start:start + 5000].reshape(-1, c).astype(np.float64) / 255.0
         total += chunk.sum(0)
         total_sq += (chunk ** 2).sum(0)
     n = images.shape[0] * images.shape[1] * images.shape[2]
@@ -104,22 +137,40 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
 # --------------------------------------------------------------------------------------------------
 # Image folders
 
-def class_folders(split: Path) -> list[str]:
-    """The class names of one split: its sub-folders, sorted."""
+def hidden(name: str) -> bool:
+    """Folders that tools make, never classes: ".ipynb_checkpoints", "__MACOSX", ".git", ..."""
+    return name.startswith((".", "__"))
+
+
+def class_folders(split: Path) -> dict[str, Path]:
+    """{class name (Unicode NFC): folder} for one split's sub-folders, hidden ones skipped."""
     if not split.is_dir():
         raise DataError(f"{split} is missing: an image folder needs {split.parent / 'train'} and "
                         f"{split.parent / 'test'}, each with one sub-folder per class.")
-    names = sorted(p.name for p in split.iterdir() if p.is_dir())
+    folders = [p for p in split.iterdir() if p.is_dir()]
+    skipped = sorted(p.name for p in folders if hidden(p.name))
+    if skipped:
+        warnings.warn(f"Skipped {', '.join(skipped)} in {split}: hidden or system folders are not "
+                      "classes.", stacklevel=3)
+    names = {}
+    for p in sorted(folders):
+        if hidden(p.name):
+            continue
+        name = unicodedata.normalize("NFC", p.name)
+        if name in names:
+            raise DataError(f"{names[name]} and {p} are the same class name in two Unicode forms. "
+                            "Fix: merge the two folders.")
+        names[name] = p
     if not names:
         raise DataError(f"{split} has no class folders. Fix: put the images of class c in "
                         f"{split / 'c'}/.")
     return names
 
 
-def _list_split(split: Path, classes: list[str]) -> list[tuple[Path, int]]:
+def _list_split(folders: dict[str, Path], classes: list[str]) -> list[tuple[Path, int]]:
     files = []
     for label, name in enumerate(classes):
-        folder = split / name
+        folder = folders[name]
         found = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
         for p in found:
             if not p.exists():  # a symlink whose target is gone
@@ -195,23 +246,33 @@ def _write_cache(cache: Path, arrays: dict) -> None:
 
 
 def load_image_folder(root: str | os.PathLike | None = None, *,
-                      image_size: int | tuple[int, int] | None = None) -> ImageData:
+                      image_size: int | tuple[int, int] | None = None,
+                      classes: list[str] | tuple[str, ...] | None = None) -> ImageData:
     """Load ``<root>/train/<class>/*`` and ``<root>/test/<class>/*`` (see the module doc).
 
     ``image_size`` (H, W) or one int resizes every image; None requires them all to be one size.
+    ``classes`` gives the label order (e.g. "zero", "one", ... "nine"); None sorts the folder names.
     """
     root = data_root(root)
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
-    classes = class_folders(root / "train")
-    test_classes = class_folders(root / "test")
-    if test_classes != classes:
+    train_folders = class_folders(root / "train")
+    test_folders = class_folders(root / "test")
+    if set(test_folders) != set(train_folders):
         raise DataError(f"{root / 'train'} and {root / 'test'} must hold the same class folders; "
-                        f"only in train: {sorted(set(classes) - set(test_classes)) or 'none'}, "
-                        f"only in test: {sorted(set(test_classes) - set(classes)) or 'none'}.")
-    train_files = _list_split(root / "train", classes)
-    test_files = _list_split(root / "test", classes)
-    signature = _signature(train_files + test_files, image_size)
+                        f"only in train: {sorted(set(train_folders) - set(test_folders)) or 'none'}, "
+                        f"only in test: {sorted(set(test_folders) - set(train_folders)) or 'none'}.")
+    found = list(train_folders)
+    if classes is None:
+        classes = found
+    else:
+        classes = [unicodedata.normalize("NFC", str(c)) for c in classes]
+        if sorted(classes) != found:
+            raise DataError(f"classes={list(classes)} must name each class folder once; the "
+                            f"folders are {found}.")
+    train_files = _list_split(train_folders, classes)
+    test_files = _list_split(test_folders, classes)
+    signature = _signature(train_files + test_files, (image_size, classes))
     cache = root / CACHE_NAME
     arrays = _read_cache(cache, signature)
     source = f"image folder {root}"
@@ -273,7 +334,7 @@ def load_cifar10(root: str | os.PathLike | None = None, *, download: bool = True
 
 
 def _check_cifar10_classes(split: Path) -> None:
-    found = class_folders(split)
+    found = list(class_folders(split))
     missing = sorted(set(CIFAR10_CLASSES) - set(found))
     extra = sorted(set(found) - set(CIFAR10_CLASSES))
     if missing or extra:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import warnings
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -13,7 +15,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from .inference import Predictions
-from .plots import check_normalised, no_mistakes, save_figure
+from .plots import check_counts, check_normalised, no_mistakes, save_figure
 from .runtime import eval_mode
 from .transforms import denormalize
 
@@ -48,12 +50,13 @@ def find_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
                          f"{', '.join(_spatial_names(model))}.") from None
 
 
-def layer_sizes(model: nn.Module, images: torch.Tensor, layers) -> dict:
-    """{layer: "HxW"} of each layer's output for ``images``, from one forward pass (hooks removed)."""
+def layer_shapes(model: nn.Module, images: torch.Tensor, layers) -> dict:
+    """{layer: output shape} of each layer for ``images[:1]``, from one forward pass (hooks
+    removed); an error naming the layer when its output is not a (B, C, H, W) feature map."""
     sizes, handles = {}, []
     for layer in layers:
         def hook(module, args, out, layer=layer):
-            sizes.setdefault(layer, f"{out.shape[-2]}x{out.shape[-1]}")
+            sizes.setdefault(layer, tuple(out.shape) if isinstance(out, torch.Tensor) else None)
         handles.append(find_layer(model, layer).register_forward_hook(hook))
     device = next(model.parameters()).device
     try:
@@ -62,6 +65,13 @@ def layer_sizes(model: nn.Module, images: torch.Tensor, layers) -> dict:
     finally:
         for h in handles:
             h.remove()
+    for layer, shape in sizes.items():
+        if shape is None or len(shape) != 4:
+            name = layer if isinstance(layer, str) else type(layer).__name__
+            good = getattr(model, "gradcam_layers", None) or _spatial_names(model)[-6:]
+            raise ValueError(f"Layer {name!r} outputs {shape}, not (B, C, H, W) feature maps, so "
+                             "Grad-CAM cannot weigh its channels. Fix: pick a convolutional stage, "
+                             f"e.g. one of {', '.join(good)}.")
     return sizes
 
 
@@ -103,8 +113,12 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: str | nn.Module,
     module = find_layer(model, layer)
     device = next(model.parameters()).device
     images = images.to(device)
+    layer_shapes(model, images, [layer])
     targets = None
     if classes is not None:
+        if len(classes) != len(images):
+            raise ValueError(f"{len(classes)} class indices for {len(images)} images: give one "
+                             "class per image (or None to explain each prediction).")
         with torch.no_grad(), eval_mode(model):
             outputs = model(images[:1]).shape[1]
         bad = [int(c) for c in classes if not 0 <= int(c) < outputs]
@@ -124,6 +138,7 @@ def plot_gradcam(model: nn.Module, wrong: Predictions, layers, mean, std, *, n: 
     the layer and its map size. ``target`` "pred" explains the predicted class, "true" the true one."""
     if target not in {"pred", "true"}:
         raise ValueError(f"target={target!r}: use 'pred' (explain the prediction) or 'true'.")
+    check_counts(n, cols)
     n = min(n, len(wrong))
     if n == 0:
         return no_mistakes(path)
@@ -131,8 +146,15 @@ def plot_gradcam(model: nn.Module, wrong: Predictions, layers, mean, std, *, n: 
     names = [name if isinstance(name, str) else type(name).__name__ for name in layers]
     images = wrong.images[:n]
     explained = wrong.preds[:n] if target == "pred" else wrong.labels[:n]
-    sizes = layer_sizes(model, images, layers)
+    shapes = layer_shapes(model, images, layers)
+    sizes = {layer: f"{shape[-2]}x{shape[-1]}" for layer, shape in shapes.items()}
+    coarse = [name for name, layer in zip(names, layers) if min(shapes[layer][-2:]) < 2]
+    if coarse:
+        warnings.warn(f"{', '.join(coarse)}: a 1-pixel-wide feature map at this image size, so "
+                      "its heat map is one flat colour and explains nothing. Fix: choose an "
+                      "earlier layer (eva.gradcam_layers(model)), or larger images.", stacklevel=2)
     masks = [gradcam(model, images, layer, explained) for layer in layers]
+    cols = min(cols, n)  # 2 images: 2 columns, not 5 with 3 blank
     pictures = denormalize(images, mean, std).numpy()
     groups, rows_per = -(-n // cols), 1 + len(layers)
     fig, axes = plt.subplots(groups * rows_per, cols, figsize=(2.0 * cols, 2.15 * groups * rows_per),

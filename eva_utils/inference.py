@@ -24,10 +24,12 @@ def check_labels(y: torch.Tensor, num_outputs: int) -> None:
 @torch.no_grad()
 def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bool | None = None,
             channels_last: bool | None = None):
-    """Yield (images as the loader gave them, labels, float32 logits (B, K)) for each batch.
+    """Yield (images as the loader gave them, labels, float32 logits (B, K), float32 logits of the
+    images alone (B, K)) for each batch.
 
-    ``tta`` averages the logits of each image and its left-right mirror. Runs in eval mode; every
-    submodule's mode is restored afterwards.
+    ``tta`` averages the logits of each image and its left-right mirror (the last item stays the
+    plain logits, so both accuracies come from one pass). Runs in eval mode; every submodule's mode
+    is restored afterwards.
     """
     device = torch.device(device) if device else next(model.parameters()).device
     dtype = amp_dtype(device, amp)
@@ -36,24 +38,32 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
         for x_in, y_in in loader:
             x, y = to_device(x_in, y_in, device, nhwc)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = model(x)
-                if tta:
-                    logits = (logits + model(x.flip(3))) / 2
+                plain = model(x)
+                logits = (plain + model(x.flip(3))) / 2 if tta else plain
             check_labels(y, logits.shape[1])  # one sync per batch: evaluation has few batches
-            yield x_in, y, logits.float()
+            yield x_in, y, logits.float(), plain.float()
 
 
 def evaluate(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bool | None = None,
              channels_last: bool | None = None) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (percent, in [0, 100]) of ``model`` over ``loader``."""
-    loss_sum, correct, n = 0.0, 0, 0
-    for _, y, logits in outputs(model, loader, device, tta=tta, amp=amp, channels_last=channels_last):
+    loss, acc, _ = scores(model, loader, device, tta=tta, amp=amp, channels_last=channels_last)
+    return loss, acc
+
+
+def scores(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bool | None = None,
+           channels_last: bool | None = None) -> tuple[float, float, float]:
+    """``evaluate``'s loss and accuracy, and the accuracy without test-time augmentation (percent)."""
+    loss_sum, correct, plain_correct, n = 0.0, 0, 0, 0
+    for _, y, logits, plain in outputs(model, loader, device, tta=tta, amp=amp,
+                                       channels_last=channels_last):
         loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum")
         correct = correct + (logits.argmax(1) == y).sum()
+        plain_correct = plain_correct + (plain.argmax(1) == y).sum()
         n += len(y)
     if n == 0:
         raise ValueError("The evaluation loader yielded no images; check the test split is not empty.")
-    return float(loss_sum) / n, 100.0 * int(correct) / n
+    return float(loss_sum) / n, 100.0 * int(correct) / n, 100.0 * int(plain_correct) / n
 
 
 @dataclass
@@ -81,7 +91,8 @@ def predict(model: nn.Module, loader, classes, device=None, *, tta: bool = False
     them (pass the same ``tta``). ``classes``: one name per output, e.g. ``data.classes``."""
     classes = tuple(classes)
     out = {"images": [], "labels": [], "preds": [], "confidence": []}
-    for x, y, logits in outputs(model, loader, device, tta=tta, amp=amp, channels_last=channels_last):
+    for x, y, logits, _ in outputs(model, loader, device, tta=tta, amp=amp,
+                                   channels_last=channels_last):
         if logits.shape[1] != len(classes):
             raise ValueError(f"The model has {logits.shape[1]} outputs but {len(classes)} class "
                              f"names were given. Fix: pass one name per class (data.classes).")

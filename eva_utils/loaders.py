@@ -5,21 +5,31 @@
 * ``make_loader``: the classic path, a ``DataLoader`` whose workers run a per-image albumentations
   pipeline (``Augment.albumentations``, or any list of albumentations transforms).
 
-Both take the same arguments, shuffle and drop the last incomplete batch in training only, and make
-an epoch's randomness a function of their ``seed`` and ``set_epoch(epoch)`` alone (so a resumed run
-sees the same batches), and ``preview(n)`` shows what they train on (``plots.plot_augmentations``).
+Both take the same arguments, shuffle and drop the last incomplete batch in training only (a
+different remainder each epoch; batch norm needs no one-image batch), and make an epoch's randomness
+a function of their ``seed`` and ``set_epoch(epoch)`` alone (so a resumed run sees the same
+batches), and ``preview(n)`` shows what they train on (``plots.plot_augmentations``). A training
+split too small for its batch size (fewer than ``MIN_STEPS`` steps an epoch, or more than a tenth
+of its images dropped) gets a warning that gives a batch size that fits. Both know the data's
+``num_classes`` (``len(classes)`` when given, else the largest label + 1), which ``fit`` checks
+against the model's outputs. Grayscale images become RGB (``data.to_rgb``).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .data import to_rgb
 from .runtime import get_device
 from .transforms import Augment, pipeline
+
+MIN_STEPS = 10  # fewer optimizer steps than this an epoch and most runs learn next to nothing
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -37,15 +47,70 @@ def reseed(transform, seed: int) -> None:
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
-def _check_arrays(images: np.ndarray, labels: np.ndarray, batch_size: int, train: bool) -> None:
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 (N, H, W, 3); got {images.dtype} {images.shape}.")
+def _check_arrays(images, labels, mean, std, batch_size: int, train: bool, classes):
+    """The arrays as the loaders keep them: (uint8 (N, H, W, 3), int64 (N,), mean, std, classes),
+    or one clear error naming the argument that is wrong."""
+    if not isinstance(images, np.ndarray):
+        kind = type(images).__name__
+        raise TypeError(f"images must be a numpy array of uint8 pixels (N, H, W, 3); got a {kind}. "
+                        "Fix: pass data.train_images and data.train_labels of an eva.ImageData, or "
+                        "np.asarray(...) of your own pixels.")
+    images = to_rgb(images)
+    labels = np.asarray(labels)
+    whole = np.issubdtype(labels.dtype, np.integer) or (
+        np.issubdtype(labels.dtype, np.floating) and bool(np.all(labels == np.round(labels))))
+    if labels.ndim != 1 or not whole:
+        raise ValueError(f"labels must be whole class numbers, shape (N,); got {labels.dtype} "
+                         f"{labels.shape}. Fix: one-hot labels y become y.argmax(1).")
+    labels = labels.astype(np.int64)
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels: they must match.")
-    if batch_size < 1 or (train and batch_size > len(labels)):
+    if not isinstance(batch_size, int) or batch_size < 1 or (train and batch_size > len(labels)):
         raise ValueError(f"batch_size={batch_size} does not fit a split of {len(labels)} images"
                          f"{' (incomplete batches are dropped in training)' if train else ''}. "
                          f"Fix: choose a batch size between 1 and {len(labels)}.")
+    mean, std = _stats(mean, "mean"), _stats(std, "std")
+    num_classes = len(classes) if classes is not None else int(labels.max(initial=-1)) + 1
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"Labels run from {labels.min()} to {labels.max()}, but there are "
+                         f"{num_classes} classes. Fix: labels must be 0..{num_classes - 1}.")
+    if train:
+        steps, dropped = divmod(len(labels), batch_size)
+        if steps < MIN_STEPS or dropped > len(labels) / 10:
+            left_out = (f", and the incomplete last batch ({dropped} images, a different {dropped} "
+                        "each epoch) is dropped" if dropped else "")
+            warnings.warn(
+                f"{len(labels)} training images at batch_size={batch_size} make {steps} step"
+                f"{'s' * (steps != 1)} an epoch{left_out}: too few to learn well. Fix: "
+                f"batch_size={max(1, len(labels) // MIN_STEPS)} or less ({MIN_STEPS}+ steps an "
+                "epoch).", stacklevel=3)
+    return images, labels, mean, std, num_classes
+
+
+def fingerprint(images: np.ndarray, labels: np.ndarray, classes, augment, batch_size: int,
+                seed: int) -> dict:
+    """What decides a training loader's batches, for ``fit(resume=...)`` to compare: counts, class
+    names, a hash of every label and of up to 256 evenly spaced images, augmentation, batch, seed."""
+    h = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
+    h.update(np.ascontiguousarray(images[::max(1, len(images) // 256)]).tobytes())
+    return {"images": len(labels), "image_size": list(images.shape[1:3]),
+            "classes": list(classes) if classes is not None else None,
+            "content": h.hexdigest()[:16], "augment": repr(augment), "batch_size": batch_size,
+            "seed": seed}
+
+
+def _stats(values, name: str) -> tuple[float, float, float]:
+    """A data set's per-channel mean or std, on the [0, 1] scale, for 3 channels (1 is repeated)."""
+    values = tuple(float(v) for v in np.atleast_1d(np.asarray(values, dtype=float)))
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise ValueError(f"{name}={values}: give one value per RGB channel (or one for all).")
+    if max(values) > 1 or (name == "std" and min(values) <= 0):
+        raise ValueError(f"{name}={values}: give it on the [0, 1] scale, as data.{name} is "
+                         f"(values above 1 look like 0-255 pixels: divide by 255)"
+                         f"{'; every std must be > 0' if name == 'std' else ''}.")
+    return values
 
 
 class TensorLoader:
@@ -56,11 +121,15 @@ class TensorLoader:
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int, *,
-                 train: bool, augment: Augment | None = None,
+                 train: bool, augment: Augment | None = None, classes=None,
                  device: torch.device | str | None = None, seed: int = 0,
                  dtype: torch.dtype = torch.float32):
-        labels = np.asarray(labels, dtype=np.int64)
-        _check_arrays(images, labels, batch_size, train)
+        images, labels, mean, std, self.num_classes = _check_arrays(images, labels, mean, std,
+                                                                    batch_size, train, classes)
+        if augment is not None and not isinstance(augment, Augment):
+            raise TypeError(f"TensorLoader's augment must be an eva.Augment; got "
+                            f"{type(augment).__name__}. Fix: for albumentations transforms use "
+                            "eva.make_loader(..., augment=[...]).")
         if augment is not None:
             augment.check_size(images.shape[1:3])
         self.device = get_device(device)
@@ -72,6 +141,7 @@ class TensorLoader:
         self.batch_size, self.train, self.dtype, self.seed = batch_size, train, dtype, seed
         self.augment = augment if train else None
         self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.fingerprint = fingerprint(images, labels, classes, self.augment, batch_size, seed)
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(epoch_seed(self.seed, epoch))
@@ -155,12 +225,12 @@ class SeededDataLoader(DataLoader):
 
 
 def make_loader(images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int, *,
-                train: bool, augment=None, num_workers: int | None = None,
+                train: bool, augment=None, classes=None, num_workers: int | None = None,
                 seed: int = 0) -> SeededDataLoader:
     """The classic path. ``augment``: an ``Augment``, a list of albumentations transforms (e.g.
     ``classic_augment(size)``; normalisation is appended), or None; used in training only."""
-    labels = np.asarray(labels, dtype=np.int64)
-    _check_arrays(images, labels, batch_size, train)
+    images, labels, mean, std, num_classes = _check_arrays(images, labels, mean, std, batch_size,
+                                                           train, classes)
     transform = pipeline(augment if train else None, mean, std, images.shape[1:3])
     if num_workers is None:  # workers pay off only when there is enough per-image work
         num_workers = min(8, os.cpu_count() or 1) if len(labels) > 4096 else 0
@@ -168,5 +238,7 @@ def make_loader(images: np.ndarray, labels: np.ndarray, mean, std, batch_size: i
         AlbumentationsDataset(images, labels, transform), batch_size=batch_size, shuffle=train,
         drop_last=train, num_workers=num_workers, worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available())
-    loader.seed, loader.mean, loader.std, loader.labels = seed, tuple(mean), tuple(std), labels
+    loader.seed, loader.mean, loader.std, loader.labels = seed, mean, std, labels
+    loader.num_classes, loader.augment = num_classes, augment if train else None
+    loader.fingerprint = fingerprint(images, labels, classes, loader.augment, batch_size, seed)
     return loader

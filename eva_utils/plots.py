@@ -31,6 +31,13 @@ def figure_path(folder, name: str) -> Path | None:
     return None if folder is None else Path(folder) / name
 
 
+def check_counts(n: int, cols: int) -> None:
+    """Raise unless ``n`` (images to show) and ``cols`` (per row) are whole numbers >= 1."""
+    for name, value in (("n", n), ("cols", cols)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}={value!r}: give a whole number >= 1.")
+
+
 def check_normalised(images: torch.Tensor) -> None:
     """Raise if ``images`` (B, 3, H, W) look like raw pixels instead of the loaders' normalised
     tensors (which have roughly zero mean, so negative values)."""
@@ -89,15 +96,23 @@ def plot_lr_schedule(lrs, steps_per_epoch: int | None = None, path=None) -> Figu
 
 
 def plot_lr_finder(result, path=None) -> Figure:
-    """Loss against learning rate (log scale) of an LR range test, with its picks marked.
-    Draws any number of points (torch-lr-finder's own plot needs at least 17)."""
+    """Smoothed loss against learning rate (log scale) of an LR range test, each rule's pick
+    marked. The y axis shows the part that matters, from the lowest loss to the highest before it:
+    the explosion at the end runs off the top. Draws any number of points."""
+    lrs, losses = np.asarray(result.lrs, float), np.asarray(result.losses, float)
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(result.lrs, result.losses, marker="." if len(result.lrs) < 30 else None)
-    ax.axvline(result.suggested_lr, color="C1", ls="--",
-               label=f"suggested (steepest descent): {result.suggested_lr:.2e}")
-    ax.axvline(result.max_lr, color="C3", ls="-", label=f"one-cycle LRMAX (loss minimum): "
-                                                         f"{result.max_lr:.2e}")
-    ax.axvline(result.min_lr, color="C2", ls=":", label=f"one-cycle LRMIN: {result.min_lr:.2e}")
+    ax.plot(lrs, losses, marker="." if len(lrs) < 30 else None)
+    finite = np.isfinite(losses)
+    if finite.any():
+        lowest = int(np.nanargmin(np.where(finite, losses, np.nan)))
+        top, bottom = np.nanmax(losses[:lowest + 1][finite[:lowest + 1]]), losses[lowest]
+        margin = 0.1 * (top - bottom) or 0.1 * abs(top) or 0.1
+        ax.set_ylim(bottom - margin, top + 2 * margin)
+    for value, color, style, label in (
+            (result.valley, "C1", "--", "suggested (valley)"),
+            (result.steepest, "C2", ":", "steepest descent"),
+            (result.minimum, "C3", "-", "loss minimum")):
+        ax.axvline(value, color=color, ls=style, label=f"{label}: {value:.2e}")
     ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed loss", title="LR range test")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
@@ -107,6 +122,7 @@ def plot_lr_finder(result, path=None) -> Figure:
 def plot_augmentations(loader, n: int = 8, seed: int = 0, path=None) -> Figure:
     """What ``loader`` trains on: top row ``n`` images as stored, bottom row as the loader
     augments them (``loader.preview``), un-normalised for display."""
+    check_counts(n, 1)
     originals, augmented = loader.preview(n, seed)
     n = len(originals)
     pictures = denormalize(augmented, loader.mean, loader.std).numpy()
@@ -121,13 +137,20 @@ def plot_augmentations(loader, n: int = 8, seed: int = 0, path=None) -> Figure:
     return save_figure(fig, path)
 
 
-def plot_confusion(predictions: Predictions, path=None) -> Figure:
+READABLE_CLASSES = 30  # beyond this a K x K matrix is a wall of numbers: show the worst instead
+
+
+def plot_confusion(predictions: Predictions, path=None, top: int = 20) -> Figure:
     """Confusion matrix (row = true, column = predicted) and per-class accuracy, sized and labelled
-    from ``predictions.classes``."""
-    cm = confusion_matrix(predictions).numpy()
+    from ``predictions.classes``. Beyond READABLE_CLASSES classes: the ``top`` most confused
+    (true -> predicted) pairs and the ``top`` least accurate classes instead, counted without a
+    K x K matrix, so 10,000 classes take a moment, not minutes."""
     classes = predictions.classes
-    per_class = 100 * np.diag(cm) / np.maximum(cm.sum(1), 1)
     k = len(classes)
+    if k > READABLE_CLASSES:
+        return _plot_confusion_summary(predictions, top, path)
+    cm = confusion_matrix(predictions).numpy()
+    per_class = 100 * np.diag(cm) / np.maximum(cm.sum(1), 1)
     fig, (ax, ax_bar) = plt.subplots(1, 2, figsize=(11, 4.5 + 0.05 * k),
                                      gridspec_kw={"width_ratios": [1.2, 1]})
     ax.imshow(cm, cmap="Blues")
@@ -147,6 +170,32 @@ def plot_confusion(predictions: Predictions, path=None) -> Figure:
     return save_figure(fig, path)
 
 
+def _plot_confusion_summary(p: Predictions, top: int, path) -> Figure:
+    """The many-class view: most confused pairs and least accurate classes, side by side."""
+    k = len(p.classes)
+    wrong = p.preds != p.labels
+    pairs, counts = torch.unique(p.labels[wrong] * k + p.preds[wrong], return_counts=True)
+    order = counts.argsort(descending=True)[:top]
+    pair_names = [f"{p.classes[int(q) // k]} → {p.classes[int(q) % k]}" for q in pairs[order]]
+    seen = torch.bincount(p.labels, minlength=k)
+    right = torch.bincount(p.labels[~wrong], minlength=k)
+    present = (seen > 0).nonzero().flatten()
+    accuracy = 100 * right[present].double() / seen[present]
+    worst = accuracy.argsort()[:top]
+    rows = max(len(order), len(worst), 1)
+    fig, (ax_pairs, ax_acc) = plt.subplots(1, 2, figsize=(11, 1.2 + 0.28 * rows))
+    ax_pairs.barh(pair_names, counts[order].numpy())
+    ax_pairs.invert_yaxis()
+    ax_pairs.set(xlabel="test images", title=f"Most confused: true → predicted (top {len(order)})")
+    ax_acc.barh([p.classes[int(present[i])] for i in worst], accuracy[worst].numpy())
+    ax_acc.invert_yaxis()
+    ax_acc.set(xlim=(0, 105), xlabel="accuracy (%)",
+               title=f"Least accurate of {k:,} classes (top {len(worst)})")
+    for ax in (ax_pairs, ax_acc):
+        ax.tick_params(axis="y", labelsize=8)
+    return save_figure(fig, path)
+
+
 def no_mistakes(path) -> Figure:
     """A note in place of a gallery when there is nothing wrong to show."""
     fig, ax = plt.subplots(figsize=(5, 1.5))
@@ -160,6 +209,7 @@ def plot_misclassified(wrong: Predictions, mean, std, n: int = 10, cols: int = 5
                        path=None) -> Figure:
     """Gallery of the first ``n`` of ``wrong`` (``eva.misclassified(...)``: most confident first;
     fewer if there are fewer), un-normalised, each titled "true / predicted (confidence)"."""
+    check_counts(n, cols)
     n = min(n, len(wrong))
     if n == 0:
         return no_mistakes(path)

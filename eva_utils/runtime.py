@@ -14,9 +14,19 @@ class TrainingError(RuntimeError):
 
 
 def get_device(preferred: str | torch.device | None = None) -> torch.device:
-    """``preferred`` if given, else CUDA, else Apple's MPS, else CPU."""
+    """``preferred`` if given (an error if this machine lacks it), else CUDA, else Apple's MPS,
+    else CPU."""
     if preferred is not None:
-        return torch.device(preferred)
+        device = torch.device(preferred)
+        mps = getattr(torch.backends, "mps", None)
+        missing = ((device.type == "cuda" and not torch.cuda.is_available())
+                   or (device.type == "mps" and not (mps is not None and mps.is_available())))
+        if missing or (device.type == "cuda" and device.index is not None
+                       and device.index >= torch.cuda.device_count()):
+            raise TrainingError(f"device={str(preferred)!r}, but this machine has no such device. "
+                                "Fix: leave device out (eva picks CUDA, then MPS, then the CPU), "
+                                "or in Colab choose Runtime > Change runtime type > T4 GPU.")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

@@ -8,10 +8,19 @@ from torchinfo import summary as torchinfo_summary
 from .runtime import kept_modes
 
 
-def summary(model: nn.Module, input_size=(1, 3, 32, 32), depth: int = 3) -> ModelStatistics:
-    """Layer table for one ``input_size`` batch (B, C, H, W); printing it shows the table. The
+def summary(model: nn.Module, input_size, depth: int = 3) -> ModelStatistics:
+    """Layer table for images of ``input_size``: the data's (H, W) (``data.image_size``), one int
+    for square images, or a whole batch shape (B, C, H, W); printing it shows the table. The
     model's device and every submodule's mode are left as they were; weight-shared blocks show as
     "(recursive)"."""
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    input_size = tuple(input_size)
+    if len(input_size) == 2:
+        input_size = (1, 3, *input_size)  # one RGB image
+    if len(input_size) != 4:
+        raise ValueError(f"input_size={input_size}: give the images' (H, W), e.g. data.image_size, "
+                         "or a batch shape (B, C, H, W).")
     device = next(model.parameters()).device
     with kept_modes(model):
         return torchinfo_summary(model, input_size=input_size, depth=depth, device=device,

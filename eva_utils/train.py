@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -16,13 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import (EMA, atomic_save, check_resumable, load_checkpoint, model_identity,
-                         rng_state, set_rng_state)
-from .inference import check_labels, evaluate
+from .checkpoint import (EMA, atomic_save, check_resumable, check_writable, load_checkpoint,
+                         model_identity, rng_state, set_rng_state)
+from .inference import check_labels, scores
 from .runtime import (TrainingError, amp_dtype, eval_mode, get_device, seed_everything, to_device,
                       use_channels_last)
 from .schedule import build_optimizer, build_scheduler
 
+DIVERGED = 100  # a loss this many times that of guessing (log classes) means training diverged
 SCHEDULES = ("onecycle", "step", "multistep", "plateau", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -106,6 +108,11 @@ class TrainConfig:
     log_every: int = 20                   # steps between progress-bar updates (each one syncs once)
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise one ValueError naming every invalid field. Runs when the config is built and again
+        in ``fit``, so a field changed afterwards (``cfg.schedule = "cosine"``) is checked too."""
         if isinstance(self.checkpoint_dir, os.PathLike):
             self.checkpoint_dir = os.fspath(self.checkpoint_dir)
         if isinstance(self.betas, (list, tuple)):
@@ -133,12 +140,17 @@ class History:
     train_loss: list = field(default_factory=list)   # mean cross-entropy over the epoch's batches
     train_acc: list = field(default_factory=list)    # percent, on augmented training batches
     test_loss: list = field(default_factory=list)
-    test_acc: list = field(default_factory=list)     # percent
+    test_acc: list = field(default_factory=list)     # percent (with TTA when cfg.tta)
     lr: list = field(default_factory=list)           # learning rate at the start of the epoch
     seconds: list = field(default_factory=list)      # wall time of the epoch's training steps
+    test_acc_plain: list = field(default_factory=list)  # percent without TTA (only when cfg.tta)
 
     def __len__(self) -> int:
         return len(self.test_acc)
+
+    def __post_init__(self):  # lists of floats, whatever a checkpoint stored them as
+        for f in fields(self):
+            setattr(self, f.name, list(getattr(self, f.name)))
 
     @property
     def train_seconds(self) -> float:
@@ -164,14 +176,14 @@ class Run:
     channels_last: bool
     history: History
 
-    def state(self, cfg: TrainConfig, steps_per_epoch: int) -> dict:
+    def state(self, cfg: TrainConfig, steps_per_epoch: int, data: dict | None) -> dict:
         name, args = model_identity(self.model)
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
                 "history": asdict(self.history), "config": asdict(cfg), "rng": rng_state(),
                 "epoch": len(self.history), "model_class": name, "model_args": args,
-                "steps_per_epoch": steps_per_epoch}
+                "steps_per_epoch": steps_per_epoch, "data": data}
 
     def restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -196,12 +208,23 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     average is what gets tested, and copied into ``model`` at the end.
     """
     cfg = cfg or TrainConfig()
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be an eva.TrainConfig; got {type(cfg).__name__}.")
+    cfg.validate()
     device = get_device(device)
+    check_loader(train_loader, "train_loader")
+    check_loader(test_loader, "test_loader")
     steps = len(train_loader)
     if steps == 0:
         raise TrainingError("The training loader yields no batches: the batch size is larger than "
                             "the training set and incomplete batches are dropped. Fix: lower the "
                             "batch size or use more images.")
+    if len(test_loader) == 0:
+        raise TrainingError("The test loader yields no batches, so no epoch could be scored. Fix: "
+                            "give it the test split's images (is the split empty?).")
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    if ckpt_dir:
+        check_writable(ckpt_dir)  # before an epoch is spent, not after
     seed_everything(cfg.seed)
     nhwc = use_channels_last(device, cfg.channels_last)
     model.to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
@@ -211,13 +234,11 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     run = Run(model, torch.compile(model) if cfg.compile else model, optimizer, scheduler,
               step_every, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
               EMA(model, cfg.ema_decay) if cfg.ema_decay else None, dtype, nhwc, History())
+    data = getattr(train_loader, "fingerprint", None)
     if resume is not None:
         ckpt = load_checkpoint(resume, map_location=device)
-        check_resumable(ckpt, resume, model, asdict(cfg), steps)
+        check_resumable(ckpt, resume, model, asdict(cfg), steps, data)
         run.restore(ckpt)
-    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    if ckpt_dir:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
     scored = run.ema.module if run.ema is not None else model  # what each epoch is tested on
     best = max(run.history.test_acc, default=-1.0)
 
@@ -229,30 +250,59 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         try:
             train_loss, train_acc, seconds = train_epoch(run, train_loader, cfg, device, epoch,
                                                          progress=progress)
-            test_loss, test_acc = evaluate(scored, test_loader, device, tta=cfg.tta, amp=cfg.amp,
-                                           channels_last=nhwc)
+            test_loss, test_acc, plain_acc = scores(scored, test_loader, device, tta=cfg.tta,
+                                                    amp=cfg.amp, channels_last=nhwc)
         except torch.OutOfMemoryError:
             raise TrainingError(
                 f"{device} ran out of memory in epoch {epoch + 1}. Fix: lower the batch size, turn "
                 "on mixed precision (cfg.amp=True), or free memory (restart the kernel).") from None
+        if not math.isfinite(test_loss):  # never record, checkpoint or schedule on it
+            raise TrainingError(f"The test loss became {test_loss} after epoch {epoch + 1}, though "
+                                "the training loss stayed finite. Fix: lower the learning rate, or "
+                                "turn off mixed precision (cfg.amp=False) if it overflows.")
         if step_every == "epoch":
             scheduler.step()
         elif step_every == "plateau":
             scheduler.step(test_loss)
         run.history.append(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                            test_acc=test_acc, lr=lr, seconds=seconds)
+        if cfg.tta:
+            run.history.append(test_acc_plain=plain_acc)
         if progress:
             tqdm.write(f"epoch {epoch + 1:3d}  train loss {train_loss:.3f} acc {train_acc:5.2f}%  "
-                       f"test loss {test_loss:.3f} acc {test_acc:5.2f}%  lr {lr:.2e}  {seconds:.1f}s")
+                       f"test loss {test_loss:.3f} acc {test_acc:5.2f}%"
+                       + (f" (no TTA {plain_acc:5.2f}%)" if cfg.tta else "")
+                       + f"  lr {lr:.2e}  {seconds:.1f}s")
         if ckpt_dir:
-            state = run.state(cfg, steps)
+            state = run.state(cfg, steps, data)
             atomic_save(state, ckpt_dir / "last.pt")
             if test_acc > best:
                 atomic_save(state, ckpt_dir / "best.pt")
         best = max(best, test_acc)
     if run.ema is not None:  # leave the averaged weights in the caller's model
         model.load_state_dict(run.ema.module.state_dict())
+    h = run.history
+    if cfg.tta and h.test_acc_plain and h.test_acc[-1] < h.test_acc_plain[-1]:
+        warnings.warn(f"Mirror test-time augmentation lowered the test accuracy from "
+                      f"{h.test_acc_plain[-1]:.2f}% to {h.test_acc[-1]:.2f}%: these images may not "
+                      "keep their class when mirrored (digits, text). Fix: TrainConfig(tta=False), "
+                      "and Augment(flip=False) unless mirrored images are still the same class.",
+                      stacklevel=2)
     return run.history
+
+
+def check_loader(loader, name: str) -> None:
+    """Raise one TypeError unless ``loader`` is something that yields batches with a length."""
+    kind = type(loader).__name__
+    if hasattr(loader, "train_images"):
+        raise TypeError(f"{name} is an ImageData (a whole data set); fit needs a loader of "
+                        "batches. Fix: eva.TensorLoader(data.train_images, data.train_labels, "
+                        "data.mean, data.std, 128, train=True) and the same for the test split.")
+    if isinstance(loader, torch.utils.data.Dataset) or not hasattr(loader, "__iter__") \
+            or not hasattr(loader, "__len__"):
+        raise TypeError(f"{name} is a {kind}, not a loader of (images, labels) batches. Fix: wrap "
+                        "a dataset in torch.utils.data.DataLoader(dataset, batch_size=128, "
+                        "shuffle=True), or use eva.TensorLoader / eva.make_loader.")
 
 
 def train_epoch(run: Run, loader, cfg: TrainConfig, device: torch.device, epoch: int, *,
@@ -293,7 +343,8 @@ def train_epoch(run: Run, loader, cfg: TrainConfig, device: torch.device, epoch:
             correct[i] = (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
-                _check_finite(losses[:i + 1], epoch, run.optimizer)
+                _check_finite(losses[:i + 1], epoch, run.optimizer,
+                              math.log(max(logits.shape[1], 2)))
                 if progress:
                     bar.set_postfix(loss=f"{losses[:i + 1].mean().item():.3f}",
                                     acc=f"{100 * correct[:i + 1].sum().item() / seen:.1f}%")
@@ -305,7 +356,15 @@ def train_epoch(run: Run, loader, cfg: TrainConfig, device: torch.device, epoch:
 
 
 def _check_first_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loader) -> None:
-    """Turn a shape mismatch or out-of-range labels into one clear message, before training."""
+    """Turn a model that does not fit the data into one clear message, before training."""
+    if y.ndim != 1 or y.is_floating_point():
+        raise TrainingError(f"The labels come as {y.dtype} {tuple(y.shape)}; fit needs class "
+                            "numbers, int64 (batch,). Fix: one-hot labels y become y.argmax(1).")
+    weights = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weights is not None and weights.dtype != x.dtype:
+        raise TrainingError(f"The model's weights are {weights.dtype} but the images "
+                            f"{x.dtype}. Fix: model.float() (mixed precision is "
+                            "TrainConfig(amp=True), not model.half() or model.double()).")
     try:
         with torch.no_grad(), eval_mode(model):
             out = model(x[:2])
@@ -315,18 +374,30 @@ def _check_first_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loade
         raise TrainingError(f"The model cannot take the data's batches of shape {tuple(x.shape)}: "
                             f"{exc}\nFix: build the model for this image size and channel count, "
                             "or resize the images (load_image_folder(..., image_size=...)).") from None
+    if not isinstance(out, torch.Tensor):
+        raise TrainingError(f"The model returns a {type(out).__name__}; fit needs one tensor of "
+                            "logits (batch, classes). Fix: return only the logits from forward(), "
+                            "e.g. out[0] of a tuple.")
     if out.ndim != 2:
         raise TrainingError(f"The model outputs shape {tuple(out.shape)}; it needs (batch, classes) "
                             "logits.")
+    classes = getattr(loader, "num_classes", None)  # our loaders know the data's classes
+    if classes is not None and out.shape[1] != classes:
+        raise TrainingError(f"The model has {out.shape[1]} outputs but the data has {classes} "
+                            f"classes. Fix: build it with num_classes={classes} "
+                            "(num_classes=data.num_classes).")
     labels = getattr(loader, "labels", None)  # both our loaders keep every label: check them all
     check_labels(torch.as_tensor(labels) if labels is not None else y, out.shape[1])
 
 
-def _check_finite(losses: torch.Tensor, epoch: int, optimizer: torch.optim.Optimizer) -> None:
-    bad = ~torch.isfinite(losses)
+def _check_finite(losses: torch.Tensor, epoch: int, optimizer: torch.optim.Optimizer,
+                  chance: float) -> None:
+    """Raise if a loss is NaN or infinite, or has blown up to DIVERGED times the loss of guessing
+    (``chance`` = log(classes)): no run recovers from that, and it would only waste the epochs."""
+    bad = ~torch.isfinite(losses) | (losses > DIVERGED * chance)
     if bad.any():
         batch = int(bad.nonzero()[0])
         lr = optimizer.param_groups[0]["lr"]
-        raise TrainingError(f"The loss became {losses[batch].item()} in epoch {epoch + 1}, batch "
+        raise TrainingError(f"The loss became {losses[batch].item():.4g} in epoch {epoch + 1}, batch "
                             f"{batch + 1} (learning rate {lr:.3g}). Fix: lower the learning rate "
                             "(e.g. by 10x), or clip gradients with TrainConfig(grad_clip=1.0).")

@@ -28,7 +28,8 @@ class Augment:
     """What a training loader does to each image; the image size comes from the images."""
 
     pad: int = 4          # pixels of reflect padding before a random crop back to size (0: no crop)
-    flip: bool = True     # mirror left-right with probability 1/2
+    # Off unless asked: a mirrored cat is a cat, but a mirrored digit or letter is not what it was.
+    flip: bool = False    # mirror left-right with probability 1/2
     rotate: float = 0.0   # largest rotation, degrees, either way (0: none)
     cutout: int = 0       # side of one square hole, pixels (0: none)
 
@@ -41,7 +42,10 @@ class Augment:
             raise ValueError(f"Augment(rotate={self.rotate!r}): give degrees between 0 and 180.")
 
     def check_size(self, size: tuple[int, int]) -> None:
-        """Raise if a ``cutout`` hole does not fit images of ``size`` (H, W)."""
+        """Raise if the padding or the ``cutout`` hole does not fit images of ``size`` (H, W)."""
+        if self.pad >= min(size):  # a reflection cannot reach further than the image is wide
+            raise ValueError(f"Augment(pad={self.pad}) does not fit {size[0]}x{size[1]} images; "
+                             f"give pad <= {min(size) - 1} (about an eighth of the side is usual).")
         if self.cutout > min(size):
             raise ValueError(f"Augment(cutout={self.cutout}) does not fit {size[0]}x{size[1]} "
                              f"images; give cutout <= {min(size)}.")
@@ -115,10 +119,13 @@ def normalize(mean, std) -> A.Compose:
                      strict=True)
 
 
-def classic_augment(size: tuple[int, int] = (32, 32)) -> list[A.BasicTransform]:
+def classic_augment(size: tuple[int, int]) -> list[A.BasicTransform]:
     """The original assignment 000 part 2's list: rotation, pad + random crop, colour jitter,
-    vertical and horizontal flips, for images of ``size`` (H, W). It gives no magnitudes; these are
-    torchvision-tutorial-sized. Pass it as ``make_loader(..., augment=classic_augment(size))``."""
+    vertical and horizontal flips, for images of ``size`` (H, W), e.g. ``data.image_size``. It gives
+    no magnitudes; these are torchvision-tutorial-sized. Both flips suit CIFAR-like photos only.
+    Pass it as ``make_loader(..., augment=classic_augment(data.image_size))``."""
+    if isinstance(size, int):
+        size = (size, size)
     h, w = size
     return [
         A.Rotate(limit=(-10, 10), border_mode=cv2.BORDER_REFLECT_101, p=0.5),

@@ -68,9 +68,10 @@ def test_a_failed_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     def power_cut(*args, **kwargs):
         raise OSError("disk gone")
     monkeypatch.setattr(os, "fsync", power_cut)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="disk gone.*previous last.pt is intact"):
         atomic_save({"a": torch.zeros(2)}, tmp_path / "last.pt")
     assert torch.equal(torch.load(tmp_path / "last.pt")["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no last.pt.tmp left behind
 
 
 @pytest.fixture
@@ -98,16 +99,16 @@ def test_resume_refuses_other_data_or_model(tiny, finished):
     with pytest.raises(CheckpointError, match="steps per epoch: checkpoint 5, now 10"):
         eva.fit(Tiny(), *loaders(tiny, batch=20), cfg(epochs=2), resume=finished, progress=False)
     with pytest.raises(CheckpointError, match=r"model: checkpoint Tiny\(\), now SmallResNet"):
-        eva.fit(eva.SmallResNet(), *loaders(tiny), cfg(epochs=2), resume=finished, progress=False)
+        eva.fit(eva.SmallResNet(num_classes=10), *loaders(tiny), cfg(epochs=2), resume=finished, progress=False)
 
 
 def test_weight_shared_model_is_not_resumed_from_a_plain_one(tiny, tmp_path):
     train, test = loaders(tiny, batch=100)
-    eva.fit(eva.SmallResNet(), train, test, cfg(epochs=1, schedule="constant",
+    eva.fit(eva.SmallResNet(num_classes=10), train, test, cfg(epochs=1, schedule="constant",
                                                 checkpoint_dir=tmp_path), progress=False)
     with pytest.raises(CheckpointError, match=r"SmallResNet\(repeats=1, num_classes=10\), now "
                                               r"SmallResNet\(repeats=2, num_classes=10\)"):
-        eva.fit(eva.SmallResNet(repeats=2), train, test, cfg(epochs=1, schedule="constant"),
+        eva.fit(eva.SmallResNet(repeats=2, num_classes=10), train, test, cfg(epochs=1, schedule="constant"),
                 resume=tmp_path / "last.pt", progress=False)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import eva_utils as eva
-from eva_utils.gradcam import layer_sizes
+from eva_utils.gradcam import layer_shapes
 from eva_utils.inference import Predictions
 
 matplotlib.use("Agg")
@@ -28,7 +28,7 @@ def hook_count(model):
 @pytest.mark.parametrize("num_iter", [30, 6])  # 6: fewer points than torch-lr-finder's plot takes
 def test_lr_range_test_restores_model_and_suggests_inside_range(tiny, num_iter):
     torch.manual_seed(0)
-    model = eva.SmallResNet().train()
+    model = eva.SmallResNet(num_classes=10).train()
     model.block1.eval()  # a frozen block inside a training model stays frozen
     opt = torch.optim.SGD(model.parameters(), lr=0.123, momentum=0.9)
     before = state(model)
@@ -40,23 +40,24 @@ def test_lr_range_test_restores_model_and_suggests_inside_range(tiny, num_iter):
     assert model.training and not model.block1.training
     assert opt.param_groups[0]["lr"] == 0.123 and not opt.state
     assert 1e-4 <= result.suggested_lr <= 1.0 and len(result.lrs) == len(result.losses) <= num_iter
-    assert 1e-4 <= result.max_lr <= 1.0 and result.min_lr == pytest.approx(result.max_lr / 10)
-    assert result.max_lr in result.lrs
-    assert "suggested" in str(result) and "LRMAX" in str(result)
+    for rule in ("valley", "steepest", "minimum"):
+        assert getattr(result, rule) in result.lrs
+    assert result.suggested_lr == result.valley and result.minimum_tenth == result.minimum / 10
+    assert "suggested" in str(result) and "(valley)" in str(result)
     fig = eva.plot_lr_finder(result)
     assert fig.axes[0].get_xscale() == "log"
     assert [t.get_text().split(":")[0] for t in fig.axes[0].get_legend().get_texts()][0] == \
-        "suggested (steepest descent)"  # one word for the pick, in the print and the legend
+        "suggested (valley)"  # one word for the pick, in the print and the legend
 
 
 def test_lr_range_test_refuses_what_cannot_work(tiny):
-    model = eva.PlainCNN()
+    model = eva.PlainCNN(num_classes=10)
     train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
     with pytest.raises(ValueError, match="0 < start_lr < end_lr"):
         eva.lr_range_test(model, train, start_lr=1.0, end_lr=1e-3)
     with pytest.raises(ValueError, match="yields no batches"):
         eva.lr_range_test(model, [], num_iter=10)
-    other = torch.optim.SGD(eva.PlainCNN().parameters(), lr=0.1)
+    other = torch.optim.SGD(eva.PlainCNN(num_classes=10).parameters(), lr=0.1)
     with pytest.raises(ValueError, match="holds none of this model's parameters"):
         eva.lr_range_test(model, train, optimizer=other, num_iter=10)
     with pytest.raises(ValueError, match="only .* usable steps .* too few"):
@@ -70,10 +71,12 @@ def test_suggestions_on_a_known_curve():
     # falls fastest at 1e-2, bottoms out near 0.3, then explodes (with a NaN at the very end)
     losses = 2 - np.tanh((x + 2) * 3) + np.where(x > -0.5, 4 * (x + 0.5) ** 2, 0)
     losses[-1] = np.nan
-    result = picks(lrs, losses, div_factor=10)
-    assert result.suggested_lr == pytest.approx(1e-2, rel=0.25)
-    assert result.max_lr == pytest.approx(10 ** -0.5, rel=0.25)
-    assert result.min_lr == pytest.approx(result.max_lr / 10)
+    result = picks(lrs, losses)
+    assert result.steepest == pytest.approx(1e-2, rel=0.25)
+    assert result.minimum == pytest.approx(10 ** -0.5, rel=0.25)
+    # valley: halfway along the longest fall, which here runs from the start to the minimum
+    end = int(np.nanargmin(losses))  # fastai's index: start + int(span / 3) + int(span / 6)
+    assert result.valley == lrs[int(end / 3) + int(end / 3 / 2)] and end == 41
     with pytest.raises(ValueError, match="only 1 usable steps"):
         picks([1e-3, 1e-2], [1.0, np.inf])
     with pytest.warns(UserWarning, match="never fell"):
@@ -82,7 +85,7 @@ def test_suggestions_on_a_known_curve():
 
 def test_predict_misclassified_and_confusion(tiny, test_loader):
     torch.manual_seed(0)
-    model = eva.PlainCNN().train()
+    model = eva.PlainCNN(num_classes=10).train()
     p = eva.predict(model, test_loader, tiny.classes)
     assert model.training  # mode restored
     assert p.classes == eva.CIFAR10_CLASSES
@@ -102,14 +105,14 @@ def test_predict_misclassified_and_confusion(tiny, test_loader):
 
 
 def test_misclassified_gallery_panels_and_titles(tiny, test_loader, tmp_path):
-    wrong = eva.misclassified(eva.predict(eva.PlainCNN(), test_loader, tiny.classes))
+    wrong = eva.misclassified(eva.predict(eva.PlainCNN(num_classes=10), test_loader, tiny.classes))
     fig = eva.plot_misclassified(wrong, tiny.mean, tiny.std, n=7, cols=4, path=tmp_path / "m.png")
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == 7 and (tmp_path / "m.png").stat().st_size > 0
     c = tiny.classes
     assert shown[0].get_title() == (f"{c[wrong.labels[0]]}\n→ {c[wrong.preds[0]]} "
                                     f"({100 * wrong.confidence[0]:.0f}%)")
-    few = eva.misclassified(eva.predict(eva.PlainCNN(), test_loader, tiny.classes))
+    few = eva.misclassified(eva.predict(eva.PlainCNN(num_classes=10), test_loader, tiny.classes))
     few = Predictions(*(getattr(few, f)[:3] for f in
                                       ("images", "labels", "preds", "confidence")), few.classes)
     fig = eva.plot_misclassified(few, tiny.mean, tiny.std, n=10)  # fewer than asked: what there is
@@ -127,16 +130,16 @@ def test_no_mistakes_and_unnormalised_images(tiny):
     with pytest.raises(ValueError, match="look unnormalised"):
         eva.plot_misclassified(bad, tiny.mean, tiny.std, n=2)
     with pytest.raises(ValueError, match="look unnormalised"):
-        eva.gradcam(eva.CustomResNet(), raw, "layer3")
+        eva.gradcam(eva.CustomResNet(num_classes=10), raw, "layer3")
 
 
-@pytest.mark.parametrize("model, layer, size", [(eva.CustomResNet(), "layer3", 4),
-                                                (eva.ResNet18(norm="layer"), "layer2", 16),
-                                                (eva.SmallResNet(repeats=2), "block2", 8)])
+@pytest.mark.parametrize("model, layer, size", [(eva.CustomResNet(num_classes=10), "layer3", 4),
+                                                (eva.ResNet18(norm="layer", num_classes=10), "layer2", 16),
+                                                (eva.SmallResNet(repeats=2, num_classes=10), "block2", 8)])
 def test_gradcam_masks_and_model_left_untouched(tiny, test_loader, model, layer, size):
     images = next(iter(test_loader))[0][:4]
     assert layer in eva.gradcam_layers(model)
-    assert layer_sizes(model, images, [layer]) == {layer: f"{size}x{size}"}
+    assert layer_shapes(model, images, [layer])[layer][-2:] == (size, size)
     model.train()
     model.fc.weight.requires_grad_(False) if hasattr(model, "fc") else None
     flags = [p.requires_grad for p in model.parameters()]
@@ -154,7 +157,7 @@ def test_gradcam_masks_and_model_left_untouched(tiny, test_loader, model, layer,
 
 
 def test_gradcam_keeps_existing_gradients(test_loader):
-    model = eva.CustomResNet()
+    model = eva.CustomResNet(num_classes=10)
     images = next(iter(test_loader))[0][:2]
     model(images).sum().backward()  # a student's half-done training step
     before = [p.grad.clone() for p in model.parameters()]
@@ -165,7 +168,7 @@ def test_gradcam_keeps_existing_gradients(test_loader):
 
 def test_gradcam_not_corrupted_by_inplace_relu(test_loader):
     torch.manual_seed(0)
-    model = eva.CustomResNet().eval()
+    model = eva.CustomResNet(num_classes=10).eval()
     images = next(iter(test_loader))[0][:3]
     with_inplace = eva.gradcam(model, images, "layer2.1", torch.tensor([1, 2, 3]))  # BatchNorm
     for m in model.modules():
@@ -177,7 +180,7 @@ def test_gradcam_not_corrupted_by_inplace_relu(test_loader):
 
 def test_gradcam_targets_and_panel(tiny, test_loader):
     torch.manual_seed(0)
-    model = eva.ResNet18(norm="layer")
+    model = eva.ResNet18(norm="layer", num_classes=10)
     wrong = eva.misclassified(eva.predict(model, test_loader, tiny.classes))
     images = wrong.images[:3]
     by_pred = eva.gradcam(model, images, "layer3", None)
@@ -201,7 +204,7 @@ def test_gradcam_targets_and_panel(tiny, test_loader):
 
 
 def test_gradcam_refuses_no_grad_and_unknown_classes(test_loader):
-    model = eva.CustomResNet()
+    model = eva.CustomResNet(num_classes=10)
     images = next(iter(test_loader))[0][:2]
     with torch.no_grad(), pytest.raises(RuntimeError, match="needs gradients.*no_grad"):
         eva.gradcam(model, images, "layer3")
@@ -219,16 +222,16 @@ def test_models_name_their_gradcam_layers():
             self.fc = torch.nn.Linear(4, 2)
     with pytest.raises(ValueError, match="Student names no Grad-CAM layers.*features"):
         eva.gradcam_layers(Student())
-    assert eva.gradcam_layers(eva.PlainCNN()) == ("body.1", "body.5")
+    assert eva.gradcam_layers(eva.PlainCNN(num_classes=10)) == ("body.1", "body.5")
 
 
-@pytest.mark.parametrize("model, total", [(eva.CustomResNet(), "6,573,120"),
-                                          (eva.ResNet18(norm="layer"), "11,173,962"),
-                                          (eva.SmallResNet(repeats=2), "491,082"),
-                                          (eva.PlainCNN(), "81,578")])
+@pytest.mark.parametrize("model, total", [(eva.CustomResNet(num_classes=10), "6,573,120"),
+                                          (eva.ResNet18(norm="layer", num_classes=10), "11,173,962"),
+                                          (eva.SmallResNet(repeats=2, num_classes=10), "491,082"),
+                                          (eva.PlainCNN(num_classes=10), "81,578")])
 def test_summary_totals(model, total):
     model.train()
-    text = str(eva.summary(model))
+    text = str(eva.summary(model, (32, 32)))
     assert f"Total params: {total}" in text
     assert model.training
     if isinstance(model, eva.SmallResNet):

@@ -6,12 +6,12 @@ from eva_utils.models import CustomResNet, PlainCNN, ResNet18, SmallResNet, coun
 
 
 @pytest.mark.parametrize("model, total, body", [
-    (PlainCNN(), 81_578, 65_568),                 # assignment 000's table: 65,568 + our linear head
-    (SmallResNet(), 491_082, 485_952),            # assignment 000's table: 485,952 + our linear head
-    (SmallResNet(repeats=2), 491_082, 485_952),   # weight sharing adds no parameter
-    (ResNet18(norm="layer"), 11_173_962, None),   # assignment 002
-    (ResNet18(norm="batch"), 11_173_962, None),
-    (CustomResNet(), 6_573_120, None),            # assignment 003
+    (PlainCNN(num_classes=10), 81_578, 65_568),                 # assignment 000's table: 65,568 + our linear head
+    (SmallResNet(num_classes=10), 491_082, 485_952),            # assignment 000's table: 485,952 + our linear head
+    (SmallResNet(repeats=2, num_classes=10), 491_082, 485_952),   # weight sharing adds no parameter
+    (ResNet18(norm="layer", num_classes=10), 11_173_962, None),   # assignment 002
+    (ResNet18(norm="batch", num_classes=10), 11_173_962, None),
+    (CustomResNet(num_classes=10), 6_573_120, None),            # assignment 003
 ])
 def test_parameter_counts_and_output_shape(model, total, body):
     assert count_parameters(model) == total
@@ -34,10 +34,10 @@ def test_any_class_count_and_image_size(make):
 
 
 def test_small_resnet_under_500k_for_notebook_02():
-    assert count_parameters(SmallResNet(repeats=2)) < 500_000
+    assert count_parameters(SmallResNet(repeats=2, num_classes=10)) < 500_000
 
 
-@pytest.mark.parametrize("model", [PlainCNN(), SmallResNet(repeats=2), ResNet18(), CustomResNet()])
+@pytest.mark.parametrize("model", [PlainCNN(num_classes=10), SmallResNet(repeats=2, num_classes=10), ResNet18(num_classes=10), CustomResNet(num_classes=10)])
 def test_every_module_registered_once(model):
     # Registered twice: the same module object under two names.
     assert len(list(model.named_modules(remove_duplicate=False))) == len(list(model.named_modules()))
@@ -52,26 +52,26 @@ def test_every_module_registered_once(model):
 
 def test_recursive_resnet_costs_more_compute_not_parameters():
     calls = []
-    model = SmallResNet(repeats=2)
+    model = SmallResNet(repeats=2, num_classes=10)
     model.block2.register_forward_hook(lambda *a: calls.append(1))
     model(torch.randn(1, 3, 32, 32))
     assert len(calls) == 2
 
 
 def test_resnet18_layer_norm_uses_groupnorm_only():
-    norms = {type(m) for m in ResNet18(norm="layer").modules()
+    norms = {type(m) for m in ResNet18(norm="layer", num_classes=10).modules()
              if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))}
     assert norms == {nn.GroupNorm}
-    assert all(m.num_groups == 1 for m in ResNet18(norm="layer").modules()
+    assert all(m.num_groups == 1 for m in ResNet18(norm="layer", num_classes=10).modules()
                if isinstance(m, nn.GroupNorm))
     with pytest.raises(ValueError, match="norm="):
-        ResNet18(norm="instance")
+        ResNet18(norm="instance", num_classes=10)
 
 
 def test_custom_resnet_logit_scale():
     torch.manual_seed(0)
-    a = CustomResNet().eval()
-    b = CustomResNet(logit_scale=0.125).eval()
+    a = CustomResNet(num_classes=10).eval()
+    b = CustomResNet(num_classes=10, logit_scale=0.125).eval()
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(b(x), a(x) / 8)

@@ -83,14 +83,14 @@ for split, n in (("train", 24), ("test", 8)):
             Image.fromarray(pixels).save(folder / f"{i}.png")
 
 data = eva.load_image_folder("shapes")
-train = eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std, 20,
+train = eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std, 12,
                          train=True, augment=eva.Augment(pad=4, flip=True, rotate=5, cutout=8))
 test = eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 20, train=False)
 model = eva.SmallResNet(num_classes=len(data.classes))
 print(eva.summary(model, input_size=(1, 3, *data.image_size)), file=open("summary.txt", "w"))
 found = eva.lr_range_test(model, train, start_lr=1e-4, end_lr=1, num_iter=12)
 eva.plot_lr_finder(found, path="figures/lr.png")
-config = eva.TrainConfig(epochs=2, lr=found.max_lr, schedule="onecycle", tta=True)
+config = eva.TrainConfig(epochs=2, lr=found.minimum, schedule="onecycle", tta=True)
 history = eva.fit(model, train, test, config, progress=False)
 loss, acc = eva.evaluate(model, test, tta=True)
 predictions = eva.predict(model, test, data.classes, tta=True)

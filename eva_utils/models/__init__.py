@@ -1,6 +1,7 @@
 """The four networks of the suite, one module each. Parameter counts for 10 classes; every model
-takes ``num_classes`` and any image size from its ``min_input_size`` up, and names the layers worth
-a Grad-CAM look in ``gradcam_layers``.
+needs ``num_classes`` (no default: pass ``data.num_classes``, so the outputs match the data), takes
+any image size from its ``min_input_size`` up, and names the layers worth a Grad-CAM look in
+``gradcam_layers``. Inputs are RGB (3 channels): grayscale data is converted (``data.to_rgb``).
 
 | class          | assignment| parameters                                 | notebook |
 | PlainCNN       | 000 pt 1  | 65,568 body + 16,010 head = 81,578         | 01       |

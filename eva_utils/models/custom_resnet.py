@@ -37,7 +37,7 @@ class CustomResNet(nn.Module):
     gradcam_layers = ("layer1", "layer2", "layer3")
     min_input_size = 8
 
-    def __init__(self, num_classes: int = 10, logit_scale: float = 1.0):
+    def __init__(self, *, num_classes: int, logit_scale: float = 1.0):
         super().__init__()
         self.init_args = {"num_classes": num_classes, "logit_scale": logit_scale}
         self.logit_scale = logit_scale

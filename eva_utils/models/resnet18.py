@@ -45,7 +45,7 @@ class ResNet18(nn.Module):
     gradcam_layers = ("layer1", "layer2", "layer3", "layer4")
     min_input_size = 8
 
-    def __init__(self, norm: str = "layer", num_classes: int = 10):
+    def __init__(self, norm: str = "layer", *, num_classes: int):
         super().__init__()
         self.init_args = {"norm": norm, "num_classes": num_classes}
         self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), make_norm(norm, 64),

@@ -34,7 +34,7 @@ class SmallResNet(nn.Module):
     gradcam_layers = ("block1", "block2", "block3")
     min_input_size = 16
 
-    def __init__(self, repeats: int = 1, num_classes: int = 10):
+    def __init__(self, repeats: int = 1, *, num_classes: int):
         super().__init__()
         self.init_args = {"repeats": repeats, "num_classes": num_classes}
         self.repeats = repeats

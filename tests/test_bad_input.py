@@ -1,0 +1,285 @@
+"""Bad input and interruptions: each case gives one clear error that says what was wrong and how to
+fix it, or behaves correctly (issue 16's tour, and the silent cases of a student's own data)."""
+import os
+import unicodedata
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import eva_utils as eva
+from eva_utils.checkpoint import CheckpointError
+from eva_utils.runtime import TrainingError
+from test_train import Tiny, cfg, loaders
+
+
+# -- data folders ----------------------------------------------------------------------------------
+
+def test_hidden_and_system_folders_are_skipped_once(tmp_path, make_folder):
+    make_folder(tmp_path, per_class=1, classes=("cat", "dog"))
+    for junk in ("train/.ipynb_checkpoints", "train/__MACOSX", "test/.DS_Store_dir"):
+        (tmp_path / junk).mkdir()
+        (tmp_path / junk / "x.png").write_bytes((tmp_path / "train/cat/0000.png").read_bytes())
+    with pytest.warns(UserWarning, match=r"Skipped .ipynb_checkpoints, __MACOSX .*not classes"):
+        data = eva.load_image_folder(tmp_path)
+    assert data.classes == ("cat", "dog") and data.num_classes == 2
+
+
+def test_class_names_in_two_unicode_forms_match(tmp_path, make_folder):
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    make_folder(tmp_path / "a", per_class=1, classes=(nfc, "tea"))
+    os.rename(tmp_path / "a" / "test" / nfc, tmp_path / "a" / "test" / nfd)  # typed on a Mac
+    data = eva.load_image_folder(tmp_path / "a")
+    assert data.classes == (nfc, "tea")
+
+
+def test_class_order_can_be_given(tmp_path, make_folder):
+    make_folder(tmp_path, per_class=2, classes=("one", "two", "zero"))
+    data = eva.load_image_folder(tmp_path, classes=["zero", "one", "two"])
+    assert data.classes == ("zero", "one", "two")
+    assert sorted(np.bincount(data.train_labels)) == [2, 2, 2]
+    with pytest.raises(eva.DataError, match="must name each class folder once"):
+        eva.load_image_folder(tmp_path, classes=["zero", "one"])
+
+
+def test_grayscale_arrays_and_their_statistics():
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (50, 8, 8), dtype=np.uint8)
+    mean, std = eva.channel_stats(gray)
+    assert mean == pytest.approx((gray.mean() / 255,)) and std == pytest.approx((gray.std() / 255,))
+    assert eva.channel_stats(eva.to_rgb(gray))[0] == pytest.approx(mean * 3)
+    loader = eva.TensorLoader(gray, np.arange(50) % 2, mean, std, 10, train=False)
+    x, _ = next(iter(loader))
+    assert x.shape == (10, 3, 8, 8) and torch.equal(x[:, 0], x[:, 2])
+    with pytest.raises(ValueError, match="drop an alpha channel"):
+        eva.to_rgb(np.zeros((2, 8, 8, 4), np.uint8))
+
+
+# -- loaders ---------------------------------------------------------------------------------------
+
+def test_small_split_warns_with_a_batch_size_that_fits(tiny):
+    with pytest.warns(UserWarning, match=r"200 training images at batch_size=128 make 1 step an "
+                                         r"epoch, and .*72 images.*batch_size=20 or less"):
+        eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 128, train=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
+
+
+def test_wrong_objects_where_arrays_belong(tiny):
+    with pytest.raises(ValueError, match="one-hot labels y become y.argmax"):
+        eva.TensorLoader(tiny.train_images, np.eye(10)[tiny.train_labels], tiny.mean, tiny.std, 20,
+                         train=True)
+    with pytest.raises(TypeError, match="numpy array of uint8 pixels"):
+        eva.TensorLoader(torch.zeros(4, 3, 8, 8), np.zeros(4), tiny.mean, tiny.std, 2, train=False)
+    with pytest.raises(ValueError, match=r"\[0, 1\] scale.*divide by 255"):
+        eva.TensorLoader(tiny.train_images, tiny.train_labels, np.array(tiny.mean) * 255,
+                         np.array(tiny.std) * 255, 20, train=True)
+    with pytest.raises(ValueError, match="there are 3 classes"):
+        eva.make_loader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True,
+                        classes=("a", "b", "c"))
+
+
+def test_augment_that_does_not_fit_the_images():
+    with pytest.raises(ValueError, match=r"Augment\(pad=8\) does not fit 8x8 images; give pad <= 7"):
+        eva.Augment(pad=8)(torch.zeros(2, 3, 8, 8))
+    assert eva.Augment().flip is False  # mirrors only when asked
+    assert len(eva.classic_augment((28, 28))) == 6
+    with pytest.raises(TypeError):
+        eva.classic_augment()  # the size comes from the data, never a hidden 32x32
+
+
+# -- models and fit --------------------------------------------------------------------------------
+
+def test_class_count_mismatch_either_way_is_refused_before_training(tiny):
+    data = tiny.subset(200, 100)
+    few = eva.TensorLoader(data.train_images, data.train_labels % 3, data.mean, data.std, 20,
+                           train=True, classes=("a", "b", "c"))
+    test = eva.TensorLoader(data.test_images, data.test_labels % 3, data.mean, data.std, 50,
+                            train=False, classes=("a", "b", "c"))
+    for model, outputs in ((Tiny(classes=10), 10), (Tiny(classes=100), 100)):
+        with pytest.raises(TrainingError, match=f"model has {outputs} outputs but the data has 3"):
+            eva.fit(model, few, test, cfg(), progress=False)
+    with pytest.raises(TypeError, match="num_classes"):
+        eva.ResNet18()  # no default: the count comes from the data
+
+
+def test_summary_takes_the_data_size():
+    model = eva.SmallResNet(num_classes=3)
+    assert "[1, 32, 24, 24]" in str(eva.summary(model, (48, 48)))  # stem halves 48 -> 24
+    with pytest.raises(ValueError, match="data.image_size"):
+        eva.summary(model, (1, 48, 48))
+
+
+def test_plain_cnn_refuses_images_its_head_would_stretch():
+    with pytest.raises(ValueError, match="at least 32x32"):
+        eva.PlainCNN(num_classes=2)(torch.zeros(1, 3, 28, 28))
+
+
+def test_config_changed_after_it_is_built_is_checked_again(tiny):
+    config = cfg()
+    config.schedule = "cosine"
+    with pytest.raises(ValueError, match="schedule='cosine'"):
+        eva.fit(Tiny(), *loaders(tiny), config, progress=False)
+
+
+def test_a_diverging_loss_stops_the_run(tiny):
+    with pytest.raises(TrainingError, match="The loss became .* lower the learning rate"):
+        eva.fit(Tiny(), *loaders(tiny), cfg(optimizer="adam", lr=1e6, schedule="constant"),
+                progress=False)
+
+
+def test_a_nan_test_loss_is_never_recorded(tiny, tmp_path):
+    class NanInEval(Tiny):
+        def forward(self, x):
+            out = super().forward(x)
+            return out if self.training or x.shape[0] == 2 else out * float("nan")
+    with pytest.raises(TrainingError, match="test loss became nan after epoch 1"):
+        eva.fit(NanInEval(), *loaders(tiny), cfg(checkpoint_dir=str(tmp_path)), progress=False)
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_wrong_objects_where_a_loader_or_model_belongs(tiny):
+    train, test = loaders(tiny)
+    with pytest.raises(TypeError, match="is an ImageData.*eva.TensorLoader"):
+        eva.fit(Tiny(), tiny, test, cfg(), progress=False)
+    dataset = torch.utils.data.TensorDataset(torch.zeros(4, 3, 32, 32), torch.zeros(4))
+    with pytest.raises(TypeError, match="TensorDataset, not a loader.*DataLoader"):
+        eva.fit(Tiny(), dataset, test, cfg(), progress=False)
+
+    class Pair(Tiny):
+        def forward(self, x):
+            return super().forward(x), x
+    with pytest.raises(TrainingError, match="returns a tuple.*only the logits"):
+        eva.fit(Pair(), train, test, cfg(), progress=False)
+    with pytest.raises(TrainingError, match=r"float64 but the images torch.float32.*model.float\(\)"):
+        eva.fit(Tiny().double(), train, test, cfg(), progress=False)
+    one_hot = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.zeros(8, 3, 32, 32), torch.eye(10)[torch.arange(8)]),
+        batch_size=4)
+    with pytest.raises(TrainingError, match="one-hot labels y become y.argmax"):
+        eva.fit(Tiny(), one_hot, test, cfg(), progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_the_machine_lacks(tiny):
+    with pytest.raises(TrainingError, match="device='cuda', but this machine has no such device"):
+        eva.fit(Tiny(), *loaders(tiny), cfg(), device="cuda", progress=False)
+
+
+def test_an_empty_test_loader_is_refused_before_training(tiny):
+    train, _ = loaders(tiny)
+    with pytest.raises(TrainingError, match="test loader yields no batches"):
+        eva.fit(Tiny(), train, [], cfg(), progress=False)
+
+
+def test_tta_records_the_plain_accuracy_and_warns_when_it_hurts():
+    """Class 0 is bright on the left, class 1 on the right: a mirror swaps the classes, so averaging
+    each image with its mirror can only hurt."""
+    images = np.zeros((40, 16, 16, 3), np.uint8)
+    labels = np.arange(40) % 2
+    images[labels == 0, :, :8] = 255
+    images[labels == 1, :, 8:] = 255
+
+    class Sides(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))  # something for the optimizer
+
+        def forward(self, x):
+            side = x[..., :8].mean((1, 2, 3)) - x[..., 8:].mean((1, 2, 3))
+            return torch.stack([side, -side], 1) * (1 + self.w * 0)
+    train = eva.TensorLoader(images, labels, (0.5,), (0.5,), 4, train=True)
+    test = eva.TensorLoader(images, labels, (0.5,), (0.5,), 20, train=False)
+    with pytest.warns(UserWarning, match="lowered the test accuracy from 100.00% to 50.00%.*tta=False"):
+        h = eva.fit(Sides(), train, test, cfg(epochs=1, tta=True), progress=False)
+    assert h.test_acc_plain == [100.0] and h.test_acc == [50.0]
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+
+def test_unwritable_checkpoint_dir_is_refused_before_training(tiny, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(CheckpointError, match=r"Cannot write checkpoints to .*checkpoint_dir"):
+        eva.fit(Tiny(), *loaders(tiny), cfg(checkpoint_dir=str(blocker / "sub")), progress=False)
+
+
+def test_resume_refuses_other_data_augmentation_or_seed(tiny, tmp_path):
+    torch.manual_seed(0)
+    train, test = loaders(tiny)
+    eva.fit(Tiny(), train, test, cfg(epochs=1, checkpoint_dir=str(tmp_path)), progress=False)
+    other = tiny.train_images[::-1].copy()
+    for loader, what in (
+            (eva.TensorLoader(other, tiny.train_labels, tiny.mean, tiny.std, 40, train=True),
+             "image or label content"),
+            (eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 40,
+                              train=True, augment=eva.Augment(pad=2)), "augment"),
+            (eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 40,
+                              train=True, seed=1), "seed"),
+            (eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 40,
+                              train=True, classes=[f"c{i}" for i in range(10)]), "classes")):
+        with pytest.raises(CheckpointError, match=f"training data's {what}"):
+            eva.fit(Tiny(), loader, test, cfg(epochs=2), resume=tmp_path / "last.pt",
+                    progress=False)
+
+
+def test_shrinking_epochs_under_a_step_schedule_names_the_reason(tiny, tmp_path):
+    torch.manual_seed(0)
+    step = dict(schedule="step", step_size=1, checkpoint_dir=str(tmp_path))
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, **step), progress=False)
+    with pytest.raises(CheckpointError, match="already trained 2 epochs"):
+        eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, **step), resume=tmp_path / "last.pt",
+                progress=False)
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def wrong(tiny):
+    test = eva.TensorLoader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 50, train=False)
+    torch.manual_seed(0)
+    model = eva.CustomResNet(num_classes=10)
+    return model, eva.misclassified(eva.predict(model, test, tiny.classes))
+
+
+@pytest.mark.parametrize("kw", [{"n": -1}, {"cols": 0}])
+def test_plot_counts_must_be_whole_and_positive(wrong, kw, tiny):
+    _, mistakes = wrong
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=f"{name}={kw[name]}: give a whole number >= 1"):
+        eva.plot_misclassified(mistakes, tiny.mean, tiny.std, **kw)
+
+
+def test_gradcam_checks_layers_classes_and_narrows_the_panel(wrong, tiny):
+    model, mistakes = wrong
+    images = mistakes.images[:4]
+    with pytest.raises(ValueError, match="6 class indices for 4 images"):
+        eva.gradcam(model, images, "layer2", torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match="'fc' outputs .* not \\(B, C, H, W\\).*layer1"):
+        eva.gradcam(model, images, "fc")
+    fig = eva.plot_gradcam(model, mistakes, ["layer2"], tiny.mean, tiny.std, n=2)
+    assert fig.axes[0].get_gridspec().ncols == 2  # 2 images: 2 columns, not 5
+
+
+def test_gradcam_warns_about_a_one_pixel_map(tiny):
+    model = eva.CustomResNet(num_classes=2)
+    p = eva.Predictions(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), torch.tensor([1, 0]),
+                        torch.tensor([0.6, 0.7]), ("a", "b"))
+    with pytest.warns(UserWarning, match="layer3: a 1-pixel-wide feature map"):
+        eva.plot_gradcam(model, p, ["layer3"], (0.5,) * 3, (0.25,) * 3)
+
+
+def test_confusion_with_many_classes_shows_the_worst(tmp_path):
+    k, n = 5000, 20000
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, k, (n,), generator=g)
+    preds = torch.where(torch.rand(n, generator=g) < 0.5, labels, (labels + 1) % k)
+    p = eva.Predictions(torch.zeros(n, 1, 1, 1), labels, preds, torch.ones(n),
+                        tuple(f"class {i}" for i in range(k)))
+    fig = eva.plot_confusion(p, path=tmp_path / "c.png")
+    assert len(fig.axes) == 2 and "Most confused" in fig.axes[0].get_title()
+    assert len(fig.axes[0].patches) == 20 and (tmp_path / "c.png").stat().st_size > 0
