@@ -4,8 +4,8 @@
   JPEG or BMP; any number of classes, named by their folders, sorted unless ``classes=`` gives the
   order; any size with ``image_size=``). Hidden and system folders (``.ipynb_checkpoints``,
   ``__MACOSX``, any name starting with "." or "__") are skipped, with one warning; folder names are
-  compared in Unicode NFC form, so "café" typed on a Mac matches "café" from Linux. Decoded once and cached beside the data as
-  ``<root>/eva-image-cache.npz`` (plain arrays, no pickle). The cache is rebuilt when a file is added,
+  compared in Unicode NFC form, so "café" typed on a Mac matches "café" from Linux. Decoded once
+  and cached beside the data as ``<root>/eva-image-cache.npz`` (plain arrays, no pickle). The cache is rebuilt when a file is added,
   removed, renamed, resized or touched (size and modification time): a file rewritten with the same
   size *and* modification time is not noticed, so delete the cache after editing images in place.
   A cache that cannot be read is rebuilt, with a warning.

@@ -50,9 +50,9 @@ def find_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
                          f"{', '.join(_spatial_names(model))}.") from None
 
 
-def layer_shapes(model: nn.Module, images: torch.Tensor, layers) -> dict:
-    """{layer: output shape} of each layer for ``images[:1]``, from one forward pass (hooks
-    removed); an error naming the layer when its output is not a (B, C, H, W) feature map."""
+def probe(model: nn.Module, images: torch.Tensor, layers) -> tuple[dict, int]:
+    """({layer: output shape}, number of model outputs) for ``images[:1]``, from one forward pass
+    (hooks removed); an error naming the layer when its output is not a (B, C, H, W) feature map."""
     sizes, handles = {}, []
     for layer in layers:
         def hook(module, args, out, layer=layer):
@@ -61,7 +61,7 @@ def layer_shapes(model: nn.Module, images: torch.Tensor, layers) -> dict:
     device = next(model.parameters()).device
     try:
         with torch.no_grad(), eval_mode(model):
-            model(images[:1].to(device))
+            outputs = model(images[:1].to(device)).shape[1]
     finally:
         for h in handles:
             h.remove()
@@ -72,7 +72,7 @@ def layer_shapes(model: nn.Module, images: torch.Tensor, layers) -> dict:
             raise ValueError(f"Layer {name!r} outputs {shape}, not (B, C, H, W) feature maps, so "
                              "Grad-CAM cannot weigh its channels. Fix: pick a convolutional stage, "
                              f"e.g. one of {', '.join(good)}.")
-    return sizes
+    return sizes, outputs
 
 
 @contextmanager
@@ -113,14 +113,12 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: str | nn.Module,
     module = find_layer(model, layer)
     device = next(model.parameters()).device
     images = images.to(device)
-    layer_shapes(model, images, [layer])
+    _, outputs = probe(model, images, [layer])  # one forward checks the layer and the classes
     targets = None
     if classes is not None:
         if len(classes) != len(images):
             raise ValueError(f"{len(classes)} class indices for {len(images)} images: give one "
                              "class per image (or None to explain each prediction).")
-        with torch.no_grad(), eval_mode(model):
-            outputs = model(images[:1]).shape[1]
         bad = [int(c) for c in classes if not 0 <= int(c) < outputs]
         if bad:
             raise ValueError(f"Class indices {bad} do not exist: the model has {outputs} outputs "
@@ -146,7 +144,7 @@ def plot_gradcam(model: nn.Module, wrong: Predictions, layers, mean, std, *, n: 
     names = [name if isinstance(name, str) else type(name).__name__ for name in layers]
     images = wrong.images[:n]
     explained = wrong.preds[:n] if target == "pred" else wrong.labels[:n]
-    shapes = layer_shapes(model, images, layers)
+    shapes, _ = probe(model, images, layers)
     sizes = {layer: f"{shape[-2]}x{shape[-1]}" for layer, shape in shapes.items()}
     coarse = [name for name, layer in zip(names, layers) if min(shapes[layer][-2:]) < 2]
     if coarse:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import eva_utils as eva
-from eva_utils.gradcam import layer_shapes
+from eva_utils.gradcam import probe
 from eva_utils.inference import Predictions
 
 matplotlib.use("Agg")
@@ -139,7 +139,7 @@ def test_no_mistakes_and_unnormalised_images(tiny):
 def test_gradcam_masks_and_model_left_untouched(tiny, test_loader, model, layer, size):
     images = next(iter(test_loader))[0][:4]
     assert layer in eva.gradcam_layers(model)
-    assert layer_shapes(model, images, [layer])[layer][-2:] == (size, size)
+    assert probe(model, images, [layer])[0][layer][-2:] == (size, size)
     model.train()
     model.fc.weight.requires_grad_(False) if hasattr(model, "fc") else None
     flags = [p.requires_grad for p in model.parameters()]
