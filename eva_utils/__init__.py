@@ -30,7 +30,7 @@ from .results import run_record, save_json
 from .runtime import TrainingError, device_name, eval_mode, get_device, seed_everything
 from .schedule import build_optimizer, build_scheduler, lr_schedule
 from .summary import summary
-from .train import History, TrainConfig, fit
+from .train import BudgetSpent, History, TrainConfig, fit
 from .transforms import Augment, classic_augment, denormalize
 
 __version__ = "0.2.0"

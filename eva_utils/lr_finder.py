@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,13 +59,16 @@ class RangeTest:
 
 def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Optimizer | None = None,
                   start_lr: float = 1e-5, end_lr: float = 10.0, num_iter: int | None = None,
-                  criterion: nn.Module | None = None, verbose: bool = True) -> RangeTest:
+                  criterion: nn.Module | None = None, verbose: bool = True,
+                  checkpoint_dir: str | os.PathLike | None = None) -> RangeTest:
     """Sweep from ``start_lr`` to ``end_lr`` over ``num_iter`` batches (None: one pass over the
     training set, 50 to 100 batches; stops early if the loss explodes) on the model's own device,
     saying first what it will cost. Weights, buffers, optimizer state and every submodule's
     train/eval mode are the same afterwards as before.
 
     ``optimizer`` defaults to the suite's: Nesterov SGD, momentum 0.9, weight decay 5e-4.
+    ``checkpoint_dir`` keeps the result there as ``range_test.json``; a later call with the same
+    model, loader and sweep loads it instead of sweeping again, so a resumed run keeps its picks.
     """
     if not 0 < start_lr < end_lr:
         raise ValueError(f"start_lr={start_lr} and end_lr={end_lr}: the sweep needs "
@@ -82,8 +88,18 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     if not any(id(p) in own for g in optimizer.param_groups for p in g["params"]):
         raise ValueError("The optimizer holds none of this model's parameters (was it built for "
                          "another model?). Fix: build it from model.parameters(), or pass none.")
+    size = getattr(train_loader, "batch_size", None)
+    kept = Path(checkpoint_dir) / "range_test.json" if checkpoint_dir is not None else None
+    setup = {"model": type(model).__name__, "model_args": repr(getattr(model, "init_args", {})),
+             "batches": batches, "batch_size": size, "start_lr": start_lr, "end_lr": end_lr,
+             "num_iter": num_iter}
+    stored = _load(kept, setup)
+    if stored is not None:
+        if verbose:
+            print(f"LR range test: loaded from {kept}, where this run stored it (delete the file to "
+                  "sweep again).")
+        return stored
     if verbose:
-        size = getattr(train_loader, "batch_size", None)
         print(f"LR range test: {num_iter} steps{f' of {size} images' if size else ''} "
               f"({num_iter / batches:.2g} epochs of the training set), lr {start_lr:.0e} to "
               f"{end_lr:g}.")
@@ -106,7 +122,28 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
             lrs, losses = list(finder.history["lr"]), list(finder.history["loss"])
         finally:
             finder.reset()  # restores the model's and the optimizer's state dicts
-    return picks(lrs, losses)
+    found = picks(lrs, losses)
+    if kept is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps({"setup": setup, "result": asdict(found)}, indent=1) + "\n")
+    return found
+
+
+def _load(path: Path | None, setup: dict) -> RangeTest | None:
+    """The RangeTest stored at ``path`` for this same ``setup``, else None (a damaged or foreign
+    file is swept again and overwritten, with a warning, never trusted)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        if stored["setup"] == setup:
+            return RangeTest(**stored["result"])
+        why = "another model, loader or sweep"
+    except (ValueError, KeyError, TypeError) as exc:
+        why = f"unreadable: {type(exc).__name__}"
+    warnings.warn(f"{path} holds a range test of {why}; sweeping again and replacing it.",
+                  stacklevel=3)
+    return None
 
 
 def picks(lrs, losses) -> RangeTest:

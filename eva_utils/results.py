@@ -13,12 +13,14 @@ from .train import History
 
 
 def run_record(history: History, model: nn.Module, device, /, **labels) -> dict:
-    """Accuracy (percent), training seconds, parameters and device of a run, ``labels`` first."""
+    """Accuracy (percent), training seconds (every epoch, over all stretches of a resumed run),
+    parameters and device of a run, ``labels`` first."""
     return {**labels, "parameters": count_parameters(model),
             "test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
             **({"test_acc_no_tta": history.test_acc_plain[-1]} if history.test_acc_plain else {}),
             "train_seconds": round(history.train_seconds, 2),
             "seconds_per_epoch": [round(s, 3) for s in history.seconds],
+            **({"resumed_after_epochs": history.resumed_at} if history.resumed_at else {}),
             "device": device_name(device)}
 
 

@@ -1,8 +1,10 @@
 """Where and how a model runs: device, mixed-precision type, memory layout, seeding, eval mode."""
 from __future__ import annotations
 
+import platform
 import random
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,9 +37,22 @@ def get_device(preferred: str | torch.device | None = None) -> torch.device:
 
 
 def device_name(device: torch.device | str) -> str:
-    """A readable name for reports, e.g. "NVIDIA H100 80GB HBM3" or "cpu"."""
+    """A readable name for reports, e.g. "NVIDIA H100 80GB HBM3" or "cpu: AMD EPYC, 2 threads":
+    CPU results differ 2-3x between processor kinds, so a CPU record names its model too."""
     device = torch.device(device)
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
+    model = platform.processor() or platform.machine()
+    try:  # Linux names the processor here; platform.processor() often says only "x86_64"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {model}, {torch.get_num_threads()} threads"
 
 
 def amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:

@@ -144,6 +144,7 @@ class History:
     lr: list = field(default_factory=list)           # learning rate at the start of the epoch
     seconds: list = field(default_factory=list)      # wall time of the epoch's training steps
     test_acc_plain: list = field(default_factory=list)  # percent without TTA (only when cfg.tta)
+    resumed_at: list = field(default_factory=list)  # epochs after which a later stretch resumed
 
     def __len__(self) -> int:
         return len(self.test_acc)
@@ -159,6 +160,11 @@ class History:
     def append(self, **values) -> None:
         for key, value in values.items():
             getattr(self, key).append(value)
+
+
+class BudgetSpent(Exception):
+    """``fit`` stopped at an epoch boundary because its ``time_budget`` would not fit another epoch.
+    The checkpoint is written; calling ``fit`` again with ``resume=True`` continues the run."""
 
 
 @dataclass
@@ -197,15 +203,18 @@ class Run:
 
 
 def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = None, *,
-        device: str | torch.device | None = None, resume: str | os.PathLike | None = None,
-        progress: bool = True) -> History:
+        device: str | torch.device | None = None, resume: bool | str | os.PathLike | None = None,
+        time_budget: float | None = None, progress: bool = True) -> History:
     """Train ``model`` for ``cfg.epochs`` epochs, testing after each; returns the History.
 
     Loaders yield (images float (B, 3, H, W), labels int64 (B,)): ``TensorLoader`` or
     ``make_loader``. With ``cfg.checkpoint_dir`` it writes ``last.pt`` after every epoch and
-    ``best.pt`` at each new best test accuracy; ``resume=".../last.pt"`` continues such a run at the
-    next epoch, exactly, if model, data and config are the same. With ``cfg.ema_decay`` the weight
-    average is what gets tested, and copied into ``model`` at the end.
+    ``best.pt`` at each new best test accuracy. ``resume=".../last.pt"`` continues such a run at the
+    next epoch, exactly, if model, data and config are the same; ``resume=True`` does so from
+    ``checkpoint_dir/last.pt`` when there is one and starts afresh when there is none.
+    ``time_budget`` (seconds of this call) stops at the end of the last epoch that fits in it and
+    raises ``BudgetSpent``: run the same code again with ``resume=True`` to go on. With
+    ``cfg.ema_decay`` the weight average is what gets tested, and copied into ``model`` at the end.
     """
     cfg = cfg or TrainConfig()
     if not isinstance(cfg, TrainConfig):
@@ -223,8 +232,16 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         raise TrainingError("The test loader yields no batches, so no epoch could be scored. Fix: "
                             "give it the test split's images (is the split empty?).")
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    if (resume is True or time_budget is not None) and ckpt_dir is None:
+        raise ValueError(f"{'resume=True' if resume is True else 'time_budget'} needs "
+                         "TrainConfig(checkpoint_dir=...): that is where the run is kept between "
+                         "stretches.")
+    if time_budget is not None and not (_number(time_budget) and time_budget > 0):
+        raise ValueError(f"time_budget={time_budget!r}: give seconds, a number > 0, or None.")
     if ckpt_dir:
         check_writable(ckpt_dir)  # before an epoch is spent, not after
+    if resume is True:
+        resume = ckpt_dir / "last.pt" if (ckpt_dir / "last.pt").exists() else None
     seed_everything(cfg.seed)
     nhwc = use_channels_last(device, cfg.channels_last)
     model.to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
@@ -239,10 +256,31 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         ckpt = load_checkpoint(resume, map_location=device)
         check_resumable(ckpt, resume, model, asdict(cfg), steps, data)
         run.restore(ckpt)
+        done = len(run.history)
+        if done < cfg.epochs:
+            run.history.resumed_at.append(done)
+        if progress:  # the whole run's lines, so a resumed notebook shows every epoch
+            earlier = "epoch 1 as" if done == 1 else f"epochs 1-{done} as"
+            tqdm.write(f"Resumed from {resume} after epoch {done} of {cfg.epochs}; {earlier} "
+                       "trained before:")
+            for i in range(done):
+                tqdm.write(epoch_line(run.history, i))
+    started = time.perf_counter()
+    # The longest epoch, training and testing, in seconds: first guessed from the epochs a resumed
+    # run already trained (training time only is kept; testing adds ~15 % for CustomResNet on CPU).
+    longest = 1.2 * max(run.history.seconds, default=0.0)
     scored = run.ema.module if run.ema is not None else model  # what each epoch is tested on
     best = max(run.history.test_acc, default=-1.0)
 
     for epoch in range(len(run.history), cfg.epochs):
+        elapsed = time.perf_counter() - started
+        if time_budget is not None and longest and elapsed + longest > time_budget:
+            raise BudgetSpent(
+                f"Time budget spent: {_duration(elapsed)} of {_duration(time_budget)} used, and an "
+                f"epoch takes about {_duration(longest)}. Stopped after epoch {epoch} of "
+                f"{cfg.epochs}; the run is saved in {ckpt_dir / 'last.pt'}. To go on, run the same "
+                "code again with resume=True (a notebook: run it again).")
+        epoch_start = time.perf_counter()
         for loader in (train_loader, test_loader):  # each epoch's shuffle and augmentation
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)
@@ -269,16 +307,14 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         if cfg.tta:
             run.history.append(test_acc_plain=plain_acc)
         if progress:
-            tqdm.write(f"epoch {epoch + 1:3d}  train loss {train_loss:.3f} acc {train_acc:5.2f}%  "
-                       f"test loss {test_loss:.3f} acc {test_acc:5.2f}%"
-                       + (f" (no TTA {plain_acc:5.2f}%)" if cfg.tta else "")
-                       + f"  lr {lr:.2e}  {seconds:.1f}s")
+            tqdm.write(epoch_line(run.history, epoch))
         if ckpt_dir:
             state = run.state(cfg, steps, data)
             atomic_save(state, ckpt_dir / "last.pt")
             if test_acc > best:
                 atomic_save(state, ckpt_dir / "best.pt")
         best = max(best, test_acc)
+        longest = max(longest, time.perf_counter() - epoch_start)
     if run.ema is not None:  # leave the averaged weights in the caller's model
         model.load_state_dict(run.ema.module.state_dict())
     h = run.history
@@ -289,6 +325,18 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
                       "and Augment(flip=False) unless mirrored images are still the same class.",
                       stacklevel=2)
     return run.history
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def epoch_line(h: History, i: int) -> str:
+    """Epoch ``i``'s progress line (0-based), as printed after it and replayed on resume."""
+    plain = f" (no TTA {h.test_acc_plain[i]:5.2f}%)" if i < len(h.test_acc_plain) else ""
+    return (f"epoch {i + 1:3d}  train loss {h.train_loss[i]:.3f} acc {h.train_acc[i]:5.2f}%  "
+            f"test loss {h.test_loss[i]:.3f} acc {h.test_acc[i]:5.2f}%{plain}  lr {h.lr[i]:.2e}  "
+            f"{h.seconds[i]:.1f}s")
 
 
 def check_loader(loader, name: str) -> None:

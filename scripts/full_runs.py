@@ -4,6 +4,14 @@
     python scripts/full_runs.py --gpu                    # 03, 04 with seeds 0 1 2, the speed benchmark
     python scripts/full_runs.py --only 04 benchmark      # some of them (one device-tool call each)
     python scripts/full_runs.py --gpu --smoke --out runs/smoke   # smoke-sized, on a CPU: what CI runs
+    python scripts/full_runs.py --only 04 --seeds 0 --budget 150 # 04 on a CPU, in 150-minute stretches
+
+Every run keeps checkpoints (and 04's LR range test) in checkpoints/NN-seedS/ (ignored by git) and
+continues from them when run again. With --budget (minutes of training; loading, 04's range test
+and figures come on top) training stops at the last epoch that fits, the script exits with status
+75 ("run me again"), and the same command continues the run; delete checkpoints/NN-seedS/ to start
+that run afresh. Papermill executes into runs/full/ first, so an unfinished stretch never
+overwrites a committed notebook.
 
 A full run overwrites notebooks/NN_*.ipynb with the executed notebook (seed 0's; other seeds' go to
 runs/), writes figures to images/, each run's record to results/raw/, their summary with the command
@@ -20,6 +28,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -30,6 +39,11 @@ NOTEBOOKS = {"01": "01_cnn_vs_resnet", "02": "02_resnet_under_500k",
              "03": "03_resnet18_layernorm", "04": "04_custom_resnet"}
 SEEDS = {"04": [0, 1, 2]}  # mean ± std over seeds where the spread is the point
 CPU_JOBS, GPU_JOBS = ["01", "02"], ["03", "04", "benchmark"]
+UNFINISHED = 75  # exit status when the budget ran out: run the same command again (EX_TEMPFAIL)
+
+
+class Unfinished(Exception):
+    """A notebook stopped at its time budget; its checkpoint is kept for the next invocation."""
 
 
 def clean(path: Path) -> None:
@@ -50,23 +64,35 @@ def clean(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def run_notebook(key: str, out: Path, smoke: bool, command: str) -> None:
+def run_notebook(key: str, out: Path, smoke: bool, command: str, seeds: list[int] | None,
+                 deadline: float | None) -> None:
     name = NOTEBOOKS[key]
     runs = []
-    for seed in SEEDS.get(key, [0]):
+    for seed in seeds or SEEDS.get(key, [0]):
         first = not runs
         executed = (out / "notebooks" / f"{name}.ipynb" if first
                     else out / "runs" / f"{name}-seed{seed}.ipynb")  # runs/ is not committed
         executed.parent.mkdir(parents=True, exist_ok=True)
+        scratch = out / "runs" / "full" / f"{name}-seed{seed}.ipynb"  # until the run completes
+        scratch.parent.mkdir(parents=True, exist_ok=True)
         record = out / "results" / "raw" / f"{key}-seed{seed}.json"  # the notebook writes it
-        params = {"SEED": seed, "RESULTS_JSON": os.path.relpath(record, ROOT)}
+        params = {"SEED": seed, "RESULTS_JSON": os.path.relpath(record, ROOT),
+                  "CHECKPOINT_DIR": os.path.relpath(out / "checkpoints" / f"{key}-seed{seed}", ROOT)}
+        if deadline is not None:
+            params["TIME_BUDGET"] = max(deadline - time.time(), 1.0)
         if first:  # figures from the committed run only
             params["FIGURE_DIR"] = os.path.relpath(out / "images", ROOT)
         print(f"== {name}, seed {seed} -> {executed}", flush=True)
-        papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(executed),
-                                   parameters=params, cwd=str(ROOT), log_output=True,
-                                   progress_bar=False, kernel_name="python3")
-        clean(executed)
+        try:
+            papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(scratch),
+                                       parameters=params, cwd=str(ROOT), log_output=True,
+                                       progress_bar=False, kernel_name="python3")
+        except papermill.PapermillExecutionError as exc:
+            if exc.ename == "BudgetSpent":
+                raise Unfinished(f"{name}, seed {seed}: {exc.evalue}") from None
+            raise
+        clean(scratch)
+        os.replace(scratch, executed)
         runs += json.loads(record.read_text())["runs"]
     save(out / "results" / f"{key}.json", {"notebook": key, "command": command, "smoke": smoke,
                                            "date": today(), "runs": runs})
@@ -98,6 +124,12 @@ def main() -> None:
     p.add_argument("--cpu", action="store_true", help=f"run {', '.join(CPU_JOBS)}")
     p.add_argument("--gpu", action="store_true", help=f"run {', '.join(GPU_JOBS)}")
     p.add_argument("--only", nargs="+", default=[], choices=[*NOTEBOOKS, "benchmark"])
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="seeds to run (default: 0; 0 1 2 for 04)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="minutes of training in this invocation (loading data, 04's range test "
+                        "and figures come on top); then stop at an epoch's end, exit "
+                        f"{UNFINISHED}, and continue when run again (default: no limit)")
     p.add_argument("--smoke", action="store_true", help="smoke-sized runs (EVA_SMOKE=1)")
     p.add_argument("--out", type=Path, default=None,
                    help="where everything goes (default: the repository; required with --smoke)")
@@ -112,15 +144,20 @@ def main() -> None:
         if not torch.cuda.is_available():
             p.error("--gpu needs a CUDA device; this machine has none (use --smoke to test it)")
     out = (args.out or ROOT).resolve()
+    deadline = time.time() + 60 * args.budget if args.budget is not None else None
     command = "python scripts/full_runs.py " + " ".join(sys.argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the notebooks' output, live
     if args.smoke:
         os.environ["EVA_SMOKE"] = "1"
     for job in dict.fromkeys(jobs):  # in order, once each
-        if job == "benchmark":
-            run_benchmark(out, args.smoke, command)
-        else:
-            run_notebook(job, out, args.smoke, command)
+        try:
+            if job == "benchmark":
+                run_benchmark(out, args.smoke, command)
+            else:
+                run_notebook(job, out, args.smoke, command, args.seeds, deadline)
+        except Unfinished as exc:
+            print(f"\nUnfinished: {exc}\nRun the same command again to continue.", flush=True)
+            sys.exit(UNFINISHED)
     subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"),
                     "--results", str(out / "results"), "--readme", str(out / "README.md")],
                    check=True)
