@@ -12,23 +12,27 @@
 
 Modules, one noun each: data (ImageData, loading), transforms (Augment), loaders, models, runtime
 (device, precision, seeding, eval mode), schedule, train (TrainConfig, fit), checkpoint, inference
-(evaluate, predict), results, lr_finder, plots, gradcam, summary. Depends only on torch,
-torchvision, numpy, pillow, albumentations, opencv, matplotlib, grad-cam, torch-lr-finder,
-torchinfo and tqdm, so the folder can be copied into another project as it is.
+(evaluate, predict), results, lr_finder, plots, gradcam, summary, distributed (torchrun). Depends
+only on torch, torchvision, numpy, pillow, albumentations, opencv, matplotlib, grad-cam,
+torch-lr-finder, torchinfo and tqdm, so the folder can be copied into another project as it is.
 """
+from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import (CIFAR10_CLASSES, DataError, ImageData, channel_stats, data_root, load_cifar10,
                    load_image_folder, smoke_mode, synthetic_data, to_rgb)
+from .distributed import is_main
 from .gradcam import gradcam, gradcam_layers, plot_gradcam
 from .inference import Predictions, confusion_matrix, evaluate, misclassified, predict
 from .loaders import TensorLoader, make_loader
 from .lr_finder import RangeTest, lr_range_test
-from .models import CustomResNet, PlainCNN, ResNet18, SmallResNet, count_parameters
+from .models import (CustomResNet, PlainCNN, ResNet18, SmallResNet, count_parameters,
+                     torchvision_resnet)
 from .plots import (figure_path, plot_augmentations, plot_confusion, plot_history, plot_lr_finder,
                     plot_lr_schedule, plot_misclassified)
 from .results import run_record, save_json
 from .runtime import TrainingError, device_name, eval_mode, get_device, seed_everything
 from .schedule import build_optimizer, build_scheduler, lr_schedule
+from .streaming import folder_loader
 from .summary import summary
 from .train import BudgetSpent, History, TrainConfig, fit
 from .transforms import Augment, classic_augment, denormalize

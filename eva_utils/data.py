@@ -167,6 +167,26 @@ def class_folders(split: Path) -> dict[str, Path]:
     return names
 
 
+def image_files(root: Path, classes=None) -> tuple[list[str], list, list]:
+    """(class names, [(path, label)] of train/, of test/) under ``root``, checked as the module
+    doc says; ``classes`` gives the label order (None: the folder names, sorted)."""
+    train_folders = class_folders(root / "train")
+    test_folders = class_folders(root / "test")
+    if set(test_folders) != set(train_folders):
+        raise DataError(f"{root / 'train'} and {root / 'test'} must hold the same class folders; "
+                        f"only in train: {sorted(set(train_folders) - set(test_folders)) or 'none'}, "
+                        f"only in test: {sorted(set(test_folders) - set(train_folders)) or 'none'}.")
+    found = list(train_folders)
+    if classes is None:
+        classes = found
+    else:
+        classes = [unicodedata.normalize("NFC", str(c)) for c in classes]
+        if sorted(classes) != found:
+            raise DataError(f"classes={list(classes)} must name each class folder once; the "
+                            f"folders are {found}.")
+    return classes, _list_split(train_folders, classes), _list_split(test_folders, classes)
+
+
 def _list_split(folders: dict[str, Path], classes: list[str]) -> list[tuple[Path, int]]:
     files = []
     for label, name in enumerate(classes):
@@ -193,21 +213,27 @@ def _signature(files: list[tuple[Path, int]], image_size) -> str:
     return h.hexdigest()
 
 
-def _decode(files: list[tuple[Path, int]], image_size) -> tuple[np.ndarray, np.ndarray]:
+def read_image(path: Path, image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """One file as uint8 RGB (H, W, 3), resized to ``image_size`` (H, W) if given; one DataError
+    naming the file if it cannot be read."""
     from PIL import Image
 
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")  # grayscale, palette, RGBA: all become RGB
+            if image_size is not None:
+                im = im.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(im)
+    except Exception as exc:
+        raise DataError(f"Cannot read image {path} ({exc}). Fix: delete or replace that "
+                        "file.") from exc
+
+
+def _decode(files: list[tuple[Path, int]], image_size) -> tuple[np.ndarray, np.ndarray]:
     images = None
     for i, (path, _) in enumerate(tqdm(files, desc=f"decoding {files[0][0].parent.parent.name}",
                                        leave=False, mininterval=1.0)):
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")  # grayscale, palette, RGBA: all become RGB
-                if image_size is not None:
-                    im = im.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
-                array = np.asarray(im)
-        except Exception as exc:
-            raise DataError(f"Cannot read image {path} ({exc}). Fix: delete or replace that "
-                            "file.") from exc
+        array = read_image(path, image_size)
         if images is None:
             images = np.empty((len(files), *array.shape), dtype=np.uint8)
         elif array.shape != images.shape[1:]:
@@ -256,22 +282,7 @@ def load_image_folder(root: str | os.PathLike | None = None, *,
     root = data_root(root)
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
-    train_folders = class_folders(root / "train")
-    test_folders = class_folders(root / "test")
-    if set(test_folders) != set(train_folders):
-        raise DataError(f"{root / 'train'} and {root / 'test'} must hold the same class folders; "
-                        f"only in train: {sorted(set(train_folders) - set(test_folders)) or 'none'}, "
-                        f"only in test: {sorted(set(test_folders) - set(train_folders)) or 'none'}.")
-    found = list(train_folders)
-    if classes is None:
-        classes = found
-    else:
-        classes = [unicodedata.normalize("NFC", str(c)) for c in classes]
-        if sorted(classes) != found:
-            raise DataError(f"classes={list(classes)} must name each class folder once; the "
-                            f"folders are {found}.")
-    train_files = _list_split(train_folders, classes)
-    test_files = _list_split(test_folders, classes)
+    classes, train_files, test_files = image_files(root, classes)
     signature = _signature(train_files + test_files, (image_size, classes))
     cache = root / CACHE_NAME
     arrays = _read_cache(cache, signature)

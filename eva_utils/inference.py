@@ -52,8 +52,9 @@ def evaluate(model: nn.Module, loader, device=None, *, tta: bool = False, amp: b
 
 
 def scores(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bool | None = None,
-           channels_last: bool | None = None) -> tuple[float, float, float]:
-    """``evaluate``'s loss and accuracy, and the accuracy without test-time augmentation (percent)."""
+           channels_last: bool | None = None, total=None) -> tuple[float, float, float]:
+    """``evaluate``'s loss and accuracy, and the accuracy without test-time augmentation (percent).
+    ``total`` sums the counts over processes first (``fit`` under torchrun: each saw a share)."""
     loss_sum, correct, plain_correct, n = 0.0, 0, 0, 0
     for _, y, logits, plain in outputs(model, loader, device, tta=tta, amp=amp,
                                        channels_last=channels_last):
@@ -61,9 +62,13 @@ def scores(model: nn.Module, loader, device=None, *, tta: bool = False, amp: boo
         correct = correct + (logits.argmax(1) == y).sum()
         plain_correct = plain_correct + (plain.argmax(1) == y).sum()
         n += len(y)
+    counts = [float(loss_sum), int(correct), int(plain_correct), n]
+    if total is not None:
+        counts = total(counts)
+    loss_sum, correct, plain_correct, n = counts
     if n == 0:
         raise ValueError("The evaluation loader yielded no images; check the test split is not empty.")
-    return float(loss_sum) / n, 100.0 * int(correct) / n, 100.0 * int(plain_correct) / n
+    return loss_sum / n, 100.0 * correct / n, 100.0 * plain_correct / n
 
 
 @dataclass

@@ -12,7 +12,8 @@ batches), and ``preview(n)`` shows what they train on (``plots.plot_augmentation
 split too small for its batch size (fewer than ``MIN_STEPS`` steps an epoch, or more than a tenth
 of its images dropped) gets a warning that gives a batch size that fits. Both know the data's
 ``num_classes`` (``len(classes)`` when given, else the largest label + 1), which ``fit`` checks
-against the model's outputs. Grayscale images become RGB (``data.to_rgb``).
+against the model's outputs. Grayscale images become RGB (``data.to_rgb``). Under torchrun each
+process takes its share of every epoch (``distributed``); in a plain run nothing changes.
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ import warnings
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .data import to_rgb
+from .distributed import share, world
 from .runtime import get_device
 from .transforms import Augment, pipeline
 
@@ -35,6 +37,12 @@ MIN_STEPS = 10  # fewer optimizer steps than this an epoch and most runs learn n
 def epoch_seed(seed: int, epoch: int) -> int:
     """One seed per (run seed, epoch); the prime stride keeps runs' epochs from sharing seeds."""
     return seed * 100_003 + epoch
+
+
+def rank_offset(rank: int) -> int:
+    """Added to a seed for the augmentation of torchrun process ``rank`` (0 for rank 0 and plain
+    runs), so that processes do not crop and flip their shares alike."""
+    return rank * 1_000_000_007
 
 
 def reseed(transform, seed: int) -> None:
@@ -118,6 +126,8 @@ class TensorLoader:
 
     Yields (float (B, 3, H, W) normalised with ``mean``/``std``, int64 (B,)). Training: reshuffled
     every epoch, incomplete last batch dropped, ``augment`` applied; test: in order, no augmentation.
+    Under torchrun with N processes, a training batch is this process's B / N slice of each global
+    batch, and a test split is cut into N consecutive shares.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int, *,
@@ -142,13 +152,25 @@ class TensorLoader:
         self.augment = augment if train else None
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.fingerprint = fingerprint(images, labels, classes, self.augment, batch_size, seed)
+        self.rank, self.procs = world()
+        self.part = share(batch_size) if train else batch_size  # this process's batch
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.generator.manual_seed(epoch_seed(self.seed, epoch))
 
-    def __len__(self) -> int:
+    def _order(self) -> torch.Tensor:
+        """This epoch's image indices: all of them, or this process's consecutive test share."""
         n = len(self.labels)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        if self.train:
+            return torch.randperm(n, device=self.device, generator=self.generator)
+        return torch.arange(n, device=self.device).tensor_split(self.procs)[self.rank]
+
+    def __len__(self) -> int:
+        if self.train:
+            return len(self.labels) // self.batch_size  # global steps: the same in every process
+        return -(-len(self.labels.tensor_split(self.procs)[self.rank]) // self.batch_size)
 
     def _batch(self, idx: torch.Tensor) -> torch.Tensor:
         x = (self.images[idx].float() - self._mean) / self._std
@@ -157,11 +179,13 @@ class TensorLoader:
         return x.to(self.dtype)
 
     def __iter__(self):
-        n = len(self.labels)
-        order = (torch.randperm(n, device=self.device, generator=self.generator) if self.train
-                 else torch.arange(n, device=self.device))
+        order = self._order()  # every process draws the same permutation
+        first = self.rank * self.part if self.train else 0
+        if self.train and self.procs > 1:  # then augments its own images with its own draws
+            self.generator.manual_seed(epoch_seed(self.seed, self.epoch) + rank_offset(self.rank))
+        size = self.batch_size if self.train else self.part
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * size:(b + 1) * size][first:first + self.part]
             yield self._batch(idx), self.labels[idx]
 
     def preview(self, n: int = 8, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
@@ -193,6 +217,10 @@ class AlbumentationsDataset(Dataset):
     def __getitem__(self, i: int):
         return self.transform(image=self.images[i])["image"], int(self.labels[i])
 
+    def originals(self, n: int) -> np.ndarray:
+        """The first ``n`` images as stored, uint8 (n, H, W, 3)."""
+        return self.images[:n]
+
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: give each worker its own python, numpy and albumentations seed.
@@ -211,15 +239,17 @@ class SeededDataLoader(DataLoader):
     """A DataLoader whose shuffling and augmentation are a function of its seed and the epoch."""
 
     def set_epoch(self, epoch: int) -> None:
-        seed = epoch_seed(self.seed, epoch)
+        seed = epoch_seed(self.seed, epoch) + rank_offset(world()[0])
         self.generator.manual_seed(seed)  # drives the shuffle and the workers' base seed
+        if isinstance(self.sampler, DistributedSampler):  # under torchrun: this epoch's shares
+            self.sampler.set_epoch(epoch)
         if self.num_workers == 0:
             reseed(self.dataset.transform, seed)
 
     def preview(self, n: int = 8, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
         """As ``TensorLoader.preview``: the first ``n`` images, as stored and as trained on."""
         dataset = self.dataset
-        originals = dataset.images[:n]
+        originals = dataset.originals(n)
         reseed(dataset.transform, seed)  # set_epoch re-seeds it before training
         return originals, torch.stack([dataset.transform(image=im)["image"] for im in originals])
 
@@ -234,11 +264,28 @@ def make_loader(images: np.ndarray, labels: np.ndarray, mean, std, batch_size: i
     transform = pipeline(augment if train else None, mean, std, images.shape[1:3])
     if num_workers is None:  # workers pay off only when there is enough per-image work
         num_workers = min(8, os.cpu_count() or 1) if len(labels) > 4096 else 0
-    loader = SeededDataLoader(
-        AlbumentationsDataset(images, labels, transform), batch_size=batch_size, shuffle=train,
-        drop_last=train, num_workers=num_workers, worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available())
+    loader = seeded_loader(AlbumentationsDataset(images, labels, transform), batch_size,
+                           train=train, num_workers=num_workers, seed=seed)
     loader.seed, loader.mean, loader.std, loader.labels = seed, mean, std, labels
     loader.num_classes, loader.augment = num_classes, augment if train else None
     loader.fingerprint = fingerprint(images, labels, classes, loader.augment, batch_size, seed)
     return loader
+
+
+def seeded_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: int,
+                  seed: int) -> SeededDataLoader:
+    """A DataLoader over ``dataset`` as ``make_loader`` describes: shuffled and dropping the last
+    batch in training, seeded, and under torchrun this process's share with its part of the batch."""
+    rank, procs = world()
+    sampler = None
+    if procs > 1:  # torchrun: the same shuffled shares in every process; test: consecutive shares
+        sampler = (DistributedSampler(dataset, procs, rank, shuffle=True, seed=seed, drop_last=True)
+                   if train else np.array_split(np.arange(len(dataset)), procs)[rank].tolist())
+    if num_workers == 0:  # else albumentations seeds itself from the OS, and a pass before the
+        reseed(dataset.transform, seed + rank_offset(rank))  # first set_epoch (a range test) varies
+    return SeededDataLoader(
+        dataset, batch_size=share(batch_size) if train else batch_size,
+        shuffle=train and sampler is None, sampler=sampler, drop_last=train,
+        num_workers=num_workers, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed + rank_offset(rank)),
+        pin_memory=torch.cuda.is_available())

@@ -3,9 +3,9 @@ rate, recording the smoothed loss; the model and optimizer are restored afterwar
 
 Named rules read a learning rate off the curve (as fastai names its suggestion rules):
 * ``valley`` (fastai's default): halfway along the longest stretch over which the loss keeps
-  falling. The suggestion (``suggested_lr``), because it is the conservative one: it lies well
-  below the minimum. On a few hundred images it can be too cautious (a PlainCNN on 240 drawn
-  shapes learned slowly there in 6 epochs, and well at the minimum);
+  falling. The suggestion (``suggested_lr``), chosen by ``benchmarks/lr_rules.py``: the README's
+  own-data recipe with every model of the suite, where it was the one rule that never diverged
+  (README's table gives the accuracies);
 * ``steepest``: where the loss falls fastest against log(lr);
 * ``minimum``: the lowest smoothed loss, just before the explosion. Risky as a peak on new data (a
   PlainCNN on 8x8 digits diverged there in 2 of 3 seeds), but it is assignment 003's rule for
@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
+from . import distributed
 from .runtime import kept_modes
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
@@ -69,6 +70,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     ``optimizer`` defaults to the suite's: Nesterov SGD, momentum 0.9, weight decay 5e-4.
     ``checkpoint_dir`` keeps the result there as ``range_test.json``; a later call with the same
     model, loader and sweep loads it instead of sweeping again, so a resumed run keeps its picks.
+    Under torchrun rank 0 sweeps its share of the batches and every process gets its result.
     """
     if not 0 < start_lr < end_lr:
         raise ValueError(f"start_lr={start_lr} and end_lr={end_lr}: the sweep needs "
@@ -88,6 +90,9 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     if not any(id(p) in own for g in optimizer.param_groups for p in g["params"]):
         raise ValueError("The optimizer holds none of this model's parameters (was it built for "
                          "another model?). Fix: build it from model.parameters(), or pass none.")
+    device = next(model.parameters()).device
+    if not distributed.is_main():  # the other processes take rank 0's picks
+        return distributed.from_main(None, device)
     size = getattr(train_loader, "batch_size", None)
     kept = Path(checkpoint_dir) / "range_test.json" if checkpoint_dir is not None else None
     setup = {"model": type(model).__name__, "model_args": repr(getattr(model, "init_args", {})),
@@ -98,7 +103,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
         if verbose:
             print(f"LR range test: loaded from {kept}, where this run stored it (delete the file to "
                   "sweep again).")
-        return stored
+        return distributed.from_main(stored, device)
     if verbose:
         print(f"LR range test: {num_iter} steps{f' of {size} images' if size else ''} "
               f"({num_iter / batches:.2g} epochs of the training set), lr {start_lr:.0e} to "
@@ -108,8 +113,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
                       f"repeats them {num_iter / batches:.0f} times: it then measures how fast "
                       "the network memorises them, and its picks run high. Fix: a smaller batch "
                       "size (more batches).", stacklevel=2)
-    finder = LRFinder(model, optimizer, criterion or nn.CrossEntropyLoss(),
-                      device=next(model.parameters()).device)
+    finder = LRFinder(model, optimizer, criterion or nn.CrossEntropyLoss(), device=device)
     with kept_modes(model):
         try:
             for group in optimizer.param_groups:  # the sweep starts from start_lr
@@ -126,7 +130,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps({"setup": setup, "result": asdict(found)}, indent=1) + "\n")
-    return found
+    return distributed.from_main(found, device)
 
 
 def _load(path: Path | None, setup: dict) -> RangeTest | None:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distributed import local_cuda
+
 
 class TrainingError(RuntimeError):
     """Training or evaluation cannot go on; the message says why and what to change."""
@@ -30,7 +32,7 @@ def get_device(preferred: str | torch.device | None = None) -> torch.device:
                                 "or in Colab choose Runtime > Change runtime type > T4 GPU.")
         return device
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return local_cuda()  # cuda, or under torchrun this process's own GPU
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
@@ -52,7 +54,8 @@ def device_name(device: torch.device | str) -> str:
                 break
     except OSError:
         pass
-    return f"cpu: {model}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"cpu: {model}, {threads} thread{'s' * (threads != 1)}"
 
 
 def amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:

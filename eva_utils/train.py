@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import (EMA, atomic_save, check_resumable, check_writable, load_checkpoint,
                          model_identity, rng_state, set_rng_state)
 from .inference import check_labels, scores
@@ -215,12 +216,16 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     ``time_budget`` (seconds of this call) stops at the end of the last epoch that fits in it and
     raises ``BudgetSpent``: run the same code again with ``resume=True`` to go on. With
     ``cfg.ema_decay`` the weight average is what gets tested, and copied into ``model`` at the end.
+    Started by torchrun, it trains with DistributedDataParallel, as ``distributed`` describes.
     """
     cfg = cfg or TrainConfig()
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be an eva.TrainConfig; got {type(cfg).__name__}.")
     cfg.validate()
     device = get_device(device)
+    distributed.start(device)
+    main = distributed.is_main()  # the one process that prints and writes checkpoints
+    progress = progress and main
     check_loader(train_loader, "train_loader")
     check_loader(test_loader, "test_loader")
     steps = len(train_loader)
@@ -238,7 +243,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
                          "stretches.")
     if time_budget is not None and not (_number(time_budget) and time_budget > 0):
         raise ValueError(f"time_budget={time_budget!r}: give seconds, a number > 0, or None.")
-    if ckpt_dir:
+    if ckpt_dir and main:
         check_writable(ckpt_dir)  # before an epoch is spent, not after
     if resume is True:
         resume = ckpt_dir / "last.pt" if (ckpt_dir / "last.pt").exists() else None
@@ -248,7 +253,8 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     optimizer = build_optimizer(model, cfg)
     scheduler, step_every = build_scheduler(optimizer, cfg, steps)
     dtype = amp_dtype(device, cfg.amp)
-    run = Run(model, torch.compile(model) if cfg.compile else model, optimizer, scheduler,
+    forward = distributed.wrap(model, device)  # DDP under torchrun; the model itself otherwise
+    run = Run(model, torch.compile(forward) if cfg.compile else forward, optimizer, scheduler,
               step_every, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
               EMA(model, cfg.ema_decay) if cfg.ema_decay else None, dtype, nhwc, History())
     data = getattr(train_loader, "fingerprint", None)
@@ -274,7 +280,8 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
 
     for epoch in range(len(run.history), cfg.epochs):
         elapsed = time.perf_counter() - started
-        if time_budget is not None and longest and elapsed + longest > time_budget:
+        over = time_budget is not None and longest > 0 and elapsed + longest > time_budget
+        if distributed.total([float(over)], device)[0]:  # every process stops, or none
             raise BudgetSpent(
                 f"Time budget spent: {_duration(elapsed)} of {_duration(time_budget)} used, and an "
                 f"epoch takes about {_duration(longest)}. Stopped after epoch {epoch} of "
@@ -288,8 +295,10 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         try:
             train_loss, train_acc, seconds = train_epoch(run, train_loader, cfg, device, epoch,
                                                          progress=progress)
+            train_loss, train_acc = distributed.mean([train_loss, train_acc], device)
             test_loss, test_acc, plain_acc = scores(scored, test_loader, device, tta=cfg.tta,
-                                                    amp=cfg.amp, channels_last=nhwc)
+                                                    amp=cfg.amp, channels_last=nhwc,
+                                                    total=lambda c: distributed.total(c, device))
         except torch.OutOfMemoryError:
             raise TrainingError(
                 f"{device} ran out of memory in epoch {epoch + 1}. Fix: lower the batch size, turn "
@@ -308,7 +317,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
             run.history.append(test_acc_plain=plain_acc)
         if progress:
             tqdm.write(epoch_line(run.history, epoch))
-        if ckpt_dir:
+        if ckpt_dir and main:
             state = run.state(cfg, steps, data)
             atomic_save(state, ckpt_dir / "last.pt")
             if test_acc > best:

@@ -8,6 +8,8 @@ any image size from its ``min_input_size`` up, and names the layers worth a Grad
 | SmallResNet    | 000 pt 1-2| 485,952 body + 5,130 head = 491,082        | 01, 02   |
 | ResNet18       | 002       | 11,173,962 (BatchNorm or GroupNorm(1, C))  | 03       |
 | CustomResNet   | 003       | 6,573,120                                  | 04       |
+
+``torchvision_resnet(name, num_classes=...)``: torchvision's own ResNets, for larger data.
 """
 from torch import nn
 
@@ -15,8 +17,10 @@ from .cnn import PlainCNN
 from .custom_resnet import CustomResNet
 from .resnet18 import ResNet18
 from .small_resnet import SmallResNet
+from .torchvision_resnet import torchvision_resnet
 
-__all__ = ["PlainCNN", "SmallResNet", "ResNet18", "CustomResNet", "count_parameters"]
+__all__ = ["PlainCNN", "SmallResNet", "ResNet18", "CustomResNet", "torchvision_resnet",
+           "count_parameters"]
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

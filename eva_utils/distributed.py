@@ -1,0 +1,102 @@
+"""Training on several processes with torchrun: PyTorch's own DistributedDataParallel behind ``fit``.
+
+    torchrun --standalone --nproc-per-node 2 examples/train_folder.py shapes   # 2 processes
+    python examples/train_folder.py shapes                                      # 1 process, unchanged
+
+torchrun starts N copies of a script and tells each its place in environment variables (RANK,
+LOCAL_RANK, WORLD_SIZE). Everything here reads them; in a plain ``python`` run they are absent and
+each function returns its input, so single-process training is unchanged, bit for bit.
+
+* The batch size a user gives is the global batch: each process takes batch_size / N of it.
+* Each process sees a disjoint share of every epoch (``TensorLoader``: its slice of each global
+  batch; ``make_loader``: ``DistributedSampler``), the same shares on every run with the same seed.
+* DDP averages the gradients, so a model without batch norm takes the same steps on N processes as
+  on one (tests/test_distributed.py). Batch norm normalises each process's share with its own
+  statistics, so results differ a little; on CUDA, ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``
+  shares them, at the cost of a synchronisation per layer.
+* Evaluation counts are summed over processes, so accuracy covers the test set exactly once.
+* Only rank 0 prints, writes checkpoints and records and draws figures: guard your own with
+  ``is_main()``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+def world() -> tuple[int, int]:
+    """(this process's rank, number of processes): (0, 1) unless started by torchrun."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main() -> bool:
+    """True in the process that prints, saves and draws (rank 0), and in any plain run."""
+    return world()[0] == 0
+
+
+def local_cuda() -> torch.device:
+    """This process's GPU under torchrun (one per process: cuda:LOCAL_RANK); cuda otherwise."""
+    if world()[1] == 1:
+        return torch.device("cuda")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def start(device: torch.device) -> None:
+    """Join torchrun's process group, once per process: NCCL on CUDA, gloo on the CPU."""
+    if world()[1] == 1 or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def stop() -> None:
+    """Leave the process group (the end of a torchrun script); nothing in a plain run."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model as the training step calls it: DistributedDataParallel under torchrun."""
+    if world()[1] == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def total(values: list[float], device: torch.device) -> list[float]:
+    """Each value summed over all processes (in float64); the values themselves in a plain run."""
+    if world()[1] == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def from_main(value, device: torch.device):
+    """Rank 0's ``value`` in every process (any picklable object); ``value`` in a plain run."""
+    if world()[1] == 1:
+        return value
+    start(device)
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mean(values: list[float], device: torch.device) -> list[float]:
+    """The mean over processes of per-process means of equal shares (e.g. an epoch's training loss)."""
+    procs = world()[1]
+    return values if procs == 1 else [v / procs for v in total(values, device)]
+
+
+def share(batch_size: int) -> int:
+    """This process's part of a global batch, or one clear error if it does not divide."""
+    procs = world()[1]
+    if batch_size % procs:
+        raise ValueError(f"batch_size={batch_size} is the global batch, split over {procs} "
+                         f"processes, so it must be a multiple of {procs}. Fix: batch_size="
+                         f"{max(procs, batch_size // procs * procs)}.")
+    return batch_size // procs

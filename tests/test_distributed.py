@@ -1,0 +1,141 @@
+"""fit under torchrun: shares of every epoch, exact equivalence with one process (2 gloo processes on
+the CPU, a model without batch norm), identical weights in both, and one writer."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import eva_utils as eva
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 120
+
+
+def indexed(n=N):
+    """Images whose pixels spell their own index, so a batch tells which images it holds."""
+    images = np.zeros((n, 4, 4, 3), np.uint8)
+    images[..., 0], images[..., 1] = (np.arange(n) % 256)[:, None, None], (np.arange(n) // 256)[:, None, None]
+    return images, np.arange(n) % 4
+
+
+def seen(loader, epoch):
+    loader.set_epoch(epoch)
+    return [sorted((torch.round(x[:, 0, 0, 0] * 255) + 256 * torch.round(x[:, 1, 0, 0] * 255))
+                   .long().tolist()) for x, _ in loader]
+
+
+@pytest.mark.parametrize("kind", ["tensor", "albumentations"])
+def test_each_process_sees_a_disjoint_share_of_every_global_batch(monkeypatch, kind):
+    images, labels = indexed()
+
+    def loader(train, procs=1, rank=0, seed=3):
+        monkeypatch.setenv("WORLD_SIZE", str(procs))
+        monkeypatch.setenv("RANK", str(rank))
+        make = eva.TensorLoader if kind == "tensor" else eva.make_loader
+        extra = {} if kind == "tensor" else {"num_workers": 0}
+        return make(images, labels, (0, 0, 0), (1, 1, 1), 20 if train else 25, train=train,
+                    seed=seed, **extra)
+
+    for train in (True, False):
+        whole = loader(train)
+        shares = [loader(train, 2, rank) for rank in (0, 1)]
+        assert len(shares[0]) == len(shares[1])  # every process takes the same number of steps
+        for epoch in (0, 1):
+            parts = [seen(s, epoch) for s in shares]
+            flat = [i for part in parts for batch in part for i in batch]
+            assert len(flat) == len(set(flat))  # disjoint
+            if train:
+                assert all(len(b) == 10 for part in parts for b in part)  # global batch 20
+                if kind == "tensor":  # the slices of the one-process run's batches
+                    assert [sorted(a + b) for a, b in zip(*parts)] == seen(whole, epoch)
+                assert parts == [seen(loader(True, 2, r), epoch) for r in (0, 1)]  # reproducible
+            else:  # the test split once, in all
+                assert sorted(flat) == list(range(N))
+    with pytest.raises(ValueError, match="batch_size=21 is the global batch.*multiple of 2"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        eva.TensorLoader(images, labels, (0, 0, 0), (1, 1, 1), 21, train=True)
+
+
+SCRIPT = '''
+import json, os, sys
+from dataclasses import asdict
+from pathlib import Path
+import torch
+from torch import nn
+import eva_utils as eva
+import eva_utils.train
+
+out = Path(sys.argv[1])
+rank = int(os.environ.get("RANK", 0))
+saved = eva_utils.train.atomic_save
+def counted(state, path):  # which process writes checkpoints
+    with open(out / f"saves-{rank}.txt", "a") as f:
+        f.write(f"{path.name}\\n")
+    saved(state, path)
+eva_utils.train.atomic_save = counted
+
+data = eva.synthetic_data(train=240, test=101, seed=1)  # 101: shares of 51 and 50
+eva.seed_everything(0)
+model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                      nn.Linear(8, 10))  # no batch norm: its statistics are per process
+train = eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std, 40, train=True)
+test = eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 30, train=False)
+config = eva.TrainConfig(epochs=2, lr=0.05, schedule="onecycle", seed=0,
+                         checkpoint_dir=str(out / "checkpoints"))
+history = eva.fit(model, train, test, config)
+torch.save(model.state_dict(), out / f"weights-{rank}.pt")
+(out / f"history-{rank}.json").write_text(json.dumps(asdict(history)))
+eva.distributed.stop()
+'''
+
+
+def test_two_gloo_processes_train_as_one(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    single = subprocess.run([sys.executable, str(script), str(one)], capture_output=True, text=True,
+                            timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", str(script), str(two)],
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert (ran.stdout + ran.stderr).count("epoch   2  train loss") == 1  # only rank 0 prints
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert not (two / "saves-1.txt").exists() and (two / "saves-0.txt").exists()
+    w1, w2a, w2b = (torch.load(p, weights_only=True) for p in
+                    (one / "weights-0.pt", two / "weights-0.pt", two / "weights-1.pt"))
+    for name in w1:
+        assert torch.equal(w2a[name], w2b[name]), name  # both processes hold the same weights
+        torch.testing.assert_close(w2a[name], w1[name], rtol=1e-4, atol=1e-6, msg=name)
+    h1, h2 = (json.loads((d / "history-0.json").read_text()) for d in (one, two))
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        assert h2[key] == pytest.approx(h1[key], rel=1e-4), key  # test: all 101 images, once
+
+
+def test_the_example_script_trains_under_torchrun(tmp_path):
+    """examples/train_folder.py at smoke size: 2 CPU processes, the streaming loader, a torchvision
+    ResNet, the range test shared from rank 0, one record and one figure."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from lr_rules import draw_shapes
+    draw_shapes(tmp_path / "shapes", size=16, gray=False, per_class=(16, 4))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+               "2", str(ROOT / "examples" / "train_folder.py"), str(tmp_path / "shapes"),
+               "--stream", "--workers", "0", "--epochs", "2", "--batch-size", "8",
+               "--image-size", "16", "--checkpoint-dir", str(tmp_path / "ckpt"), "--out", str(out)]
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    record = json.loads((out / "record.json").read_text())
+    assert record["processes"] == 2 and len(record["seconds_per_epoch"]) == 2
+    assert (out / "curves.png").exists() and (tmp_path / "ckpt" / "range_test.json").exists()
+    assert ran.stdout.count("test accuracy") == 1  # rank 0 alone reports
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]  # both processes resume the finished run
+    assert again.stdout.count("Resumed from") == 1 and "loaded from" in again.stdout
+    assert json.loads((out / "record.json").read_text())["test_acc"] == record["test_acc"]

@@ -1,0 +1,135 @@
+"""Runs in stretches: fit's time budget and resume=True, the range test kept with the run, and every
+notebook interrupted at smoke size and resumed to the same weights and history as an unbroken run."""
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+import torch
+
+import eva_utils as eva
+from eva_utils.checkpoint import load_checkpoint
+from test_train import Tiny, cfg, loaders
+
+ROOT = Path(__file__).resolve().parent.parent
+LEARNED = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "test_acc_plain")  # not seconds
+
+
+def same_run(a: dict, b: dict) -> None:
+    """Two checkpoints hold the same weights, optimizer state and learning history."""
+    assert a["epoch"] == b["epoch"]
+    for key in LEARNED:
+        assert a["history"][key] == pytest.approx(b["history"][key], rel=1e-5), key
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(tensor, b["model"][name], msg=name)
+
+
+def test_a_budget_stops_at_an_epoch_end_and_resume_true_finishes_the_same_run(tiny, tmp_path):
+    torch.manual_seed(0)
+    start = Tiny().state_dict()
+    whole = Tiny()
+    whole.load_state_dict(start)
+    eva.fit(whole, *loaders(tiny), cfg(checkpoint_dir=str(tmp_path / "whole")), time_budget=1e6,
+            progress=False)
+
+    def stretch(**kw):
+        model = Tiny()
+        model.load_state_dict(start)
+        return eva.fit(model, *loaders(tiny), cfg(checkpoint_dir=str(tmp_path / "cut")),
+                       resume=True, progress=False, **kw)
+
+    with pytest.raises(eva.BudgetSpent, match=r"Stopped after epoch 1 of 3.*resume=True"):
+        stretch(time_budget=1e-9)  # the first epoch always runs: the budget cannot measure it sooner
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    # A budget shorter than the epochs already measured (kept in the checkpoint) trains none.
+    with pytest.raises(eva.BudgetSpent, match="Stopped after epoch 1 of 3"):
+        stretch(time_budget=1e-9)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    history = stretch()
+    assert len(history) == 3 and history.resumed_at == [1]
+    same_run(load_checkpoint(tmp_path / "cut" / "last.pt"),
+             load_checkpoint(tmp_path / "whole" / "last.pt"))
+    record = eva.run_record(history, Tiny(), "cpu")
+    assert record["resumed_after_epochs"] == [1] and len(record["seconds_per_epoch"]) == 3
+
+
+def test_resume_true_replays_the_earlier_epochs(tiny, tmp_path, capsys):
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=str(tmp_path)), progress=False)
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=str(tmp_path)), resume=True)
+    out = capsys.readouterr().out
+    assert f"Resumed from {tmp_path / 'last.pt'} after epoch 2 of 2; epochs 1-2 as trained" in out
+    assert out.count("epoch   1  train loss") == 1 and out.count("epoch   2  train loss") == 1
+
+
+def test_resume_true_starts_afresh_without_a_checkpoint_and_needs_a_folder(tiny, tmp_path):
+    h = eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=str(tmp_path / "new")),
+                resume=True, progress=False)
+    assert len(h) == 1 and h.resumed_at == [] and (tmp_path / "new" / "last.pt").exists()
+    with pytest.raises(ValueError, match=r"resume=True needs TrainConfig\(checkpoint_dir"):
+        eva.fit(Tiny(), *loaders(tiny), cfg(), resume=True)
+    with pytest.raises(ValueError, match=r"time_budget needs TrainConfig\(checkpoint_dir"):
+        eva.fit(Tiny(), *loaders(tiny), cfg(), time_budget=60)
+    for bad in (0, -5, "2h", float("nan")):
+        with pytest.raises(ValueError, match="time_budget=.*give seconds"):
+            eva.fit(Tiny(), *loaders(tiny), cfg(checkpoint_dir=str(tmp_path)), time_budget=bad)
+
+
+def test_the_range_test_is_kept_with_the_run_and_never_trusted_blindly(tiny, tmp_path, capsys):
+    train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20,
+                             train=True)
+
+    def sweep(model=None, **kw):
+        torch.manual_seed(0)
+        return eva.lr_range_test(model or eva.PlainCNN(num_classes=10), train, num_iter=10,
+                                 checkpoint_dir=tmp_path, **kw)
+
+    first = sweep()
+    kept = tmp_path / "range_test.json"
+    assert json.loads(kept.read_text())["result"]["minimum"] == first.minimum
+    capsys.readouterr()
+    again = sweep()
+    assert again == first and "loaded from" in capsys.readouterr().out
+    kept.write_text('{"setup": {"model": "PlainCNN"}, "result": {"lrs"')  # cut short
+    with pytest.warns(UserWarning, match="unreadable.*sweeping again"):
+        redone = sweep()
+    assert json.loads(kept.read_text())["result"]["losses"] == redone.losses  # replaced
+    with pytest.warns(UserWarning, match="another model, loader or sweep"):
+        sweep(eva.SmallResNet(num_classes=10))
+    assert json.loads(kept.read_text())["setup"]["model"] == "SmallResNet"
+
+
+# 01 gains CHECKPOINT_DIR and TIME_BUDGET with its next full run: its committed outputs are those
+# of the code as it ran (70 minutes on two cores), and a notebook's code never runs ahead of them.
+NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("0*.ipynb") if not p.name.startswith("01"))
+
+
+def execute(path: Path, out: Path, **params) -> nbformat.NotebookNode:
+    papermill.execute_notebook(str(path), str(out), parameters=params, cwd=str(ROOT),
+                               progress_bar=False, kernel_name="python3")
+    return nbformat.read(out, as_version=4)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_an_interrupted_notebook_resumes_to_the_same_run(path, tmp_path, monkeypatch):
+    """Smoke size (two epochs): TIME_BUDGET stops training after epoch 1; running the notebook
+    again continues from the checkpoint, says so, and ends where an unbroken run ends."""
+    monkeypatch.setenv("EVA_SMOKE", "1")  # the kernel inherits these
+    monkeypatch.setenv("EVA_DATA_DIR", os.environ.get("EVA_DATA_DIR", str(ROOT / "data")))
+    cut, whole = tmp_path / "cut", tmp_path / "whole"
+    with pytest.raises(papermill.PapermillExecutionError) as stopped:
+        execute(path, tmp_path / "1.ipynb", CHECKPOINT_DIR=str(cut), TIME_BUDGET=1e-9)
+    assert stopped.value.ename == "BudgetSpent"
+    resumed = execute(path, tmp_path / "2.ipynb", CHECKPOINT_DIR=str(cut),
+                      RESULTS_JSON=str(tmp_path / "record.json"))
+    execute(path, tmp_path / "3.ipynb", CHECKPOINT_DIR=str(whole))
+    text = "".join(o.get("text", "") for c in resumed.cells if c.cell_type == "code"
+                   for o in c.outputs)
+    assert "Resumed from" in text and "after epoch 1 of 2" in text
+    checkpoints = sorted(p.relative_to(cut) for p in cut.rglob("last.pt"))
+    assert checkpoints == sorted(p.relative_to(whole) for p in whole.rglob("last.pt"))
+    for name in checkpoints:  # 01 trains two models, each in its own folder
+        same_run(load_checkpoint(cut / name), load_checkpoint(whole / name))
+    runs = json.loads((tmp_path / "record.json").read_text())["runs"]
+    assert runs[0]["resumed_after_epochs"] == [1] and len(runs[0]["seconds_per_epoch"]) == 2
