@@ -105,7 +105,7 @@ def main() -> None:
                       f"{'diverged' if acc is None else f'{acc:5.1f} %'}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "command": "python benchmarks/lr_rules.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/lr_rules.py", *sys.argv[1:]]),
         "date": datetime.date.today().isoformat(), "device": eva.device_name("cpu"),
         "epochs": args.epochs, "data": "4 classes of drawn shapes, 240 train / 120 test, 28x28 "
         "grayscale at 32x32", "runs": runs}, indent=1) + "\n")

@@ -86,7 +86,7 @@ def main() -> None:
             print(runs[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "command": "python benchmarks/streaming.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/streaming.py", *sys.argv[1:]]),
         "date": datetime.date.today().isoformat(), "device": eva.device_name("cpu"),
         "images": args.images, "batch_size": args.batch_size, "runs": runs}, indent=1) + "\n")
 

@@ -4,12 +4,12 @@ rate, recording the smoothed loss; the model and optimizer are restored afterwar
 Named rules read a learning rate off the curve (as fastai names its suggestion rules):
 * ``valley`` (fastai's default): halfway along the longest stretch over which the loss keeps
   falling. The suggestion (``suggested_lr``), chosen by ``benchmarks/lr_rules.py``: the README's
-  own-data recipe with every model of the suite, where it was the one rule that never diverged
-  (README's table gives the accuracies);
-* ``steepest``: where the loss falls fastest against log(lr);
-* ``minimum``: the lowest smoothed loss, just before the explosion. Risky as a peak on new data (a
-  PlainCNN on 8x8 digits diverged there in 2 of 3 seeds), but it is assignment 003's rule for
-  one-cycle: LRMAX at the minimum, LRMIN a tenth of it, which notebook 04 keeps, by name;
+  own-data recipe with every model of the suite and two seeds, where it never diverged (it learned
+  slowly in 2 of 12 runs; README's table gives every accuracy);
+* ``steepest``: where the loss falls fastest against log(lr) (diverged or stalled in half the runs);
+* ``minimum``: the lowest smoothed loss, just before the explosion: the most accurate where it held,
+  but PlainCNN diverged there in both seeds. It is assignment 003's rule for one-cycle: LRMAX at the
+  minimum, LRMIN a tenth of it, which notebook 04 keeps, by name;
 * ``minimum / 10``: fastai's older rule, ``minimum_tenth``.
 """
 from __future__ import annotations

@@ -247,6 +247,8 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         check_writable(ckpt_dir)  # before an epoch is spent, not after
     if resume is True:
         resume = ckpt_dir / "last.pt" if (ckpt_dir / "last.pt").exists() else None
+    elif resume is False:  # e.g. resume=CHECKPOINT_DIR is not None, with no folder given
+        resume = None
     seed_everything(cfg.seed)
     nhwc = use_channels_last(device, cfg.channels_last)
     model.to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)

@@ -47,10 +47,12 @@ class Unfinished(Exception):
 
 
 def clean(path: Path) -> None:
-    """Tidy an executed notebook: drop papermill's injected-parameters cell (it set only SEED, the
-    default, and where figures and records go, so the outputs are those of the code as committed),
-    its timing metadata, and the progress bars: tqdm's notebook widgets, whose state is not saved, so
-    a reader would see "model not found" where they were (the epoch lines stay)."""
+    """Tidy an executed notebook: drop papermill's injected-parameters cell (it set SEED, where
+    figures, records and checkpoints go, and the time budget: nothing that changes what is learned,
+    so the outputs are those of the code as committed),
+    its timing metadata, the progress bars (tqdm's notebook widgets, whose state is not saved, so
+    a reader would see "model not found" where they were; the epoch lines stay), and the machine's
+    path to the repository in printed text (data and checkpoint paths print relative to it)."""
     nb = nbformat.read(path, as_version=4)
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     nb.metadata.pop("papermill", None)
@@ -61,6 +63,9 @@ def clean(path: Path) -> None:
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs
                             if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+            for o in cell.outputs:  # "image folder /home/x/repo/data": the repository's own path
+                if "text" in o:
+                    o.text = o.text.replace(f"{ROOT}/", "")
     nbformat.write(nb, path)
 
 

@@ -103,14 +103,15 @@ def lr_rules(results: Path) -> list[str]:
     rules = list(dict.fromkeys(r["rule"] for r in record["runs"]))
     lines = [f"{record['data']}, {record['epochs']} epochs of one-cycle; test accuracy over seeds "
              f"{sorted({r['seed'] for r in record['runs']})} ({record['device']}, "
-             f"`{record['command']}`, {record['date']}):", "",
+             f"`{record['command'].strip()}`, {record['date']}):", "",
              "| model | " + " | ".join(rules) + " |", "| --- |" + " --- |" * len(rules)]
     for model in dict.fromkeys(r["model"] for r in record["runs"]):
         cells = []
         for rule in rules:
             accs = [r["test_acc"] for r in record["runs"] if (r["model"], r["rule"]) == (model, rule)]
             done = [a for a in accs if a is not None]
-            cell = f"{min(done):.0f}-{max(done):.0f} %" if done else ""
+            low, high = (f"{min(done):.0f}", f"{max(done):.0f}") if done else ("", "")
+            cell = (f"{low} %" if low == high else f"{low}-{high} %") if done else ""
             if len(done) < len(accs):
                 cell += f"{', ' if done else ''}diverged {len(accs) - len(done)} of {len(accs)}"
             cells.append(cell)
@@ -126,7 +127,7 @@ def streaming(results: Path) -> list[str]:
     record = json.loads(path.read_text())
     workers = sorted({r["workers"] for r in record["runs"]})
     lines = [f"Images per second through the loader alone, one epoch of {record['images']:,} JPEGs, "
-             f"batch {record['batch_size']} ({record['device']}, `{record['command']}`, "
+             f"batch {record['batch_size']} ({record['device']}, `{record['command'].strip()}`, "
              f"{record['date']}):", "",
              "| size | data path | " + " | ".join(f"{w} workers" for w in workers) + " |",
              "| --- | --- |" + " --- |" * len(workers)]

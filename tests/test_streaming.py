@@ -5,13 +5,12 @@ import pytest
 import torch
 
 import eva_utils as eva
-from conftest import write_image_folder
 
 matplotlib.use("Agg")
 
 
-def test_folder_loader_streams_crops_and_follows_the_folder_rules(tmp_path):
-    root = write_image_folder(tmp_path / "pets", per_class=6, size=(40, 30), mode="L",
+def test_folder_loader_streams_crops_and_follows_the_folder_rules(tmp_path, make_folder):
+    root = make_folder(tmp_path / "pets", per_class=6, size=(40, 30), mode="L",
                               classes=("cat", "dog", "owl"))
     train = eva.folder_loader(root, "train", 4, image_size=24, num_workers=0, seed=1)
     test = eva.folder_loader(root, "test", 5, image_size=(24, 20), num_workers=0,
@@ -36,8 +35,8 @@ def test_folder_loader_streams_crops_and_follows_the_folder_rules(tmp_path):
         eva.folder_loader(root, "train", 50, image_size=24)
 
 
-def test_folder_loader_trains_and_resumes(tmp_path):
-    root = write_image_folder(tmp_path / "f", per_class=8, size=(20, 20),
+def test_folder_loader_trains_and_resumes(tmp_path, make_folder):
+    root = make_folder(tmp_path / "f", per_class=8, size=(20, 20),
                               classes=("a", "b"))
     loaders = lambda: (eva.folder_loader(root, "train", 4, image_size=16, num_workers=0),  # noqa: E731
                        eva.folder_loader(root, "test", 8, image_size=16, num_workers=0))
