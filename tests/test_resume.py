@@ -67,6 +67,7 @@ def test_resume_true_starts_afresh_without_a_checkpoint_and_needs_a_folder(tiny,
     h = eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=str(tmp_path / "new")),
                 resume=True, progress=False)
     assert len(h) == 1 and h.resumed_at == [] and (tmp_path / "new" / "last.pt").exists()
+    assert len(eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1), resume=False, progress=False)) == 1
     with pytest.raises(ValueError, match=r"resume=True needs TrainConfig\(checkpoint_dir"):
         eva.fit(Tiny(), *loaders(tiny), cfg(), resume=True)
     with pytest.raises(ValueError, match=r"time_budget needs TrainConfig\(checkpoint_dir"):
