@@ -8,9 +8,8 @@ The same folder rules and errors as ``load_image_folder`` (``root/train/<class>/
 ``root/test/<class>/*``, hidden folders skipped, ``classes=`` for the order). Training crops a random
 part of each image (Inception-style random-resized crop: 35-100 % of the area, aspect 3/4 to 4/3) and
 resizes it to ``image_size``; testing resizes the short side to 8/7 of its longer side and takes
-the centre.
-Under torchrun each process reads its own share (``distributed``). ``benchmarks/streaming.py``
-measures images per second against the in-memory path.
+the centre. Under torchrun each process reads its own share (``distributed``).
+``benchmarks/streaming.py`` measures images per second against the in-memory path.
 """
 from __future__ import annotations
 
