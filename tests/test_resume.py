@@ -101,9 +101,7 @@ def test_the_range_test_is_kept_with_the_run_and_never_trusted_blindly(tiny, tmp
     assert json.loads(kept.read_text())["setup"]["model"] == "SmallResNet"
 
 
-# 01 gains CHECKPOINT_DIR and TIME_BUDGET with its next full run: its committed outputs are those
-# of the code as it ran (70 minutes on two cores), and a notebook's code never runs ahead of them.
-NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("0*.ipynb") if not p.name.startswith("01"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
 
 
 def execute(path: Path, out: Path, **params) -> nbformat.NotebookNode:
