@@ -14,14 +14,19 @@ from .train import History
 
 def run_record(history: History, model: nn.Module, device, /, **labels) -> dict:
     """Accuracy (percent), training seconds (every epoch, over all stretches of a resumed run),
-    parameters and device of a run, ``labels`` first."""
+    parameters and device of a run, ``labels`` first. A run resumed on other hardware names every
+    device it trained on ("Tesla T4 + NVIDIA L4"), since its seconds come from all of them."""
+    devices = list(dict.fromkeys(history.devices)) or [device_name(device)]  # a hand-made History
+    unnamed = len(history) - len(history.devices)  # the first epochs, if a checkpoint written
+    if history.devices and unnamed:                # before eva_utils kept devices was resumed
+        devices.insert(0, f"{unnamed} epoch{'s' * (unnamed != 1)} on an unrecorded device")
     return {**labels, "parameters": count_parameters(model),
             "test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
             **({"test_acc_no_tta": history.test_acc_plain[-1]} if history.test_acc_plain else {}),
             "train_seconds": round(history.train_seconds, 2),
             "seconds_per_epoch": [round(s, 3) for s in history.seconds],
             **({"resumed_after_epochs": history.resumed_at} if history.resumed_at else {}),
-            "device": device_name(device)}
+            "device": " + ".join(devices)}
 
 
 def save_json(path: str | os.PathLike | None, record: dict) -> None:

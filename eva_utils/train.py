@@ -21,8 +21,8 @@ from . import distributed
 from .checkpoint import (EMA, atomic_save, check_resumable, check_writable, load_checkpoint,
                          model_identity, rng_state, set_rng_state)
 from .inference import check_labels, scores
-from .runtime import (TrainingError, amp_dtype, eval_mode, get_device, seed_everything, to_device,
-                      use_channels_last)
+from .runtime import (TrainingError, amp_dtype, device_name, eval_mode, get_device,
+                      seed_everything, to_device, use_channels_last)
 from .schedule import build_optimizer, build_scheduler
 
 DIVERGED = 100  # a loss this many times that of guessing (log classes) means training diverged
@@ -146,6 +146,7 @@ class History:
     seconds: list = field(default_factory=list)      # wall time of the epoch's training steps
     test_acc_plain: list = field(default_factory=list)  # percent without TTA (only when cfg.tta)
     resumed_at: list = field(default_factory=list)  # epochs after which a later stretch resumed
+    devices: list = field(default_factory=list)     # device_name() each epoch trained on
 
     def __len__(self) -> int:
         return len(self.test_acc)
@@ -269,8 +270,10 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
             run.history.resumed_at.append(done)
         if progress:  # the whole run's lines, so a resumed notebook shows every epoch
             earlier = "epoch 1 as" if done == 1 else f"epochs 1-{done} as"
+            before = list(dict.fromkeys(run.history.devices))
+            moved = f" on {', '.join(before)}" if before and before != [device_name(device)] else ""
             tqdm.write(f"Resumed from {resume} after epoch {done} of {cfg.epochs}; {earlier} "
-                       "trained before:")
+                       f"trained before{moved}:")
             for i in range(done):
                 tqdm.write(epoch_line(run.history, i))
     started = time.perf_counter()
@@ -314,7 +317,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         elif step_every == "plateau":
             scheduler.step(test_loss)
         run.history.append(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
-                           test_acc=test_acc, lr=lr, seconds=seconds)
+                           test_acc=test_acc, lr=lr, seconds=seconds, devices=device_name(device))
         if cfg.tta:
             run.history.append(test_acc_plain=plain_acc)
         if progress:

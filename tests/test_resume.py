@@ -77,6 +77,25 @@ def test_resume_true_starts_afresh_without_a_checkpoint_and_needs_a_folder(tiny,
             eva.fit(Tiny(), *loaders(tiny), cfg(checkpoint_dir=str(tmp_path)), time_budget=bad)
 
 
+def test_a_run_resumed_on_other_hardware_names_every_device(tiny, tmp_path, capsys):
+    here = eva.device_name("cpu")
+    with pytest.raises(eva.BudgetSpent):
+        eva.fit(Tiny(), *loaders(tiny), cfg(checkpoint_dir=str(tmp_path)), time_budget=1e-9,
+                progress=False)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["history"]["devices"] == [here]
+    ckpt["history"]["devices"] = ["Tesla T4"]  # as if the first stretch ran in Colab
+    torch.save(ckpt, tmp_path / "last.pt")
+    capsys.readouterr()
+    history = eva.fit(Tiny(), *loaders(tiny), cfg(checkpoint_dir=str(tmp_path)), resume=True)
+    assert "after epoch 1 of 3; epoch 1 as trained before on Tesla T4:" in capsys.readouterr().out
+    assert history.devices == ["Tesla T4", here, here]
+    assert eva.run_record(history, Tiny(), "cpu")["device"] == f"Tesla T4 + {here}"
+    history.devices = history.devices[1:]  # a checkpoint from before devices were kept
+    record = eva.run_record(history, Tiny(), "cpu")
+    assert record["device"] == f"1 epoch on an unrecorded device + {here}"
+
+
 def test_the_range_test_is_kept_with_the_run_and_never_trusted_blindly(tiny, tmp_path, capsys):
     train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20,
                              train=True)
