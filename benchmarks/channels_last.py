@@ -2,13 +2,19 @@
 model on this machine's default device, both layouts measured in one run, alternating.
 
     python benchmarks/channels_last.py                          # every model, batch 128
-    python benchmarks/channels_last.py --models SmallResNet --steps 30
+    python benchmarks/channels_last.py --models SmallResNet --steps 30 --out runs/layouts.json
 
 Why: ``runtime.use_channels_last`` turns NHWC on for CUDA only; this prints the evidence for the
-CPU (and checks it on a GPU).
+CPU (and checks it on a GPU). The record (default results/channels_last.json) names the device and
+is what README's layout table is generated from (scripts/results_table.py). Run it on an idle
+machine: a second job on the two cores halves both layouts' speeds unevenly.
 """
 import argparse
+import datetime
+import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -46,11 +52,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=2, help="alternations of the two layouts")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "results"
+                   / "channels_last.json", help="where the record goes (default: %(default)s)")
     args = p.parse_args()
     device = eva.get_device()
-    print(f"device: {eva.device_name(device)}, {torch.get_num_threads()} threads, "
-          f"batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds per layout")
+    print(f"device: {eva.device_name(device)}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds per layout")
     print(f"{'model':24s} {'NCHW img/s':>11s} {'NHWC img/s':>11s} {'NHWC/NCHW':>10s}")
+    runs = []
     for name in args.models:
         speed = {torch.contiguous_format: [], torch.channels_last: []}
         for _ in range(args.rounds):
@@ -60,6 +68,14 @@ def main() -> None:
                                                        args.batch_size, args.steps))
         nchw, nhwc = max(speed[torch.contiguous_format]), max(speed[torch.channels_last])
         print(f"{name:24s} {nchw:11.0f} {nhwc:11.0f} {nhwc / nchw:10.2f}", flush=True)
+        runs.append({"model": name, "nchw_images_per_s": nchw, "nhwc_images_per_s": nhwc})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "command": " ".join(["python benchmarks/channels_last.py", *sys.argv[1:]]),
+        "date": datetime.date.today().isoformat(), "device": eva.device_name(device),
+        "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
+        "runs": runs}, indent=1) + "\n")
+    print(f"record: {args.out}")
 
 
 if __name__ == "__main__":

@@ -72,9 +72,10 @@ def amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
 
 
 def use_channels_last(device: torch.device, channels_last: bool | None) -> bool:
-    """``channels_last=None``: NHWC on CUDA (tensor cores want it), NCHW elsewhere: on a 2-core CPU
-    ``benchmarks/channels_last.py`` found no consistent gain (PlainCNN +11 %, SmallResNet -3 %,
-    CustomResNet -14 %)."""
+    """``channels_last=None``: NHWC on CUDA (tensor cores want it), NCHW elsewhere. On 2-core CPUs
+    ``benchmarks/channels_last.py`` has found NHWC 17-30 % faster for every model (an AMD EPYC, in
+    results/channels_last.json) and 14 % slower for CustomResNet (another AMD EPYC, under load): it
+    depends on the machine, and the committed CPU runs trained in NCHW, so that stays the default."""
     return device.type == "cuda" if channels_last is None else channels_last
 
 
