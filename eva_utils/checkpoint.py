@@ -21,7 +21,9 @@ KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "history", "config",
         "model_class", "model_args", "steps_per_epoch")
 # Settings that may differ when a run is resumed: they change how it is watched, not what it learns.
 # "epochs" may grow too, except under one-cycle, whose whole shape depends on the total.
-MAY_CHANGE = {"checkpoint_dir", "log_every", "compile"}
+# amp and channels_last: a resumed run keeps the checkpoint's precision and layout (train.run_precision
+# refuses an explicit contradiction); seed: a resumed run restores every random state instead.
+MAY_CHANGE = {"checkpoint_dir", "log_every", "compile", "amp", "channels_last", "seed"}
 
 
 class CheckpointError(TrainingError):
@@ -61,13 +63,33 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore what ``rng_state`` saved. The states go back through the CPU whatever
+    ``map_location`` the checkpoint was loaded with: torch takes only CPU ByteTensors here."""
+    torch.set_rng_state(state["torch"].cpu())
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def saved_precision(ckpt: dict) -> tuple[str, bool]:
+    """(precision name, channels-last?) a checkpoint trained with. Checkpoints written before they
+    recorded it get the choice eva made then: float16 where a loss scaler ran, float32 with
+    amp=False or on a CPU or MPS, else bfloat16 (CUDA); channels-last on CUDA unless set."""
+    if "precision" in ckpt:
+        return ckpt["precision"], bool(ckpt["channels_last"])
+    cfg, devices = ckpt["config"], ckpt["history"].get("devices", [])
+    cuda = any(not (d.startswith("cpu") or d == "mps") for d in devices)
+    if ckpt.get("scaler"):
+        precision = "float16"
+    elif cfg.get("amp") is False or not cuda:
+        precision = "float32"
+    else:
+        precision = "bfloat16"
+    nhwc = cfg.get("channels_last")
+    return precision, cuda if nhwc is None else bool(nhwc)
 
 
 def model_identity(model: nn.Module) -> tuple[str, dict]:
@@ -175,8 +197,8 @@ def check_resumable(ckpt: dict, path, model: nn.Module, cfg: dict, steps_per_epo
             f"Cannot resume from {path}: this run differs from the one that wrote it in\n  "
             + "\n  ".join(problems)
             + "\nFix: resume with the same model, data and TrainConfig (only checkpoint_dir, "
-            "log_every and compile may change; epochs may grow except under one-cycle), or start "
-            "a new run without resume=.")
+            "log_every, compile and seed may change; epochs may grow except under one-cycle), or "
+            "start a new run without resume=.")
 
 
 def _args(args: dict) -> str:

@@ -14,7 +14,7 @@ from .train import History
 
 def run_record(history: History, model: nn.Module, device, /, **labels) -> dict:
     """Accuracy (percent), training seconds (every epoch, over all stretches of a resumed run),
-    parameters and device of a run, ``labels`` first. A run resumed on other hardware names every
+    parameters, device, precision and memory layout of a run, ``labels`` first. A run resumed on other hardware names every
     device it trained on ("Tesla T4 + NVIDIA L4"), since its seconds come from all of them."""
     devices = list(dict.fromkeys(history.devices)) or [device_name(device)]  # a hand-made History
     unnamed = len(history) - len(history.devices)  # the first epochs, if a checkpoint written
@@ -26,7 +26,17 @@ def run_record(history: History, model: nn.Module, device, /, **labels) -> dict:
             "train_seconds": round(history.train_seconds, 2),
             "seconds_per_epoch": [round(s, 3) for s in history.seconds],
             **({"resumed_after_epochs": history.resumed_at} if history.resumed_at else {}),
-            "device": " + ".join(devices)}
+            "device": " + ".join(devices),
+            "precision": _named(history.precision, len(history)),
+            "layout": _named(history.layout, len(history))}
+
+
+def _named(per_epoch: list, epochs: int) -> str:
+    """One name for a per-epoch list ("float32"), or each in order ("float32 + bfloat16")."""
+    names = list(dict.fromkeys(per_epoch))
+    if len(per_epoch) < epochs:  # epochs written before eva_utils kept this
+        names.insert(0, f"{epochs - len(per_epoch)} epochs unrecorded")
+    return " + ".join(names)
 
 
 def save_json(path: str | os.PathLike | None, record: dict) -> None:

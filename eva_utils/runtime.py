@@ -58,25 +58,58 @@ def device_name(device: torch.device | str) -> str:
     return f"cpu: {model}, {threads} thread{'s' * (threads != 1)}"
 
 
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags the processor reports (Linux's /proc/cpuinfo); empty elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_amx() -> bool:
+    """True if the CPU has AMX tiles for bfloat16 (Intel Xeon since Sapphire Rapids): oneDNN then
+    runs bfloat16 convolutions on them, several times faster than float32."""
+    return "amx_bf16" in cpu_flags()
+
+
 def amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
     """The autocast type for ``device``, or None for full float32.
 
-    ``amp=None`` means on for CUDA only. bfloat16 needs no loss scaling, but only GPUs of compute
-    capability 8.0+ (Ampere on) run it natively: on a T4 (7.5), ``torch.cuda.is_bf16_supported()``
-    says True through emulation, which is slower than float32. Older GPUs get float16 + GradScaler.
+    ``amp=None`` (the default) is on where low precision is fast: CUDA, and CPUs with AMX.
+    - CUDA: bfloat16 needs no loss scaling, but only GPUs of compute capability 8.0+ (Ampere on)
+      run it natively; on a T4 (7.5) ``torch.cuda.is_bf16_supported()`` says True through
+      emulation, which is slower than float32. Older GPUs get float16 (with a GradScaler).
+    - CPU: bfloat16. Without AMX the CPU converts to and from bfloat16 around float32 arithmetic,
+      which is slower than float32 alone, so ``None`` stays float32 there; ``amp=True`` still
+      forces bfloat16 (``benchmarks/cpu_precision.py`` measures both on the machine at hand).
+    - Apple's MPS: float16 when ``amp=True``; float32 by default.
+    ``amp=True``/``False`` always wins over the default.
     """
-    if device.type != "cuda" or amp is False:
+    if amp is False:
         return None
-    major, _ = torch.cuda.get_device_capability(device)
-    return torch.bfloat16 if major >= 8 else torch.float16
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
+    if device.type == "cpu" and (amp or cpu_has_amx()):
+        return torch.bfloat16
+    if device.type == "mps" and amp:
+        return torch.float16
+    return None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """"float32", "bfloat16" or "float16": how a run's records name its precision."""
+    return str(dtype or torch.float32).removeprefix("torch.")
 
 
 def use_channels_last(device: torch.device, channels_last: bool | None) -> bool:
-    """``channels_last=None``: NHWC on CUDA (tensor cores want it), NCHW elsewhere. On 2-core CPUs
-    ``benchmarks/channels_last.py`` has found NHWC 17-30 % faster for every model (an AMD EPYC, in
-    results/channels_last.json) and 14 % slower for CustomResNet (another AMD EPYC, under load): it
-    depends on the machine, and the committed CPU runs trained in NCHW, so that stays the default."""
-    return device.type == "cuda" if channels_last is None else channels_last
+    """``channels_last=None``: NHWC on CUDA (tensor cores want it) and on the CPU (oneDNN's
+    convolutions are faster in NHWC for every model of the suite, with AMX and without; see
+    ``benchmarks/channels_last.py``); NCHW on MPS. ``True``/``False`` always wins."""
+    return device.type in ("cuda", "cpu") if channels_last is None else channels_last
 
 
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 from torchinfo import ModelStatistics
 from torchinfo import summary as torchinfo_summary
+from torchinfo.enums import Units
 
 from .runtime import kept_modes
 
@@ -23,5 +24,18 @@ def summary(model: nn.Module, input_size, depth: int = 3) -> ModelStatistics:
                          "or a batch shape (B, C, H, W).")
     device = next(model.parameters()).device
     with kept_modes(model):
-        return torchinfo_summary(model, input_size=input_size, depth=depth, device=device,
-                                 col_names=("output_size", "num_params"), verbose=0)
+        stats = torchinfo_summary(model, input_size=input_size, depth=depth, device=device,
+                                  col_names=("output_size", "num_params"), verbose=0)
+    stats.__class__ = Summary
+    return stats
+
+
+class Summary(ModelStatistics):
+    """torchinfo's table, with its unit names as printed on Python 3.11+: torchinfo 1.8 formats
+    its str-Enum units as "(Units.MEGABYTES)" there, instead of "(M)"."""
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        for unit in Units:
+            text = text.replace(f"({unit})", f"({unit.value})")
+        return text

@@ -18,11 +18,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import (EMA, atomic_save, check_resumable, check_writable, load_checkpoint,
-                         model_identity, rng_state, set_rng_state)
+from .checkpoint import (EMA, CheckpointError, atomic_save, check_resumable, check_writable,
+                         load_checkpoint, model_identity, rng_state, saved_precision,
+                         set_rng_state)
 from .inference import check_labels, scores
 from .runtime import (TrainingError, amp_dtype, device_name, eval_mode, get_device,
-                      seed_everything, to_device, use_channels_last)
+                      precision_name, seed_everything, to_device, use_channels_last)
 from .schedule import build_optimizer, build_scheduler
 
 DIVERGED = 100  # a loss this many times that of guessing (log classes) means training diverged
@@ -101,10 +102,11 @@ class TrainConfig:
     grad_clip: float | None = None        # max global L2 norm of the gradients (None: off)
     ema_decay: float | None = None        # weight-averaging decay per step, e.g. 0.999 (None: off)
     tta: bool = False                     # evaluate on image + its left-right mirror, logits averaged
-    amp: bool | None = None               # mixed precision; None: on for CUDA (see runtime.amp_dtype)
-    channels_last: bool | None = None     # NHWC memory layout; None: on for CUDA
+    amp: bool | None = None               # mixed precision; None: on for CUDA and AMX CPUs (runtime.amp_dtype)
+    channels_last: bool | None = None     # NHWC memory layout; None: on for CUDA and CPU
     compile: bool = False                 # torch.compile the model (pays off for long runs on CUDA)
-    seed: int = 0                         # seeds python, numpy and torch (model initialisation)
+    seed: int = 0                         # seeds python, numpy and torch as a new run starts
+                                          # (dropout, ...); the weights come from the model as given
     checkpoint_dir: str | None = None     # where best.pt and last.pt go (None: no checkpoints)
     log_every: int = 20                   # steps between progress-bar updates (each one syncs once)
 
@@ -147,6 +149,8 @@ class History:
     test_acc_plain: list = field(default_factory=list)  # percent without TTA (only when cfg.tta)
     resumed_at: list = field(default_factory=list)  # epochs after which a later stretch resumed
     devices: list = field(default_factory=list)     # device_name() each epoch trained on
+    precision: list = field(default_factory=list)   # "float32", "bfloat16" or "float16", per epoch
+    layout: list = field(default_factory=list)      # "NCHW" or "NHWC" (channels-last), per epoch
 
     def __len__(self) -> int:
         return len(self.test_acc)
@@ -191,7 +195,8 @@ class Run:
                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
                 "history": asdict(self.history), "config": asdict(cfg), "rng": rng_state(),
                 "epoch": len(self.history), "model_class": name, "model_args": args,
-                "steps_per_epoch": steps_per_epoch, "data": data}
+                "steps_per_epoch": steps_per_epoch, "data": data,
+                "precision": precision_name(self.amp_dtype), "channels_last": self.channels_last}
 
     def restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -250,19 +255,18 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         resume = ckpt_dir / "last.pt" if (ckpt_dir / "last.pt").exists() else None
     elif resume is False:  # e.g. resume=CHECKPOINT_DIR is not None, with no folder given
         resume = None
+    ckpt = load_checkpoint(resume, map_location=device) if resume is not None else None
+    dtype, nhwc, kept = run_precision(device, cfg, ckpt, resume)
     seed_everything(cfg.seed)
-    nhwc = use_channels_last(device, cfg.channels_last)
     model.to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
     optimizer = build_optimizer(model, cfg)
     scheduler, step_every = build_scheduler(optimizer, cfg, steps)
-    dtype = amp_dtype(device, cfg.amp)
     forward = distributed.wrap(model, device)  # DDP under torchrun; the model itself otherwise
     run = Run(model, torch.compile(forward) if cfg.compile else forward, optimizer, scheduler,
               step_every, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
               EMA(model, cfg.ema_decay) if cfg.ema_decay else None, dtype, nhwc, History())
     data = getattr(train_loader, "fingerprint", None)
-    if resume is not None:
-        ckpt = load_checkpoint(resume, map_location=device)
+    if ckpt is not None:
         check_resumable(ckpt, resume, model, asdict(cfg), steps, data)
         run.restore(ckpt)
         done = len(run.history)
@@ -276,6 +280,11 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
                        f"trained before{moved}:")
             for i in range(done):
                 tqdm.write(epoch_line(run.history, i))
+            if kept:
+                tqdm.write(kept)
+    if progress and len(run.history) < cfg.epochs:
+        tqdm.write(f"Training on {device_name(device)} in {precision_name(dtype)}, "
+                   f"{'NHWC (channels-last)' if nhwc else 'NCHW'}.")
     started = time.perf_counter()
     # The longest epoch, training and testing, in seconds: first guessed from the epochs a resumed
     # run already trained (training time only is kept; testing adds ~15 % for CustomResNet on CPU).
@@ -302,7 +311,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
                                                          progress=progress)
             train_loss, train_acc = distributed.mean([train_loss, train_acc], device)
             test_loss, test_acc, plain_acc = scores(scored, test_loader, device, tta=cfg.tta,
-                                                    amp=cfg.amp, channels_last=nhwc,
+                                                    amp=dtype is not None, channels_last=nhwc,
                                                     total=lambda c: distributed.total(c, device))
         except torch.OutOfMemoryError:
             raise TrainingError(
@@ -317,7 +326,8 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         elif step_every == "plateau":
             scheduler.step(test_loss)
         run.history.append(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
-                           test_acc=test_acc, lr=lr, seconds=seconds, devices=device_name(device))
+                           test_acc=test_acc, lr=lr, seconds=seconds, devices=device_name(device),
+                           precision=precision_name(dtype), layout="NHWC" if nhwc else "NCHW")
         if cfg.tta:
             run.history.append(test_acc_plain=plain_acc)
         if progress:
@@ -339,6 +349,37 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
                       "and Augment(flip=False) unless mirrored images are still the same class.",
                       stacklevel=2)
     return run.history
+
+
+def run_precision(device: torch.device, cfg: TrainConfig, ckpt: dict | None,
+                  path=None) -> tuple[torch.dtype | None, bool, str]:
+    """(autocast dtype or None, channels-last?, a note for a resumed run, or "").
+
+    A new run takes ``amp_dtype``/``use_channels_last``'s choice for ``device``. A resumed run keeps
+    the checkpoint's precision and layout wherever it resumes (a float32 run stays float32 on an
+    AMX CPU), so all its epochs are the same arithmetic; an explicit ``cfg.amp``/``channels_last``
+    that contradicts the checkpoint is refused."""
+    dtype, nhwc = amp_dtype(device, cfg.amp), use_channels_last(device, cfg.channels_last)
+    if ckpt is None:
+        return dtype, nhwc, ""
+    saved, saved_nhwc = saved_precision(ckpt)
+    layout = {True: "NHWC (channels-last)", False: "NCHW"}
+    problems = []
+    if cfg.amp is not None and precision_name(dtype) != saved:
+        problems.append(f"amp={cfg.amp} means {precision_name(dtype)} on {device}, but the run "
+                        f"trained in {saved}")
+    if cfg.channels_last is not None and nhwc != saved_nhwc:
+        problems.append(f"channels_last={cfg.channels_last} means {layout[nhwc]}, but the run "
+                        f"trained in {layout[saved_nhwc]}")
+    if problems:
+        raise CheckpointError(f"Cannot resume from {path}: " + "; ".join(problems) + ". A run keeps "
+                              "one precision and layout from start to end. Fix: leave amp and "
+                              "channels_last at None (the checkpoint's are kept), or start a new run.")
+    kept = ""
+    if (precision_name(dtype), nhwc) != (saved, saved_nhwc):
+        kept = (f"Kept the run's {saved}, {layout[saved_nhwc]} (a new run here would train in "
+                f"{precision_name(dtype)}, {layout[nhwc]}), so every epoch has the same arithmetic.")
+    return None if saved == "float32" else getattr(torch, saved), saved_nhwc, kept
 
 
 def _duration(seconds: float) -> str:

@@ -47,14 +47,12 @@ class Unfinished(Exception):
 
 
 def clean(path: Path) -> None:
-    """Tidy an executed notebook: drop papermill's injected-parameters cell (it set SEED, where
-    figures, records and checkpoints go, and the time budget: nothing that changes what is learned,
-    so the outputs are those of the code as committed),
-    its timing metadata, the progress bars (tqdm's notebook widgets, whose state is not saved, so
+    """Tidy an executed notebook: keep papermill's injected-parameters cell (a reader sees what the
+    run was given: seed, where figures, records and checkpoints went, the last stretch's budget),
+    drop its timing metadata, the progress bars (tqdm's notebook widgets, whose state is not saved, so
     a reader would see "model not found" where they were; the epoch lines stay), and the machine's
     path to the repository in printed text (data and checkpoint paths print relative to it)."""
     nb = nbformat.read(path, as_version=4)
-    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     nb.metadata.pop("papermill", None)
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
@@ -84,7 +82,7 @@ def run_notebook(key: str, out: Path, smoke: bool, command: str, seeds: list[int
         params = {"SEED": seed, "RESULTS_JSON": os.path.relpath(record, ROOT),
                   "CHECKPOINT_DIR": os.path.relpath(out / "checkpoints" / f"{key}-seed{seed}", ROOT)}
         if deadline is not None:
-            params["TIME_BUDGET"] = max(deadline - time.time(), 1.0)
+            params["TIME_BUDGET"] = round(max(deadline - time.time(), 1.0))  # seconds
         if first:  # figures from the committed run only
             params["FIGURE_DIR"] = os.path.relpath(out / "images", ROOT)
         print(f"== {name}, seed {seed} -> {executed}", flush=True)

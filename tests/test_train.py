@@ -215,13 +215,89 @@ def test_mixed_precision_follows_compute_capability(monkeypatch, capability, wan
     cuda = torch.device("cuda")
     assert amp_dtype(cuda, None) is want and amp_dtype(cuda, True) is want
     assert amp_dtype(cuda, False) is None
-    assert amp_dtype(torch.device("cpu"), None) is None and amp_dtype(torch.device("cpu"), True) is None
+
+
+AMX = "fpu sse sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"  # Sapphire Rapids
+NO_AMX = "fpu sse sse2 avx2 avx512f avx512_bf16"                          # Zen 4: bf16 dot, no tiles
+
+
+@pytest.mark.parametrize("flags, default", [(AMX, torch.bfloat16), (NO_AMX, None), ("", None)])
+def test_cpu_precision_follows_the_processor(monkeypatch, tmp_path, flags, default):
+    """bfloat16 by default only where the CPU reports AMX; explicit amp always wins."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n")
+    real_path = eva.runtime.Path
+    monkeypatch.setattr(eva.runtime, "Path",
+                        lambda p: real_path(cpuinfo if p == "/proc/cpuinfo" else p))
+    cpu = torch.device("cpu")
+    assert eva.runtime.cpu_has_amx() is (default is not None)
+    assert amp_dtype(cpu, None) is default
+    assert amp_dtype(cpu, True) is torch.bfloat16 and amp_dtype(cpu, False) is None
+    assert amp_dtype(torch.device("mps"), None) is None
+    assert amp_dtype(torch.device("mps"), True) is torch.float16
 
 
 def test_channels_last_default():
     assert use_channels_last(torch.device("cuda"), None)
-    assert not use_channels_last(torch.device("cpu"), None)  # measured: benchmarks/channels_last.py
-    assert use_channels_last(torch.device("cpu"), True)
+    assert use_channels_last(torch.device("cpu"), None)  # measured: benchmarks/channels_last.py
+    assert not use_channels_last(torch.device("mps"), None)
+    assert not use_channels_last(torch.device("cpu"), False)
+    assert use_channels_last(torch.device("mps"), True)
+
+
+def mock_amx(monkeypatch, has_amx: bool) -> None:
+    monkeypatch.setattr(eva.runtime, "cpu_has_amx", lambda: has_amx)
+
+
+@pytest.mark.parametrize("has_amx, precision", [(True, "bfloat16"), (False, "float32")])
+def test_records_and_checkpoints_name_precision_and_layout(monkeypatch, tiny, tmp_path, has_amx,
+                                                           precision):
+    mock_amx(monkeypatch, has_amx)
+    model = Tiny()
+    history = eva.fit(model, *loaders(tiny), cfg(epochs=1, checkpoint_dir=str(tmp_path)),
+                      progress=False)
+    assert history.precision == [precision] and history.layout == ["NHWC"]
+    ckpt = eva.load_checkpoint(tmp_path / "last.pt")
+    assert (ckpt["precision"], ckpt["channels_last"]) == (precision, True)
+    record = eva.run_record(history, model, "cpu")
+    assert (record["precision"], record["layout"]) == (precision, "NHWC")
+    history = eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, amp=False, channels_last=False),
+                      progress=False)  # explicit settings win over the processor's default
+    assert history.precision == ["float32"] and history.layout == ["NCHW"]
+
+
+def test_a_resumed_run_keeps_its_precision_and_layout_on_another_processor(monkeypatch, tiny,
+                                                                           tmp_path, capsys):
+    """Started in float32 on a CPU without AMX, resumed on one with AMX: it stays float32 NHWC,
+    says so, and refuses an explicit setting that contradicts the checkpoint."""
+    mock_amx(monkeypatch, False)
+    run = cfg(epochs=2, checkpoint_dir=str(tmp_path))
+    with pytest.raises(eva.BudgetSpent):
+        eva.fit(Tiny(), *loaders(tiny), run, resume=True, time_budget=1e-9, progress=False)
+    mock_amx(monkeypatch, True)
+    for explicit, words in ((dict(amp=True), "amp=True means bfloat16.*trained in float32"),
+                            (dict(channels_last=False), "channels_last=False means NCHW")):
+        with pytest.raises(eva.CheckpointError, match=words):
+            eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=str(tmp_path), **explicit),
+                    resume=True, progress=False)
+    capsys.readouterr()
+    history = eva.fit(Tiny(), *loaders(tiny), run, resume=True)
+    assert "Kept the run's float32, NHWC" in capsys.readouterr().out
+    assert history.precision == ["float32", "float32"] and history.layout == ["NHWC", "NHWC"]
+    assert eva.load_checkpoint(tmp_path / "last.pt")["precision"] == "float32"
+
+
+@pytest.mark.parametrize("config, scaler, devices, want", [
+    ({"amp": None, "channels_last": None}, {}, ["cpu: AMD EPYC, 2 threads"], ("float32", False)),
+    ({"amp": True, "channels_last": True}, {}, ["cpu: AMD EPYC, 2 threads"], ("float32", True)),
+    ({"amp": None, "channels_last": None}, {"scale": 1.0}, ["Tesla T4"], ("float16", True)),
+    ({"amp": None, "channels_last": False}, {}, ["NVIDIA A100"], ("bfloat16", False)),
+    ({"amp": False, "channels_last": None}, {}, ["NVIDIA A100"], ("float32", True)),
+    ({"amp": None, "channels_last": None}, {}, [], ("float32", False))])
+def test_checkpoints_from_before_precision_was_recorded(config, scaler, devices, want):
+    """The committed CPU runs (01, 02, 04) trained in float32 NCHW, as eva chose then."""
+    ckpt = {"config": config, "scaler": scaler, "history": {"devices": devices}}
+    assert eva.checkpoint.saved_precision(ckpt) == want
 
 
 def test_ema_tracks_weights_and_buffers():
