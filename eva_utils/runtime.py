@@ -113,9 +113,11 @@ def use_channels_last(device: torch.device, channels_last: bool | None) -> bool:
 
 
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    """A batch on ``device`` in the run's layout. Both layouts are set explicitly: a batch that
+    arrives channels-last-strided (TensorLoader's un-augmented batches are views of HWC images)
+    would otherwise make every convolution of an NCHW model run in NHWC."""
     x = x.to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return x, y.to(device, non_blocking=True)
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import eva_utils as eva
@@ -339,3 +340,43 @@ def test_run_record_and_save_json(tmp_path):
     assert json.loads((tmp_path / "a" / "r.json").read_text()) == record
     eva.save_json(None, record)  # no path: nothing written, no error
     assert math.isclose(h.train_seconds, 3.0)
+
+
+@pytest.mark.parametrize("kw", [dict(channels_last=False),
+                                dict(channels_last=True, grad_clip=1.0, label_smoothing=0.1)])
+def test_fit_is_bit_for_bit_this_plain_loop(tiny, kw):
+    """``fit``'s arithmetic is exactly this loop (float32): however its code is arranged, a run
+    resumed across a change of eva_utils continues with the same numbers."""
+    config = cfg(epochs=2, amp=False, **kw)
+    torch.manual_seed(0)
+    start = Tiny().state_dict()
+    ours, plain = Tiny(), Tiny()
+    ours.load_state_dict(start)
+    plain.load_state_dict(start)
+    train, test = loaders(tiny)
+    history = eva.fit(ours, train, test, config, progress=False)
+
+    eva.seed_everything(config.seed)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    plain.to(memory_format=layout)
+    optimizer = eva.build_optimizer(plain, config)
+    scheduler, _ = eva.build_scheduler(optimizer, config, len(train))
+    for epoch in range(config.epochs):
+        train.set_epoch(epoch)
+        plain.train()
+        for x, y in train:
+            logits = plain(x.contiguous(memory_format=layout))
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(plain.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+        cpu = torch.device("cpu")  # fit sums the counts over processes (torchrun) first
+        loss, acc, _ = eva.inference.scores(plain, test, amp=False,
+                                            channels_last=config.channels_last,
+                                            total=lambda c: eva.distributed.total(c, cpu))
+        assert (history.test_loss[epoch], history.test_acc[epoch]) == (loss, acc)
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(tensor, ours.state_dict()[name]), name
