@@ -1,4 +1,5 @@
-"""What a run needs to survive an interruption: weight averaging (EMA), random state, checkpoints.
+"""What a run needs to survive an interruption: random state, checkpoints, and the folder that
+keeps them (``RunFolder``: one run per folder, last.pt and best.pt always a consistent pair).
 
 A checkpoint holds tensors and plain values only, so it loads with ``weights_only=True``, and
 records the model's class and constructor arguments and the training config, so ``fit(resume=...)``
@@ -7,8 +8,13 @@ can refuse a checkpoint that would not continue the same run.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
+import shutil
+import socket
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +119,7 @@ def check_writable(folder: Path) -> None:
 def atomic_save(obj: dict, path: Path) -> None:
     """Write, flush to disk, then rename: a crash or power cut leaves the old file or the new one,
     never a half-written or empty one. A failed write (a full disk) removes its partial file."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # never another process's file
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -126,8 +132,13 @@ def atomic_save(obj: dict, path: Path) -> None:
                               "disk space, or point TrainConfig(checkpoint_dir=...) elsewhere, "
                               "then resume.") from None
     os.replace(tmp, path)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        fd = os.open(path.parent, os.O_DIRECTORY)
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; Windows has no folder handles)."""
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder, os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
@@ -203,3 +214,122 @@ def check_resumable(ckpt: dict, path, model: nn.Module, cfg: dict, steps_per_epo
 
 def _args(args: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in args.items())
+
+
+class RunFolder:
+    """``TrainConfig.checkpoint_dir`` of one run: ``last.pt`` after every epoch, ``best.pt`` at each
+    new best test accuracy. Used as a context manager, it holds the folder for one process (a lock
+    file naming its pid and host, removed on exit and taken over when its process is gone), so two
+    runs never write into one folder."""
+
+    LOCK = ".eva-run.lock"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.last, self.best, self.lock = (self.path / n for n in ("last.pt", "best.pt", self.LOCK))
+
+    def __enter__(self) -> "RunFolder":
+        check_writable(self.path)  # before an epoch is spent, not after
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        while True:
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None:  # its process is gone: take the folder over
+                    self.lock.unlink(missing_ok=True)
+                    continue
+                raise CheckpointError(
+                    f"{self.path} is in use by another training run (process {owner['pid']} on "
+                    f"{owner['host']}, since {owner['since']}): two runs in one folder would "
+                    "overwrite each other's checkpoints. Fix: give this run its own "
+                    "TrainConfig(checkpoint_dir=...), or wait for that run to end. If no such run "
+                    f"is going, delete {self.lock}.") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return self
+
+    def __exit__(self, *exc) -> None:
+        if (self._read_lock() or {}).get("pid") == os.getpid():
+            self.lock.unlink(missing_ok=True)
+
+    def _read_lock(self) -> dict | None:
+        try:
+            return json.loads(self.lock.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _owner(self) -> dict | None:
+        """Who holds the lock, or None if nobody does any more (its process on this host ended,
+        or a lock left half-written by a crash)."""
+        owner = self._read_lock()
+        try:
+            age = time.time() - self.lock.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        if not isinstance(owner, dict) or not {"pid", "host"} <= set(owner):
+            return None if age > 10 else {"pid": "?", "host": "?", "since": "just now"}
+        owner["since"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() - age))
+        if owner["host"] != socket.gethostname():
+            return owner  # cannot look at another machine's processes
+        if owner["pid"] == os.getpid():
+            return None  # this process's own, left by an interrupted call
+        try:
+            os.kill(owner["pid"], 0)
+        except ProcessLookupError:
+            return None
+        except (PermissionError, OverflowError, TypeError):
+            pass
+        return owner
+
+    def check_new_run(self, resume) -> None:
+        """Refuse to start a run over another run's checkpoints (``resume`` is what fit resumes
+        from: None, or a checkpoint path)."""
+        if resume is not None and Path(resume).resolve().parent == self.path.resolve():
+            return
+        held = [p for p in (self.last, self.best) if p.exists()]
+        if not held:
+            return
+        try:
+            ckpt = torch.load(held[0], map_location="cpu", weights_only=True)
+            what = (f"a run of {ckpt['model_class']} after epoch {ckpt['epoch']} of "
+                    f"{ckpt['config']['epochs']}, best test accuracy "
+                    f"{max(ckpt['history']['test_acc'], default=0):.2f}%")
+        except Exception:  # unreadable: still not ours to overwrite
+            what = "a checkpoint"
+        raise CheckpointError(
+            f"{self.path} already holds {what} ({', '.join(p.name for p in held)}); a new run would "
+            "overwrite it. Fix: continue that run with fit(..., resume=True), or give this run "
+            "another or an empty TrainConfig(checkpoint_dir=...) (or delete the folder to start "
+            "afresh).")
+
+    def save(self, state: dict, best: bool) -> None:
+        """Write last.pt, and best.pt too when this epoch is the best so far."""
+        atomic_save(state, self.last)
+        if best:
+            atomic_save(state, self.best)
+
+    def repair_best(self, ckpt: dict) -> None:
+        """Make best.pt the run's best epoch again if an interruption between the two saves
+        left it behind (last.pt written, best.pt not): on resume, the best epoch comes from the
+        history and best.pt would otherwise never be written again."""
+        accs = ckpt["history"]["test_acc"]
+        if not accs:
+            return
+        best_epoch = accs.index(max(accs)) + 1  # the first epoch that reached the best
+        try:
+            held = torch.load(self.best, map_location="cpu", weights_only=True)["epoch"]
+        except Exception:  # missing, damaged or not a checkpoint
+            held = None
+        if held == best_epoch:
+            return
+        if best_epoch == ckpt["epoch"] and self.last.exists():  # last.pt is that epoch
+            tmp = self.best.with_name(f"{self.best.name}.{os.getpid()}.tmp")
+            shutil.copyfile(self.last, tmp)
+            os.replace(tmp, self.best)
+            _sync_folder(self.path)
+            return
+        warnings.warn(f"{self.best} {'holds epoch ' + str(held) if held else 'is missing'}, but "
+                      f"the run's best test accuracy ({max(accs):.2f}%) came in epoch {best_epoch}, "
+                      "whose weights were not kept. best.pt is written again at the run's next "
+                      "new best; last.pt is complete.", stacklevel=3)

@@ -75,7 +75,7 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in cpu_flags()
 
 
-def amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
+def amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:
     """The autocast type for ``device``, or None for full float32.
 
     ``amp=None`` (the default) is on where low precision is fast: CUDA, and CPUs with AMX.
@@ -86,8 +86,11 @@ def amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
       which is slower than float32 alone, so ``None`` stays float32 there; ``amp=True`` still
       forces bfloat16 (``benchmarks/cpu_precision.py`` measures both on the machine at hand).
     - Apple's MPS: float16 when ``amp=True``; float32 by default.
-    ``amp=True``/``False`` always wins over the default.
+    ``amp=True``/``False`` always wins over the default; a dtype is taken as it is (a resumed run
+    keeps its own).
     """
+    if isinstance(amp, torch.dtype):
+        return None if amp == torch.float32 else amp
     if amp is False:
         return None
     if device.type == "cuda":

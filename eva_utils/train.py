@@ -5,6 +5,7 @@ back every ``log_every`` steps (for the progress bar and the NaN check), not aft
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -18,9 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import (EMA, CheckpointError, atomic_save, check_resumable, check_writable,
-                         load_checkpoint, model_identity, rng_state, saved_precision,
-                         set_rng_state)
+from .checkpoint import (EMA, CheckpointError, RunFolder, check_resumable, load_checkpoint,
+                         model_identity, rng_state, saved_precision, set_rng_state)
 from .inference import check_labels, scores
 from .runtime import (TrainingError, amp_dtype, device_name, eval_mode, get_device,
                       precision_name, seed_everything, to_device, use_channels_last)
@@ -173,12 +173,37 @@ class BudgetSpent(Exception):
     The checkpoint is written; calling ``fit`` again with ``resume=True`` continues the run."""
 
 
+class Budget:
+    """``fit``'s ``time_budget``: seconds of this call, spent an epoch at a time."""
+
+    def __init__(self, seconds: float | None, history: History):
+        self.seconds, self.started = seconds, time.perf_counter()
+        # The longest epoch, training and testing, in seconds: first guessed from the epochs a
+        # resumed run already trained (training time only is kept; testing adds ~15 % for
+        # CustomResNet on CPU).
+        self.longest = 1.2 * max(history.seconds, default=0.0)
+
+    def check(self, epoch: int, cfg: TrainConfig, device: torch.device) -> None:
+        """Raise BudgetSpent, in every process or in none, if epoch ``epoch`` would not fit."""
+        elapsed = time.perf_counter() - self.started
+        over = self.seconds is not None and self.longest > 0 and elapsed + self.longest > self.seconds
+        if distributed.total([float(over)], device)[0]:  # every process stops, or none
+            raise BudgetSpent(
+                f"Time budget spent: {_duration(elapsed)} of {_duration(self.seconds)} used, and an "
+                f"epoch takes about {_duration(self.longest)}. Stopped after epoch {epoch} of "
+                f"{cfg.epochs}; the run is saved in {Path(cfg.checkpoint_dir) / 'last.pt'}. To go "
+                "on, run the same code again with resume=True (a notebook: run it again).")
+
+    def took(self, seconds: float) -> None:
+        self.longest = max(self.longest, seconds)
+
+
 @dataclass
 class Run:
     """The live state of one training run: what an epoch updates and a checkpoint saves."""
 
     model: nn.Module
-    forward: nn.Module             # the model, or its torch.compile'd wrapper
+    forward: nn.Module             # the model, or its DDP / torch.compile'd wrapper
     optimizer: torch.optim.Optimizer
     scheduler: object
     step_every: str                # when the scheduler steps: "batch", "epoch" or "plateau"
@@ -187,6 +212,11 @@ class Run:
     amp_dtype: torch.dtype | None
     channels_last: bool
     history: History
+
+    @property
+    def scored(self) -> nn.Module:
+        """What each epoch is tested on: the weight average with EMA, else the model."""
+        return self.ema.module if self.ema is not None else self.model
 
     def state(self, cfg: TrainConfig, steps_per_epoch: int, data: dict | None) -> dict:
         name, args = model_identity(self.model)
@@ -208,34 +238,88 @@ class Run:
         self.history = History(**ckpt["history"])
         set_rng_state(ckpt["rng"])
 
+    def step_schedule(self, test_loss: float) -> None:
+        """The scheduler's step at an epoch's end (per-batch schedules stepped in train_epoch)."""
+        if self.step_every == "epoch":
+            self.scheduler.step()
+        elif self.step_every == "plateau":
+            self.scheduler.step(test_loss)
+
 
 def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = None, *,
         device: str | torch.device | None = None, resume: bool | str | os.PathLike | None = None,
         time_budget: float | None = None, progress: bool = True) -> History:
     """Train ``model`` for ``cfg.epochs`` epochs, testing after each; returns the History.
 
-    Loaders yield (images float (B, 3, H, W), labels int64 (B,)): ``TensorLoader`` or
+    Loaders yield (images float (B, C, H, W), labels int64 (B,)): ``TensorLoader`` or
     ``make_loader``. With ``cfg.checkpoint_dir`` it writes ``last.pt`` after every epoch and
-    ``best.pt`` at each new best test accuracy. ``resume=".../last.pt"`` continues such a run at the
-    next epoch, exactly, if model, data and config are the same; ``resume=True`` does so from
-    ``checkpoint_dir/last.pt`` when there is one and starts afresh when there is none.
-    ``time_budget`` (seconds of this call) stops at the end of the last epoch that fits in it and
-    raises ``BudgetSpent``: run the same code again with ``resume=True`` to go on. With
-    ``cfg.ema_decay`` the weight average is what gets tested, and copied into ``model`` at the end.
-    Started by torchrun, it trains with DistributedDataParallel, as ``distributed`` describes.
+    ``best.pt`` at each new best test accuracy, and refuses a folder that holds another run.
+    ``resume=".../last.pt"`` continues such a run at the next epoch, exactly, if model, data and
+    config are the same; ``resume=True`` does so from ``checkpoint_dir/last.pt`` when there is one
+    and starts afresh when there is none. ``time_budget`` (seconds of this call) stops at the end
+    of the last epoch that fits in it and raises ``BudgetSpent``: run the same code again with
+    ``resume=True`` to go on. With ``cfg.ema_decay`` the weight average is what gets tested, and
+    copied into ``model`` at the end. Started by torchrun, it trains with DistributedDataParallel,
+    as ``distributed`` describes.
     """
+    cfg, device, resume = check_arguments(model, train_loader, test_loader, cfg, device, resume,
+                                          time_budget)
+    main = distributed.is_main()  # the one process that prints and writes checkpoints
+    progress = progress and main
+    folder = RunFolder(cfg.checkpoint_dir) if cfg.checkpoint_dir and main else None
+    with folder or contextlib.nullcontext():
+        # Set up: the optimizer, schedule and precision, then the checkpoint's state if resuming.
+        run = start_run(model, train_loader, cfg, device, resume, folder, progress)
+        budget = Budget(time_budget, run.history)
+        best = max(run.history.test_acc, default=-1.0)
+        for epoch in range(len(run.history), cfg.epochs):
+            # Stop cleanly, checkpoint written, if the next epoch would overrun the budget.
+            budget.check(epoch, cfg, device)
+            epoch_start = time.perf_counter()
+            for loader in (train_loader, test_loader):  # each epoch's shuffle and augmentation
+                if hasattr(loader, "set_epoch"):
+                    loader.set_epoch(epoch)
+            lr = run.optimizer.param_groups[0]["lr"]
+            # Train one pass, then test (on every process's share, summed).
+            with out_of_memory_explained(device, epoch):
+                train_loss, train_acc, seconds = train_epoch(run, train_loader, cfg, device, epoch,
+                                                             progress=progress)
+                train_loss, train_acc = distributed.mean([train_loss, train_acc], device)
+                test_loss, test_acc, plain_acc = evaluate_epoch(run, test_loader, cfg, device)
+            check_test_loss(test_loss, epoch)  # never record, checkpoint or schedule on a NaN
+            run.step_schedule(test_loss)
+            # Record the epoch, print its line, checkpoint it.
+            run.history.append(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                               test_acc=test_acc, lr=lr, seconds=seconds,
+                               devices=device_name(device), precision=precision_name(run.amp_dtype),
+                               layout="NHWC" if run.channels_last else "NCHW")
+            if cfg.tta:
+                run.history.append(test_acc_plain=plain_acc)
+            if progress:
+                tqdm.write(epoch_line(run.history, epoch))
+            if folder is not None:
+                folder.save(run.state(cfg, len(train_loader), fingerprint(train_loader)),
+                            best=test_acc > best)
+            best = max(best, test_acc)
+            budget.took(time.perf_counter() - epoch_start)
+    if run.ema is not None:  # leave the averaged weights in the caller's model
+        model.load_state_dict(run.ema.module.state_dict())
+    warn_if_tta_hurt(cfg, run.history)
+    return run.history
+
+
+def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_budget):
+    """fit's arguments checked before anything is spent: (config, device, the checkpoint path to
+    resume from or None). Raises one clear error for the first thing wrong."""
     cfg = cfg or TrainConfig()
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be an eva.TrainConfig; got {type(cfg).__name__}.")
     cfg.validate()
     device = get_device(device)
     distributed.start(device)
-    main = distributed.is_main()  # the one process that prints and writes checkpoints
-    progress = progress and main
     check_loader(train_loader, "train_loader")
     check_loader(test_loader, "test_loader")
-    steps = len(train_loader)
-    if steps == 0:
+    if len(train_loader) == 0:
         raise TrainingError("The training loader yields no batches: the batch size is larger than "
                             "the training set and incomplete batches are dropped. Fix: lower the "
                             "batch size or use more images.")
@@ -249,26 +333,38 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
                          "stretches.")
     if time_budget is not None and not (_number(time_budget) and time_budget > 0):
         raise ValueError(f"time_budget={time_budget!r}: give seconds, a number > 0, or None.")
-    if ckpt_dir and main:
-        check_writable(ckpt_dir)  # before an epoch is spent, not after
     if resume is True:
         resume = ckpt_dir / "last.pt" if (ckpt_dir / "last.pt").exists() else None
     elif resume is False:  # e.g. resume=CHECKPOINT_DIR is not None, with no folder given
         resume = None
+    elif resume is not None and not isinstance(resume, (str, os.PathLike)):
+        raise TypeError(f"resume={resume!r}: give True (this run's checkpoint_dir), False or "
+                        "None (a new run), or the path of a last.pt or best.pt.")
+    return cfg, device, resume
+
+
+def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, resume,
+              folder: RunFolder | None, progress: bool) -> Run:
+    """Everything an epoch needs, on ``device``: a new run, or the one ``resume`` continues
+    (exactly: weights, optimizer, schedule, history and random state)."""
+    if folder is not None:
+        folder.check_new_run(resume)
     ckpt = load_checkpoint(resume, map_location=device) if resume is not None else None
     dtype, nhwc, kept = run_precision(device, cfg, ckpt, resume)
     seed_everything(cfg.seed)
     model.to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
     optimizer = build_optimizer(model, cfg)
-    scheduler, step_every = build_scheduler(optimizer, cfg, steps)
+    scheduler, step_every = build_scheduler(optimizer, cfg, len(train_loader))
     forward = distributed.wrap(model, device)  # DDP under torchrun; the model itself otherwise
     run = Run(model, torch.compile(forward) if cfg.compile else forward, optimizer, scheduler,
               step_every, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
               EMA(model, cfg.ema_decay) if cfg.ema_decay else None, dtype, nhwc, History())
-    data = getattr(train_loader, "fingerprint", None)
     if ckpt is not None:
-        check_resumable(ckpt, resume, model, asdict(cfg), steps, data)
+        check_resumable(ckpt, resume, model, asdict(cfg), len(train_loader),
+                        fingerprint(train_loader))
         run.restore(ckpt)
+        if folder is not None:
+            folder.repair_best(ckpt)
         done = len(run.history)
         if done < cfg.epochs:
             run.history.resumed_at.append(done)
@@ -285,70 +381,48 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     if progress and len(run.history) < cfg.epochs:
         tqdm.write(f"Training on {device_name(device)} in {precision_name(dtype)}, "
                    f"{'NHWC (channels-last)' if nhwc else 'NCHW'}.")
-    started = time.perf_counter()
-    # The longest epoch, training and testing, in seconds: first guessed from the epochs a resumed
-    # run already trained (training time only is kept; testing adds ~15 % for CustomResNet on CPU).
-    longest = 1.2 * max(run.history.seconds, default=0.0)
-    scored = run.ema.module if run.ema is not None else model  # what each epoch is tested on
-    best = max(run.history.test_acc, default=-1.0)
+    return run
 
-    for epoch in range(len(run.history), cfg.epochs):
-        elapsed = time.perf_counter() - started
-        over = time_budget is not None and longest > 0 and elapsed + longest > time_budget
-        if distributed.total([float(over)], device)[0]:  # every process stops, or none
-            raise BudgetSpent(
-                f"Time budget spent: {_duration(elapsed)} of {_duration(time_budget)} used, and an "
-                f"epoch takes about {_duration(longest)}. Stopped after epoch {epoch} of "
-                f"{cfg.epochs}; the run is saved in {ckpt_dir / 'last.pt'}. To go on, run the same "
-                "code again with resume=True (a notebook: run it again).")
-        epoch_start = time.perf_counter()
-        for loader in (train_loader, test_loader):  # each epoch's shuffle and augmentation
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        try:
-            train_loss, train_acc, seconds = train_epoch(run, train_loader, cfg, device, epoch,
-                                                         progress=progress)
-            train_loss, train_acc = distributed.mean([train_loss, train_acc], device)
-            test_loss, test_acc, plain_acc = scores(scored, test_loader, device, tta=cfg.tta,
-                                                    amp=dtype is not None, channels_last=nhwc,
-                                                    total=lambda c: distributed.total(c, device))
-        except torch.OutOfMemoryError:
-            raise TrainingError(
-                f"{device} ran out of memory in epoch {epoch + 1}. Fix: lower the batch size, turn "
-                "on mixed precision (cfg.amp=True), or free memory (restart the kernel).") from None
-        if not math.isfinite(test_loss):  # never record, checkpoint or schedule on it
-            raise TrainingError(f"The test loss became {test_loss} after epoch {epoch + 1}, though "
-                                "the training loss stayed finite. Fix: lower the learning rate, or "
-                                "turn off mixed precision (cfg.amp=False) if it overflows.")
-        if step_every == "epoch":
-            scheduler.step()
-        elif step_every == "plateau":
-            scheduler.step(test_loss)
-        run.history.append(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
-                           test_acc=test_acc, lr=lr, seconds=seconds, devices=device_name(device),
-                           precision=precision_name(dtype), layout="NHWC" if nhwc else "NCHW")
-        if cfg.tta:
-            run.history.append(test_acc_plain=plain_acc)
-        if progress:
-            tqdm.write(epoch_line(run.history, epoch))
-        if ckpt_dir and main:
-            state = run.state(cfg, steps, data)
-            atomic_save(state, ckpt_dir / "last.pt")
-            if test_acc > best:
-                atomic_save(state, ckpt_dir / "best.pt")
-        best = max(best, test_acc)
-        longest = max(longest, time.perf_counter() - epoch_start)
-    if run.ema is not None:  # leave the averaged weights in the caller's model
-        model.load_state_dict(run.ema.module.state_dict())
-    h = run.history
+
+def fingerprint(loader) -> dict | None:
+    """What our loaders know of their data (content hashes, classes, augmentation, batch, seed),
+    kept in checkpoints so a resume with other data is refused; None for other loaders."""
+    return getattr(loader, "fingerprint", None)
+
+
+@contextlib.contextmanager
+def out_of_memory_explained(device: torch.device, epoch: int):
+    """Turn running out of memory into one message that says what to change."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise TrainingError(
+            f"{device} ran out of memory in epoch {epoch + 1}. Fix: lower the batch size, turn "
+            "on mixed precision (cfg.amp=True), or free memory (restart the kernel).") from None
+
+
+def check_test_loss(test_loss: float, epoch: int) -> None:
+    if not math.isfinite(test_loss):
+        raise TrainingError(f"The test loss became {test_loss} after epoch {epoch + 1}, though "
+                            "the training loss stayed finite. Fix: lower the learning rate, or "
+                            "turn off mixed precision (cfg.amp=False) if it overflows.")
+
+
+def warn_if_tta_hurt(cfg: TrainConfig, h: History) -> None:
     if cfg.tta and h.test_acc_plain and h.test_acc[-1] < h.test_acc_plain[-1]:
         warnings.warn(f"Mirror test-time augmentation lowered the test accuracy from "
                       f"{h.test_acc_plain[-1]:.2f}% to {h.test_acc[-1]:.2f}%: these images may not "
                       "keep their class when mirrored (digits, text). Fix: TrainConfig(tta=False), "
                       "and Augment(flip=False) unless mirrored images are still the same class.",
-                      stacklevel=2)
-    return run.history
+                      stacklevel=3)
+
+
+def evaluate_epoch(run: Run, loader, cfg: TrainConfig,
+                   device: torch.device) -> tuple[float, float, float]:
+    """(mean test loss, accuracy %, accuracy % without TTA) of the run's scored model, in the
+    run's precision and layout, over every process's share of ``loader``."""
+    return scores(run.scored, loader, device, tta=cfg.tta, amp=run.amp_dtype or False,
+                  channels_last=run.channels_last, total=lambda c: distributed.total(c, device))
 
 
 def run_precision(device: torch.device, cfg: TrainConfig, ckpt: dict | None,

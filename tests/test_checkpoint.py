@@ -1,12 +1,16 @@
 """Checkpoints and resume: an interrupted run continues exactly; anything else is refused clearly."""
+import json
 import os
 import re
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import eva_utils as eva
-from eva_utils.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from eva_utils.checkpoint import CheckpointError, RunFolder, atomic_save, load_checkpoint
 from test_train import Tiny, cfg, loaders
 
 
@@ -141,3 +145,79 @@ def test_unreadable_checkpoints_name_the_file(tiny, finished, tmp_path, content,
         eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2), resume=bad, progress=False)
     with pytest.raises(CheckpointError, match=f"No checkpoint at {tmp_path / 'nope.pt'}"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_a_new_run_never_overwrites_another_runs_checkpoints(tiny, finished):
+    before = {p.name: p.read_bytes() for p in finished.parent.glob("*.pt")}
+    for resume in (None, False):
+        with pytest.raises(CheckpointError, match=r"(?s)already holds a run of Tiny after epoch 2 "
+                           r"of 2.*resume=True.*another or an empty"):
+            eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=finished.parent),
+                    resume=resume, progress=False)
+    assert {p.name: p.read_bytes() for p in finished.parent.glob("*.pt")} == before
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=finished.parent), resume=True,
+            progress=False)  # continuing it is the way in (here: already finished, nothing to do)
+
+
+def test_one_run_owns_a_folder(tiny, tmp_path, monkeypatch):
+    """A lock names the owner; a second run is refused while it lives, and takes over once its
+    process is gone (a killed kernel). fit removes its own lock when it ends, however it ends."""
+    lock = tmp_path / RunFolder.LOCK
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tmp_path.mkdir(exist_ok=True)
+        lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+        with pytest.raises(CheckpointError, match=rf"in use by another training run \(process "
+                           rf"{other.pid} on .*its own.*delete"):
+            eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), progress=False)
+    finally:
+        other.kill()
+        other.wait()
+    assert not (tmp_path / "last.pt").exists()
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), progress=False)
+    assert not lock.exists() and (tmp_path / "last.pt").exists()  # taken over, then released
+    lock.write_text(json.dumps({"pid": 1, "host": "another-machine"}))  # cannot be checked
+    with pytest.raises(CheckpointError, match="process 1 on another-machine"):
+        eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), resume=True,
+                progress=False)
+    lock.unlink()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(eva.train, "train_epoch", crash)
+    with pytest.raises(RuntimeError, match="boom"):
+        eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path / "b"),
+                progress=False)
+    assert not (tmp_path / "b" / RunFolder.LOCK).exists()
+
+
+@pytest.mark.parametrize("accs, best_pt, repaired", [
+    ([10.0, 20.0, 30.0], 2, True),      # killed between the renames: last.pt is the best epoch
+    ([10.0, 20.0, 30.0], None, True),   # best.pt lost
+    ([10.0, 30.0, 20.0], None, False),  # the best epoch's weights are gone: said, not hidden
+])
+def test_resume_makes_best_pt_the_best_epoch_again(tiny, finished3, accs, best_pt, repaired):
+    folder = finished3.parent
+    last = load_checkpoint(finished3)
+    last["history"]["test_acc"] = accs
+    atomic_save(last, folder / "last.pt")
+    (folder / "best.pt").unlink()
+    if best_pt is not None:
+        atomic_save({**last, "epoch": best_pt}, folder / "best.pt")
+    resume = lambda: eva.fit(Tiny(), *loaders(tiny), cfg(epochs=3, checkpoint_dir=folder),
+                             resume=True, progress=False)
+    if repaired:
+        resume()
+        assert (folder / "best.pt").read_bytes() == (folder / "last.pt").read_bytes()
+    else:
+        with pytest.warns(UserWarning, match="best.pt is missing, but the run's best test accuracy "
+                                             r"\(30.00%\) came in epoch 2"):
+            resume()
+
+
+@pytest.fixture
+def finished3(tiny, tmp_path):
+    """A finished 3-epoch run's last.pt."""
+    torch.manual_seed(0)
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=3, checkpoint_dir=tmp_path), progress=False)
+    return tmp_path / "last.pt"

@@ -67,16 +67,16 @@ from pathlib import Path
 import torch
 from torch import nn
 import eva_utils as eva
-import eva_utils.train
+import eva_utils.checkpoint
 
 out = Path(sys.argv[1])
 rank = int(os.environ.get("RANK", 0))
-saved = eva_utils.train.atomic_save
+saved = eva_utils.checkpoint.atomic_save
 def counted(state, path):  # which process writes checkpoints
     with open(out / f"saves-{rank}.txt", "a") as f:
         f.write(f"{path.name}\\n")
     saved(state, path)
-eva_utils.train.atomic_save = counted
+eva_utils.checkpoint.atomic_save = counted
 
 data = eva.synthetic_data(train=240, test=101, seed=1)  # 101: shares of 51 and 50
 eva.seed_everything(0)
