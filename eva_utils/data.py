@@ -1,9 +1,12 @@
 """Image-classification data sets as uint8 arrays in memory: ``ImageData``.
 
-* ``load_image_folder(root)``: any ``<root>/train/<class>/*`` + ``<root>/test/<class>/*`` tree (PNG,
-  JPEG or BMP; any number of classes, named by their folders, sorted unless ``classes=`` gives the
-  order; any size with ``image_size=``). Hidden and system folders (``.ipynb_checkpoints``,
-  ``__MACOSX``, any name starting with "." or "__") are skipped, with one warning; folder names are
+* ``load_image_folder(root)``: any ``<root>/train/<class>/*`` + ``<root>/test/<class>/*`` tree (every
+  format Pillow reads: PNG, JPEG, BMP, WebP, TIFF, GIF, ...; two classes or more, named by their
+  folders, sorted unless ``classes=`` gives the order; any size with ``image_size=``). Hidden and
+  system folders (``.ipynb_checkpoints``, ``__MACOSX``, any name starting with "." or "__") are
+  skipped, with one warning; so are other files and sub-folders of a class folder, with one warning
+  per split that counts and names them. Test images that are also training images (the same
+  decoded pixels: a copied or linked folder) are counted in a warning. Folder names are
   compared in Unicode NFC form, so "café" typed on a Mac matches "café" from Linux. Decoded once
   and cached beside the data as ``<root>/eva-image-cache.npz`` (plain arrays, no pickle). The cache is rebuilt when a file is added,
   removed, renamed, resized or touched (size and modification time): a file rewritten with the same
@@ -18,8 +21,9 @@ directory or one of its parents (so notebooks find the repository's ``data/`` fr
 else ``./data``. In smoke mode (``EVA_SMOKE=1``, set by ``notebooks/conftest.py``) and only there, a
 missing CIFAR-10 is replaced by a small synthetic one with a loud warning.
 
-**Channels: one rule.** eva_utils works in RGB. Grayscale, palette and RGBA files become RGB when
-decoded; grayscale arrays, (N, H, W) or (N, H, W, 1), become RGB in the loaders (``to_rgb``: the
+**Channels: one rule.** eva_utils works in RGB. Every file decodes to the pixels an image viewer
+shows: turned upright by its EXIF orientation (phone photos), 16-bit files scaled to 8 bits,
+transparent pixels over white; grayscale, palette, CMYK and RGBA files become RGB when decoded; grayscale arrays, (N, H, W) or (N, H, W, 1), become RGB in the loaders (``to_rgb``: the
 gray value in all three channels). So every model takes 3 channels, and a grayscale data set's
 three channel statistics are equal.
 """
@@ -37,8 +41,8 @@ from tqdm.auto import tqdm
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 CACHE_NAME = "eva-image-cache.npz"
+DECODER = "2"  # part of the cache's key: a cache decoded by other rules is rebuilt
 
 
 class DataError(RuntimeError):
@@ -177,6 +181,10 @@ def image_files(root: Path, classes=None) -> tuple[list[str], list, list]:
                         f"only in train: {sorted(set(train_folders) - set(test_folders)) or 'none'}, "
                         f"only in test: {sorted(set(test_folders) - set(train_folders)) or 'none'}.")
     found = list(train_folders)
+    if len(found) < 2:
+        raise DataError(f"{root / 'train'} has one class folder ({found[0]}): a classifier needs "
+                        "two classes or more (with one, every answer is right). Fix: add a folder "
+                        "of images for each other class.")
     if classes is None:
         classes = found
     else:
@@ -187,26 +195,47 @@ def image_files(root: Path, classes=None) -> tuple[list[str], list, list]:
     return classes, _list_split(train_folders, classes), _list_split(test_folders, classes)
 
 
+def image_suffixes() -> set[str]:
+    """File name endings of every format Pillow can open (".png", ".jpg", ".webp", ".tif", ...)."""
+    from PIL import Image
+
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
 def _list_split(folders: dict[str, Path], classes: list[str]) -> list[tuple[Path, int]]:
-    files = []
+    files, skipped = [], []
+    suffixes = image_suffixes()
     for label, name in enumerate(classes):
         folder = folders[name]
-        found = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-        for p in found:
-            if not p.exists():  # a symlink whose target is gone
-                raise DataError(f"{p} is a broken link (its target does not exist). Fix: remove "
-                                "it or point it at an image.")
+        found = []
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in suffixes and not p.is_dir():
+                if not p.exists():  # a symlink whose target is gone
+                    raise DataError(f"{p} is a broken link (its target does not exist). Fix: "
+                                    "remove it or point it at an image.")
+                found.append(p)
+            elif not hidden(p.name):  # .DS_Store, Thumbs.db-like dot files: silently
+                skipped.append(p)
         if not found:
-            raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}). "
-                            "Fix: add its images, or remove the folder if the class is not wanted.")
+            raise DataError(f"{folder} holds no images (no file Pillow can open). Fix: add its images, "
+                            "or remove the folder if the class is not wanted.")
         files += [(p, label) for p in found]
+    if skipped:
+        folders_ = sum(p.is_dir() for p in skipped)
+        names = ", ".join(f"{p.parent.name}/{p.name}{'/' * p.is_dir()}" for p in skipped[:5])
+        warnings.warn(f"Skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of the "
+                      f"class folders in {skipped[0].parent.parent} ({folders_} sub-folder"
+                      f"{'s' * (folders_ != 1)}, {len(skipped) - folders_} other files): {names}"
+                      f"{', ...' if len(skipped) > 5 else ''}. Only image files directly inside a "
+                      "class folder are loaded. Fix: move images up into their class folder.",
+                      stacklevel=4)
     # A fixed shuffle, so classes are mixed (as in CIFAR-10's own files) and subset(n) is balanced.
     return [files[i] for i in np.random.default_rng(0).permutation(len(files))]
 
 
 def _signature(files: list[tuple[Path, int]], image_size) -> str:
     """Changes when a file is added, removed, renamed, resized or touched, or the size asked."""
-    h = hashlib.sha256(f"{image_size}\n".encode())
+    h = hashlib.sha256(f"{DECODER}:{image_size}\n".encode())
     for path, label in files:
         st = path.stat()
         h.update(f"{path.parent.name}/{path.name}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -220,13 +249,31 @@ def read_image(path: Path, image_size: tuple[int, int] | None = None) -> np.ndar
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")  # grayscale, palette, RGBA: all become RGB
+            im = viewer_rgb(im)
             if image_size is not None:
                 im = im.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
             return np.asarray(im)
     except Exception as exc:
         raise DataError(f"Cannot read image {path} ({exc}). Fix: delete or replace that "
                         "file.") from exc
+
+
+def viewer_rgb(im):
+    """A Pillow image as the RGB picture a viewer shows (the module doc's channel rule)."""
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im)  # phone photos are stored sideways with an EXIF turn
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit (and 32-bit) grayscale: convert("RGB") would clip everything above 255 to white.
+        a = np.asarray(im, dtype=np.float64)
+        top = (65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255
+               else 1.0 if im.mode == "F" and a.max(initial=0) <= 1 else 255.0)
+        im = Image.fromarray(np.clip(a / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, im)
+    return im.convert("RGB")
 
 
 def _decode(files: list[tuple[Path, int]], image_size) -> tuple[np.ndarray, np.ndarray]:
@@ -280,8 +327,7 @@ def load_image_folder(root: str | os.PathLike | None = None, *,
     ``classes`` gives the label order (e.g. "zero", "one", ... "nine"); None sorts the folder names.
     """
     root = data_root(root)
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
+    image_size = check_image_size(image_size)
     classes, train_files, test_files = image_files(root, classes)
     signature = _signature(train_files + test_files, (image_size, classes))
     cache = root / CACHE_NAME
@@ -301,9 +347,36 @@ def load_image_folder(root: str | os.PathLike | None = None, *,
                       test_images=test_images, test_labels=test_labels, mean=np.array(mean),
                       std=np.array(std), classes=np.array(classes), signature=np.array(signature))
         _write_cache(cache, arrays)
+    shared = shared_images(arrays["train_images"], arrays["test_images"])
+    if shared:
+        warnings.warn(f"{shared} of the {len(arrays['test_labels'])} test images in {root} are also "
+                      "training images (the same pixels): the test accuracy overstates how the "
+                      "model does on new images. Fix: test on images it never trains on (is "
+                      "test/ a copy or a link of train/?).", stacklevel=2)
     return ImageData(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
                      arrays["test_labels"], tuple(arrays["mean"].tolist()),
                      tuple(arrays["std"].tolist()), tuple(arrays["classes"].tolist()), source)
+
+
+def check_image_size(image_size) -> tuple[int, int] | None:
+    """``image_size`` as (H, W), or None; one ValueError for anything else (0, -8, (32,), 32.0)."""
+    if image_size is None:
+        return None
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if not (isinstance(size, (tuple, list)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)):
+        raise ValueError(f"image_size={image_size!r}: give the size to resize every image to, as "
+                         "one whole number (32 for 32x32) or (height, width), each at least 1; or "
+                         "None to keep the files' own size.")
+    return tuple(size)
+
+
+def shared_images(train: np.ndarray, test: np.ndarray) -> int:
+    """How many ``test`` images (N, H, W, C) have exactly the pixels of some training image."""
+    def digest(image):
+        return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+    seen = {digest(im) for im in train}
+    return sum(digest(im) in seen for im in test)
 
 
 # --------------------------------------------------------------------------------------------------

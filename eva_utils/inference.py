@@ -31,6 +31,10 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
     plain logits, so both accuracies come from one pass). Runs in eval mode; every submodule's mode
     is restored afterwards.
     """
+    if getattr(loader, "train", False) is True:
+        raise ValueError("This loader was built with train=True: it augments and reshuffles, and "
+                         "drops the last partial batch, so answers would change every call and "
+                         "images would be missing. Fix: a loader built with train=False.")
     device = torch.device(device) if device else next(model.parameters()).device
     dtype = amp_dtype(device, amp)
     nhwc = use_channels_last(device, channels_last)

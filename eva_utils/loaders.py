@@ -55,9 +55,16 @@ def reseed(transform, seed: int) -> None:
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
-def _check_arrays(images, labels, mean, std, batch_size: int, train: bool, classes):
+def _check_arrays(images, labels, mean, std, batch_size: int, train: bool, classes, augment):
     """The arrays as the loaders keep them: (uint8 (N, H, W, 3), int64 (N,), mean, std, classes),
     or one clear error naming the argument that is wrong."""
+    if not isinstance(train, bool):  # train="False" would be truthy
+        raise TypeError(f"train={train!r}: give True (a training split: shuffled, augmented, "
+                        "incomplete batch dropped) or False (a test split: in order, as stored).")
+    if augment is not None and not train:
+        raise ValueError("augment= is given but train=False: a test loader never augments, so the "
+                         "augmentation would be silently dropped. Fix: train=True for the training "
+                         "split, or leave augment out for the test split.")
     if not isinstance(images, np.ndarray):
         kind = type(images).__name__
         raise TypeError(f"images must be a numpy array of uint8 pixels (N, H, W, 3); got a {kind}. "
@@ -73,6 +80,9 @@ def _check_arrays(images, labels, mean, std, batch_size: int, train: bool, class
     labels = labels.astype(np.int64)
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels: they must match.")
+    if len(labels) == 0:
+        raise ValueError("This split has no images (0 labels). Fix: check the folder or the "
+                         "subset size that produced it (data.subset(train=..., test=...)).")
     if not isinstance(batch_size, int) or batch_size < 1 or (train and batch_size > len(labels)):
         raise ValueError(f"batch_size={batch_size} does not fit a split of {len(labels)} images"
                          f"{' (incomplete batches are dropped in training)' if train else ''}. "
@@ -132,10 +142,10 @@ class TensorLoader:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int, *,
                  train: bool, augment: Augment | None = None, classes=None,
-                 device: torch.device | str | None = None, seed: int = 0,
-                 dtype: torch.dtype = torch.float32):
+                 device: torch.device | str | None = None, seed: int = 0):
         images, labels, mean, std, self.num_classes = _check_arrays(images, labels, mean, std,
-                                                                    batch_size, train, classes)
+                                                                    batch_size, train, classes,
+                                                                    augment)
         if augment is not None and not isinstance(augment, Augment):
             raise TypeError(f"TensorLoader's augment must be an eva.Augment; got "
                             f"{type(augment).__name__}. Fix: for albumentations transforms use "
@@ -148,7 +158,7 @@ class TensorLoader:
         self.mean, self.std = tuple(mean), tuple(std)
         self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
-        self.batch_size, self.train, self.dtype, self.seed = batch_size, train, dtype, seed
+        self.batch_size, self.train, self.seed = batch_size, train, seed
         self.augment = augment if train else None
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.fingerprint = fingerprint(images, labels, classes, self.augment, batch_size, seed)
@@ -176,7 +186,7 @@ class TensorLoader:
         x = (self.images[idx].float() - self._mean) / self._std
         if self.augment is not None:
             x = self.augment(x, self.generator)
-        return x.to(self.dtype)
+        return x
 
     def __iter__(self):
         order = self._order()  # every process draws the same permutation
@@ -260,13 +270,13 @@ def make_loader(images: np.ndarray, labels: np.ndarray, mean, std, batch_size: i
     """The classic path. ``augment``: an ``Augment``, a list of albumentations transforms (e.g.
     ``classic_augment(size)``; normalisation is appended), or None; used in training only."""
     images, labels, mean, std, num_classes = _check_arrays(images, labels, mean, std, batch_size,
-                                                           train, classes)
+                                                           train, classes, augment)
     transform = pipeline(augment if train else None, mean, std, images.shape[1:3])
     if num_workers is None:  # workers pay off only when there is enough per-image work
         num_workers = min(8, os.cpu_count() or 1) if len(labels) > 4096 else 0
     loader = seeded_loader(AlbumentationsDataset(images, labels, transform), batch_size,
                            train=train, num_workers=num_workers, seed=seed)
-    loader.seed, loader.mean, loader.std, loader.labels = seed, mean, std, labels
+    loader.seed, loader.mean, loader.std, loader.labels, loader.train = seed, mean, std, labels, train
     loader.num_classes, loader.augment = num_classes, augment if train else None
     loader.fingerprint = fingerprint(images, labels, classes, loader.augment, batch_size, seed)
     return loader

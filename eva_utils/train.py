@@ -212,6 +212,9 @@ class Run:
     amp_dtype: torch.dtype | None
     channels_last: bool
     history: History
+    # Submodules the caller put in eval mode inside a model in training mode (a frozen pretrained
+    # backbone's batch norm): they stay in eval mode while the rest trains.
+    frozen: list = field(default_factory=list)
 
     @property
     def scored(self) -> nn.Module:
@@ -319,6 +322,18 @@ def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_
     distributed.start(device)
     check_loader(train_loader, "train_loader")
     check_loader(test_loader, "test_loader")
+    if getattr(test_loader, "train", False) is True:
+        raise TrainingError("test_loader was built with train=True: it would be scored on "
+                            "augmented, reshuffled images (the accuracy changes every call) and "
+                            "drop its last partial batch. Fix: build it with train=False.")
+    if getattr(train_loader, "train", True) is False:
+        warnings.warn("train_loader was built with train=False: it is neither shuffled nor "
+                      "augmented, so every epoch sees the same batches in the same order. Fix: "
+                      "build it with train=True.", stacklevel=3)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TrainingError("Every parameter of the model is frozen (requires_grad=False): there "
+                            "is nothing to train. Fix: unfreeze what should learn, e.g. "
+                            "model.fc.requires_grad_(True) for a new head on a frozen backbone.")
     if len(train_loader) == 0:
         raise TrainingError("The training loader yields no batches: the batch size is larger than "
                             "the training set and incomplete batches are dropped. Fix: lower the "
@@ -358,7 +373,8 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
     forward = distributed.wrap(model, device)  # DDP under torchrun; the model itself otherwise
     run = Run(model, torch.compile(forward) if cfg.compile else forward, optimizer, scheduler,
               step_every, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-              EMA(model, cfg.ema_decay) if cfg.ema_decay else None, dtype, nhwc, History())
+              EMA(model, cfg.ema_decay) if cfg.ema_decay else None, dtype, nhwc, History(),
+              [m for m in model.modules() if not m.training] if model.training else [])
     if ckpt is not None:
         check_resumable(ckpt, resume, model, asdict(cfg), len(train_loader),
                         fingerprint(train_loader))
@@ -487,6 +503,8 @@ def train_epoch(run: Run, loader, cfg: TrainConfig, device: torch.device, epoch:
     """One pass over ``loader``; returns (mean loss, accuracy %, seconds of training)."""
     model = run.model
     model.train()
+    for module in run.frozen:
+        module.eval()
     steps = len(loader)
     losses = torch.zeros(steps, device=device)   # read back every log_every steps, not every step
     correct = torch.zeros(steps, device=device)
@@ -537,6 +555,15 @@ def _check_first_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loade
     if y.ndim != 1 or y.is_floating_point():
         raise TrainingError(f"The labels come as {y.dtype} {tuple(y.shape)}; fit needs class "
                             "numbers, int64 (batch,). Fix: one-hot labels y become y.argmax(1).")
+    if y.dtype != torch.int64:
+        raise TrainingError(f"The labels come as {y.dtype}; the loss needs int64 class numbers. "
+                            "Fix: return labels as int64 from your dataset (torch.as_tensor(y, "
+                            "dtype=torch.int64), or int(y) per image).")
+    if not x.is_floating_point():
+        raise TrainingError(f"The images come as {x.dtype} (raw pixels?); fit needs float images "
+                            "(batch, channels, H, W), normalised. Fix: torchvision's ToTensor() + "
+                            "Normalize(mean, std) in your dataset, or eva.TensorLoader / "
+                            "eva.make_loader.")
     weights = next((p for p in model.parameters() if p.is_floating_point()), None)
     if weights is not None and weights.dtype != x.dtype:
         raise TrainingError(f"The model's weights are {weights.dtype} but the images "
@@ -558,6 +585,10 @@ def _check_first_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loade
     if out.ndim != 2:
         raise TrainingError(f"The model outputs shape {tuple(out.shape)}; it needs (batch, classes) "
                             "logits.")
+    if out.shape[1] < 2:
+        raise TrainingError(f"The model has {out.shape[1]} output: a classifier needs two classes "
+                            "or more (with one, every answer is right and the loss is 0). Fix: "
+                            "give the data at least two classes, and num_classes=data.num_classes.")
     classes = getattr(loader, "num_classes", None)  # our loaders know the data's classes
     if classes is not None and out.shape[1] != classes:
         raise TrainingError(f"The model has {out.shape[1]} outputs but the data has {classes} "

@@ -1,12 +1,15 @@
 """Bad input and interruptions: each case gives one clear error that says what was wrong and how to
 fix it, or behaves correctly (issue 16's tour, and the silent cases of a student's own data)."""
 import os
+import re
+import shutil
 import unicodedata
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import eva_utils as eva
@@ -283,3 +286,141 @@ def test_confusion_with_many_classes_shows_the_worst(tmp_path):
     fig = eva.plot_confusion(p, path=tmp_path / "c.png")
     assert len(fig.axes) == 2 and "Most confused" in fig.axes[0].get_title()
     assert len(fig.axes[0].patches) == 20 and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_loader_modes_that_would_silently_mislead(tiny):
+    d = tiny
+    with pytest.raises(TypeError, match="train='False'"):
+        eva.TensorLoader(d.train_images, d.train_labels, d.mean, d.std, 20, train="False")
+    with pytest.raises(ValueError, match="augment= is given but train=False"):
+        eva.TensorLoader(d.test_images, d.test_labels, d.mean, d.std, 20, train=False,
+                         augment=eva.Augment(flip=True))
+    with pytest.raises(ValueError, match="augment= is given but train=False"):
+        eva.make_loader(d.test_images, d.test_labels, d.mean, d.std, 20, train=False,
+                        augment=eva.Augment(flip=True))
+    with pytest.raises(ValueError, match="This split has no images"):
+        eva.TensorLoader(d.test_images[:0], d.test_labels[:0], d.mean, d.std, 20, train=False)
+    augmented = eva.TensorLoader(d.test_images, d.test_labels, d.mean, d.std, 20, train=True,
+                                 augment=eva.Augment(flip=True))
+    plain = eva.TensorLoader(d.test_images, d.test_labels, d.mean, d.std, 20, train=False)
+    with pytest.raises(TrainingError, match="test_loader was built with train=True"):
+        eva.fit(Tiny(), augmented, augmented, eva.TrainConfig(epochs=1), progress=False)
+    with pytest.raises(ValueError, match="built with train=True"):
+        eva.predict(Tiny(), augmented, d.classes)
+    with pytest.warns(UserWarning, match="train_loader was built with train=False"):
+        eva.fit(Tiny(), plain, plain, eva.TrainConfig(epochs=1, schedule="constant"),
+                progress=False)
+
+
+class OwnData(torch.utils.data.Dataset):
+    """A student's own dataset, returning whatever types it was written with."""
+
+    def __init__(self, image_dtype, label_dtype):
+        self.x = torch.zeros(40, 3, 8, 8).to(image_dtype)
+        self.y = (torch.arange(40) % 10).to(label_dtype)
+
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+@pytest.mark.parametrize("image_dtype, label_dtype, words", [
+    (torch.float32, torch.int32, "labels come as torch.int32.*int64"),
+    (torch.uint8, torch.int64, "images come as torch.uint8.*ToTensor"),
+])
+def test_a_students_own_loader_with_other_types(image_dtype, label_dtype, words):
+    loader = torch.utils.data.DataLoader(OwnData(image_dtype, label_dtype), batch_size=8)
+    with pytest.raises(TrainingError, match=words):
+        eva.fit(Tiny(), loader, loader, eva.TrainConfig(epochs=1, schedule="constant"),
+                progress=False)
+
+
+def test_a_model_that_cannot_learn_or_cannot_classify(tiny):
+    train, test = loaders(tiny)
+    frozen = Tiny().requires_grad_(False)
+    with pytest.raises(TrainingError, match="Every parameter of the model is frozen"):
+        eva.fit(frozen, train, test, eva.TrainConfig(epochs=1), progress=False)
+    one = torch.utils.data.DataLoader(OwnData(torch.float32, torch.int64), batch_size=8)
+    with pytest.raises(TrainingError, match="1 output: a classifier needs two classes"):
+        eva.fit(Tiny(classes=1), one, one, eva.TrainConfig(epochs=1, schedule="constant"),
+                progress=False)
+
+
+def test_a_frozen_layer_stays_frozen_while_the_rest_trains(tiny):
+    """A pretrained backbone's batch norm put in eval mode keeps its statistics through fit."""
+    model = Tiny()
+    norm = model.net[1]
+    norm.eval()
+    stats = norm.running_mean.clone()
+    eva.fit(model, *loaders(tiny), eva.TrainConfig(epochs=1), progress=False)
+    assert torch.equal(norm.running_mean, stats) and not norm.training and model.training
+
+
+# -- what a file holds, and what a folder holds ------------------------------------------------------
+
+def test_every_format_pillow_reads_is_loaded_and_other_entries_are_named(tmp_path, make_folder):
+    root = make_folder(tmp_path, per_class=1, classes=("a", "b"))
+    pixels = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for suffix in (".webp", ".tif", ".gif"):
+        Image.fromarray(pixels).save(root / "train" / "a" / f"x{suffix}",
+                                     **({"lossless": True} if suffix == ".webp" else {}))
+    (root / "train" / "a" / "notes.txt").write_text("not an image")
+    (root / "train" / "b" / "more").mkdir()
+    Image.fromarray(pixels).save(root / "train" / "b" / "more" / "0.png")
+    with pytest.warns(UserWarning, match=r"Skipped 2 entries.*\(1 sub-folder, 1 other files\).*"
+                                         r"a/notes.txt, b/more/.*move images up"):
+        data = eva.load_image_folder(root)
+    assert len(data.train_labels) == 2 + 3  # one PNG per class and the three new formats
+
+
+def _viewer_cases(folder):
+    """Files whose naive decoding differs from what a viewer shows, and what it shows (R, G, B)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    deep = np.full((8, 8), 40000, dtype=np.uint16)  # 16-bit gray at 61 %: not white
+    Image.fromarray(deep).save(folder / "deep.png")
+    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent: a viewer shows the page
+    clear.save(folder / "clear.png")
+    turned = Image.new("RGB", (8, 4), (200, 0, 0))  # stored 8 wide, shown 4 wide (EXIF turn)
+    exif = turned.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to show
+    turned.save(folder / "turned.jpg", exif=exif, quality=95)
+    return {"deep.png": ((8, 8), 155), "clear.png": ((8, 8), 255), "turned.jpg": ((8, 4), None)}
+
+
+def test_files_decode_to_the_pixels_a_viewer_shows(tmp_path):
+    for name, (shape, value) in _viewer_cases(tmp_path).items():
+        array = eva.data.read_image(tmp_path / name)
+        assert array.shape == (*shape, 3), name
+        if value is not None:
+            assert abs(int(array.mean()) - value) <= 1, name
+
+
+def test_a_cache_decoded_by_older_rules_is_rebuilt(tmp_path, make_folder, monkeypatch):
+    root = make_folder(tmp_path, per_class=1, classes=("a", "b"))
+    eva.load_image_folder(root)
+    monkeypatch.setattr(eva.data, "DECODER", "next")
+    assert "cached" not in eva.load_image_folder(root).source
+    assert "cached" in eva.load_image_folder(root).source
+
+
+def test_a_test_split_that_is_the_training_split_is_named(tmp_path, make_folder):
+    root = make_folder(tmp_path, per_class=2, classes=("a", "b"))
+    shutil.rmtree(root / "test")
+    (root / "test").symlink_to(root / "train")
+    with pytest.warns(UserWarning, match="4 of the 4 test images .* are also training images"):
+        eva.load_image_folder(root)
+
+
+@pytest.mark.parametrize("size", [0, -8, (32,), 32.0, (32, "32"), True])
+def test_an_image_size_that_is_not_one_is_named(tmp_path, make_folder, size):
+    root = make_folder(tmp_path, per_class=1, classes=("a", "b"))
+    with pytest.raises(ValueError, match=rf"image_size={re.escape(repr(size))}: give the size"):
+        eva.load_image_folder(root, image_size=size)
+
+
+def test_one_class_is_refused(tmp_path, make_folder):
+    root = make_folder(tmp_path, per_class=1, classes=("only",))
+    with pytest.raises(eva.DataError, match="one class folder \\(only\\).*two classes or more"):
+        eva.load_image_folder(root)
