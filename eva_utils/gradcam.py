@@ -124,8 +124,14 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: str | nn.Module,
             raise ValueError(f"Class indices {bad} do not exist: the model has {outputs} outputs "
                              f"(classes 0..{outputs - 1}).")
         targets = [ClassifierOutputTarget(int(c)) for c in classes]
-    with _untouched(model), GradCAM(model=model, target_layers=[module]) as cam:
-        masks = cam(input_tensor=images, targets=targets)
+    with _untouched(model):
+        # Not ``with GradCAM(...) as cam``: its __exit__ swallows an IndexError (printing it), so
+        # the real cause would be lost. The hooks are released here either way.
+        cam = GradCAM(model=model, target_layers=[module])
+        try:
+            masks = cam(input_tensor=images, targets=targets)
+        finally:
+            cam.activations_and_grads.release()
     return masks.astype(np.float32)
 
 

@@ -3,14 +3,12 @@ rate, recording the smoothed loss; the model and optimizer are restored afterwar
 
 Named rules read a learning rate off the curve (as fastai names its suggestion rules):
 * ``valley`` (fastai's default): halfway along the longest stretch over which the loss keeps
-  falling. The suggestion (``suggested_lr``), chosen by ``benchmarks/lr_rules.py``: the README's
-  own-data recipe with every model of the suite and two seeds, where it never diverged (it learned
-  slowly in 2 of 12 runs; README's table gives every accuracy);
-* ``steepest``: where the loss falls fastest against log(lr) (diverged or stalled in half the runs);
-* ``minimum``: the lowest smoothed loss, just before the explosion: the most accurate where it held,
-  but PlainCNN diverged there in both seeds. It is assignment 003's rule for one-cycle: LRMAX at the
-  minimum, LRMIN a tenth of it, which notebook 04 keeps, by name;
-* ``minimum / 10``: fastai's older rule, ``minimum_tenth``.
+  falling. It is the suggestion (``suggested_lr``): ``benchmarks/lr_rules.py`` compares the rules,
+  and README's table shows why;
+* ``steepest``: where the loss falls fastest against log(lr), at or before the loss minimum;
+* ``minimum``: the lowest smoothed loss, just before the loss rises (notebook 04 takes it as the
+  one-cycle peak, with a tenth of it as the start);
+* ``minimum_tenth``: fastai's older rule, a tenth of the minimum.
 """
 from __future__ import annotations
 
@@ -33,7 +31,6 @@ from .runtime import kept_modes
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
 AUTO_STEPS = (50, 100)  # num_iter=None: one pass over the training set, within these bounds
-RULES = ("valley", "steepest", "minimum", "minimum_tenth")
 
 
 @dataclass
@@ -83,6 +80,16 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
         num_iter = min(max(batches, AUTO_STEPS[0]), AUTO_STEPS[1])
     if num_iter < MIN_POINTS:
         raise ValueError(f"num_iter={num_iter}: the range test needs at least {MIN_POINTS} steps.")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer is a {type(optimizer).__name__}, not a torch.optim.Optimizer"
+                        f"{' (a learning-rate scheduler?)' if hasattr(optimizer, 'get_last_lr') else ''}"
+                        ". Fix: pass the optimizer itself, e.g. torch.optim.SGD(model.parameters(), "
+                        "lr=1e-5), or none for the suite's.")
+    weights = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weights is not None and weights.dtype != torch.float32:
+        raise TypeError(f"The model's weights are {weights.dtype}; the range test feeds float32 "
+                        "batches. Fix: model.float() (mixed precision belongs in training, "
+                        "TrainConfig(amp=...)).")
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=start_lr, momentum=0.9, nesterov=True,
                                     weight_decay=5e-4)
@@ -162,8 +169,9 @@ def picks(lrs, losses) -> RangeTest:
                          "suggest anything. Fix: lower start_lr (e.g. 1e-5) or raise num_iter.")
     lowest = int(np.argmin(losses_ok))
     if lowest == 0:
-        warnings.warn("The loss never fell during the range test, so its picks are unreliable. "
-                      "Fix: lower start_lr, or check the model and data.", stacklevel=3)
+        warnings.warn(f"The smoothed loss never went below its first value ({losses_ok[0]:.3g}) "
+                      "during the range test, so its picks are unreliable. Fix: lower start_lr, "
+                      "or check the model and data.", stacklevel=3)
     elif lowest == len(losses_ok) - 1:
         warnings.warn(f"The loss was still falling at the end of the sweep (lr {lrs_ok[-1]:.3g}), "
                       "so the picks sit at its edge and may be far too high. Fix: raise end_lr or "
@@ -194,10 +202,14 @@ def lowest_loss_lr(lrs, losses) -> float:
 
 
 def steepest_lr(lrs, losses) -> float:
-    """The learning rate where d(loss)/d(log lr) is most negative, ignoring the first and last
-    tenth of a long curve, where the loss is still flat or already exploding."""
+    """The learning rate where d(loss)/d(log lr) is most negative, at or before the loss minimum
+    (past it the loss is rising, and a steep dip there is noise between two rises), ignoring the
+    first tenth of a long curve, where the loss is still flat."""
     lrs, losses = np.asarray(lrs, float), np.asarray(losses, float)
-    cut = len(lrs) // 10 if len(lrs) >= 20 else 0
-    lo, hi = cut, len(lrs) - cut
+    lowest = int(np.argmin(losses))
+    lo = len(lrs) // 10 if len(lrs) >= 20 else 0
+    hi = lowest + 1
+    if hi - lo < 2:  # the minimum comes first: nothing falls before it
+        return float(lrs[lowest])
     slope = np.gradient(losses[lo:hi], np.log(lrs[lo:hi]))
     return float(lrs[lo + int(np.argmin(slope))])

@@ -76,6 +76,9 @@ def plot_lr_schedule(lrs, steps_per_epoch: int | None = None, path=None) -> Figu
     values marked. With ``steps_per_epoch`` the x axis counts epochs: a step's rate is drawn at the
     end of that step, so a one-cycle peak after epoch 5 sits exactly on 5."""
     lrs = np.asarray(lrs, float)
+    if lrs.ndim != 1 or len(lrs) == 0:
+        raise ValueError(f"plot_lr_schedule needs one learning rate per step; got {lrs.shape}. "
+                         "Fix: eva.lr_schedule(cfg, len(train_loader)) gives them.")
     per = steps_per_epoch or 1
     x = (np.arange(len(lrs)) + 1) / per
     fig, ax = plt.subplots(figsize=(8, 3.5))

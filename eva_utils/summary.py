@@ -24,8 +24,12 @@ def summary(model: nn.Module, input_size, depth: int = 3) -> ModelStatistics:
                          "or a batch shape (B, C, H, W).")
     device = next(model.parameters()).device
     with kept_modes(model):
-        stats = torchinfo_summary(model, input_size=input_size, depth=depth, device=device,
-                                  col_names=("output_size", "num_params"), verbose=0)
+        try:
+            stats = torchinfo_summary(model, input_size=input_size, depth=depth, device=device,
+                                      col_names=("output_size", "num_params"), verbose=0)
+        except RuntimeError as exc:  # torchinfo wraps the model's own error in "Failed to run"
+            cause = exc.__cause__ or exc
+            raise ValueError(f"The model cannot take input of shape {input_size}: {cause}") from None
     stats.__class__ = Summary
     return stats
 

@@ -38,8 +38,12 @@ class Augment:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"Augment({name}={value!r}): give a whole number of pixels >= 0.")
-        if not 0 <= self.rotate <= 180:
-            raise ValueError(f"Augment(rotate={self.rotate!r}): give degrees between 0 and 180.")
+        number = isinstance(self.rotate, (int, float)) and not isinstance(self.rotate, bool)
+        if not (number and 0 <= self.rotate <= 180):
+            raise ValueError(f"Augment(rotate={self.rotate!r}): give degrees between 0 and 180 "
+                             "(0: no rotation).")
+        if not isinstance(self.flip, bool):  # flip="no" would be truthy
+            raise ValueError(f"Augment(flip={self.flip!r}): give True or False.")
 
     def check_size(self, size: tuple[int, int]) -> None:
         """Raise if the padding or the ``cutout`` hole does not fit images of ``size`` (H, W)."""

@@ -424,3 +424,40 @@ def test_one_class_is_refused(tmp_path, make_folder):
     root = make_folder(tmp_path, per_class=1, classes=("only",))
     with pytest.raises(eva.DataError, match="one class folder \\(only\\).*two classes or more"):
         eva.load_image_folder(root)
+
+
+# -- the helpers around training -----------------------------------------------------------------------
+
+def test_helpers_name_what_is_wrong_instead_of_a_traceback(tiny):
+    with pytest.raises(ValueError, match="cannot take input of shape .*PlainCNN needs images of at "
+                                         "least 32x32"):
+        eva.summary(eva.PlainCNN(num_classes=10), (16, 16))
+    with pytest.raises(ValueError, match=r"Augment\(rotate=None\): give degrees"):
+        eva.Augment(rotate=None)
+    with pytest.raises(ValueError, match=r"Augment\(flip='no'\): give True or False"):
+        eva.Augment(flip="no")
+    with pytest.raises(ValueError, match="one learning rate per step"):
+        eva.plot_lr_schedule([])
+    train, _ = loaders(tiny)
+    model = Tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-5)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    with pytest.raises(TypeError, match="StepLR, not a torch.optim.Optimizer \\(a learning-rate "
+                                        "scheduler\\?\\)"):
+        eva.lr_range_test(model, train, optimizer=scheduler)
+    with pytest.raises(TypeError, match="weights are torch.float64.*model.float\\(\\)"):
+        eva.lr_range_test(Tiny().double(), train)
+
+
+def test_gradcam_keeps_the_real_cause_of_an_index_error(tiny, monkeypatch):
+    """pytorch-grad-cam's context manager swallows an IndexError; ours lets it out, hooks gone."""
+    import pytorch_grad_cam
+
+    def broken(self, *args, **kwargs):
+        raise IndexError("the real cause")
+    monkeypatch.setattr(pytorch_grad_cam.GradCAM, "__call__", broken)
+    model = Tiny()
+    images = torch.randn(2, 3, 32, 32)  # normalised: mean 0
+    with pytest.raises(IndexError, match="the real cause"):
+        eva.gradcam(model, images, "net.0", classes=[0, 1])
+    assert not model.net[0]._forward_hooks

@@ -79,7 +79,7 @@ def test_suggestions_on_a_known_curve():
     assert result.valley == lrs[int(end / 3) + int(end / 3 / 2)] and end == 41
     with pytest.raises(ValueError, match="only 1 usable steps"):
         picks([1e-3, 1e-2], [1.0, np.inf])
-    with pytest.warns(UserWarning, match="never fell"):
+    with pytest.warns(UserWarning, match="never went below its first value"):
         picks(lrs[:10], np.linspace(1, 2, 10))
 
 
@@ -255,3 +255,13 @@ def test_plots_return_figures_and_save(tiny, tmp_path):
     assert line.get_xdata()[line.get_ydata().argmax()] == pytest.approx(5.0)  # on the peak epoch
     labels = [t.get_text() for t in fig.axes[0].texts]
     assert labels == ["LRMAX 0.4", "LRMIN 0.04"]
+
+
+def test_steepest_never_lies_past_the_loss_minimum():
+    """Notebook 04's curve: falls, reaches its minimum, rises, dips steeply, rises again."""
+    from eva_utils.lr_finder import picks
+    lrs = list(np.geomspace(1e-4, 10, 60))
+    losses = list(np.r_[np.linspace(2.3, 1.2, 30), np.linspace(1.25, 2.0, 15),
+                        np.linspace(1.6, 1.3, 5), np.linspace(1.4, 3.0, 10)])
+    result = picks(lrs, losses)
+    assert result.steepest <= result.minimum == pytest.approx(lrs[29])
