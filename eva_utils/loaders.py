@@ -97,11 +97,13 @@ def _check_arrays(images, labels, mean, std, batch_size: int, train: bool, class
         if steps < MIN_STEPS or dropped > len(labels) / 10:
             left_out = (f", and the incomplete last batch ({dropped} images, a different {dropped} "
                         "each epoch) is dropped" if dropped else "")
+            fix = (f"batch_size={len(labels) // MIN_STEPS} or less ({MIN_STEPS}+ steps an epoch)"
+                   if len(labels) >= MIN_STEPS else
+                   f"more training images ({MIN_STEPS}+ steps an epoch need {MIN_STEPS}+ images)")
             warnings.warn(
                 f"{len(labels)} training images at batch_size={batch_size} make {steps} step"
-                f"{'s' * (steps != 1)} an epoch{left_out}: too few to learn well. Fix: "
-                f"batch_size={max(1, len(labels) // MIN_STEPS)} or less ({MIN_STEPS}+ steps an "
-                "epoch).", stacklevel=3)
+                f"{'s' * (steps != 1)} an epoch{left_out}: too few to learn well. Fix: {fix}.",
+                stacklevel=3)
     return images, labels, mean, std, num_classes
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -23,7 +24,16 @@ def save_figure(fig: Figure, path, **layout) -> Figure:
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
+    if not _shows_figures():  # a script: pyplot would keep every figure open (memory, warnings)
+        plt.close(fig)
     return fig
+
+
+def _shows_figures() -> bool:
+    """True where pyplot displays figures itself (Jupyter's inline backend, which closes them
+    after the cell; a GUI window); False for a file-only backend (Agg in scripts and tests)."""
+    return matplotlib.get_backend().lower() not in {"agg", "pdf", "svg", "ps", "cairo", "pgf",
+                                                    "template"}
 
 
 def figure_path(folder, name: str) -> Path | None:

@@ -125,17 +125,19 @@ def test_bad_specs_are_refused():
         Augment(pad=-1)
     with pytest.raises(ValueError, match="rotate=400"):
         Augment(rotate=400)
-    with pytest.raises(TypeError, match="as a list"):
+    with pytest.raises(TypeError, match="as a list"), \
+            pytest.warns(UserWarning, match=r"Fix: more training images \(10\+ steps an epoch "
+                                            r"need 10\+ images\)"):  # advice that can be followed
         eva.make_loader(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), MEAN, STD, 2, train=True,
                         augment=normalize(MEAN, STD))
 
 
 def test_tensor_loader_normalises_and_covers_each_image_once(tiny):
-    loader = eva.TensorLoader(tiny.train_images, np.arange(200), tiny.mean, tiny.std, 40, train=True)
+    loader = eva.TensorLoader(tiny.train_images, np.arange(200), tiny.mean, tiny.std, 20, train=True)
     assert loader.device == eva.get_device()  # the best device there is
     seen, xs = [], []
     for x, idx in loader:
-        assert x.shape == (40, 3, 32, 32) and x.dtype == torch.float32
+        assert x.shape == (20, 3, 32, 32) and x.dtype == torch.float32
         seen.append(idx)
         xs.append(x)
     assert sorted(torch.cat(seen).tolist()) == list(range(200))
@@ -150,10 +152,11 @@ def test_tensor_loader_normalises_and_covers_each_image_once(tiny):
 
 
 def test_drop_last_test_mode_and_batch_size_errors(tiny):
-    train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 64, train=True)
+    with pytest.warns(UserWarning, match="make 3 steps an epoch, and the incomplete last batch"):
+        train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 64,
+                                 train=True)
     assert len(train) == 3 and sum(len(y) for _, y in train) == 192
-    test = eva.TensorLoader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 64, train=False,
-                            augment=Augment(cutout=8))
+    test = eva.TensorLoader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 64, train=False)
     assert test.augment is None  # test batches are never augmented
     assert len(test) == 2 and torch.equal(torch.cat([y for _, y in test]),
                                           torch.from_numpy(tiny.test_labels))
@@ -176,13 +179,13 @@ def test_both_loaders_normalise_alike(tiny):
 def test_preview_is_what_the_loader_trains_on(tiny, kind):
     spec = Augment(pad=PAD, flip=True, cutout=CUT)
     if kind == "tensor":
-        loader = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 40,
+        loader = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20,
                                   train=True, augment=spec)
         normalised = (torch.from_numpy(tiny.train_images[:6]).permute(0, 3, 1, 2).float()
                       - loader._mean) / loader._std
         want = spec(normalised, torch.Generator().manual_seed(3))
     else:
-        loader = make_loader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 40,
+        loader = make_loader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20,
                              train=True, augment=spec, num_workers=0)
         pipeline = spec.albumentations(tiny.mean, tiny.std, (32, 32))
         reseed(pipeline, 3)

@@ -25,7 +25,8 @@ def test_hidden_and_system_folders_are_skipped_once(tmp_path, make_folder):
     for junk in ("train/.ipynb_checkpoints", "train/__MACOSX", "test/.DS_Store_dir"):
         (tmp_path / junk).mkdir()
         (tmp_path / junk / "x.png").write_bytes((tmp_path / "train/cat/0000.png").read_bytes())
-    with pytest.warns(UserWarning, match=r"Skipped .ipynb_checkpoints, __MACOSX .*not classes"):
+    with pytest.warns(UserWarning, match=r"Skipped .ipynb_checkpoints, __MACOSX .*not classes"), \
+            pytest.warns(UserWarning, match=r"Skipped .DS_Store_dir in .*test"):
         data = eva.load_image_folder(tmp_path)
     assert data.classes == ("cat", "dog") and data.num_classes == 2
 
@@ -216,7 +217,8 @@ def test_resume_refuses_other_data_augmentation_or_seed(tiny, tmp_path):
     train, test = loaders(tiny)
     eva.fit(Tiny(), train, test, cfg(epochs=1, checkpoint_dir=str(tmp_path)), progress=False)
     other = tiny.train_images[::-1].copy()
-    for loader, what in (
+    with pytest.warns(UserWarning, match="too few to learn well"):  # 5 steps, as loaders() has
+        cases = (
             (eva.TensorLoader(other, tiny.train_labels, tiny.mean, tiny.std, 40, train=True),
              "image or label content"),
             (eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 40,
@@ -224,7 +226,8 @@ def test_resume_refuses_other_data_augmentation_or_seed(tiny, tmp_path):
             (eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 40,
                               train=True, seed=1), "seed"),
             (eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 40,
-                              train=True, classes=[f"c{i}" for i in range(10)]), "classes")):
+                              train=True, classes=[f"c{i}" for i in range(10)]), "classes"))
+    for loader, what in cases:
         with pytest.raises(CheckpointError, match=f"training data's {what}"):
             eva.fit(Tiny(), loader, test, cfg(epochs=2), resume=tmp_path / "last.pt",
                     progress=False)
@@ -300,7 +303,7 @@ def test_loader_modes_that_would_silently_mislead(tiny):
                         augment=eva.Augment(flip=True))
     with pytest.raises(ValueError, match="This split has no images"):
         eva.TensorLoader(d.test_images[:0], d.test_labels[:0], d.mean, d.std, 20, train=False)
-    augmented = eva.TensorLoader(d.test_images, d.test_labels, d.mean, d.std, 20, train=True,
+    augmented = eva.TensorLoader(d.test_images, d.test_labels, d.mean, d.std, 10, train=True,
                                  augment=eva.Augment(flip=True))
     plain = eva.TensorLoader(d.test_images, d.test_labels, d.mean, d.std, 20, train=False)
     with pytest.raises(TrainingError, match="test_loader was built with train=True"):
