@@ -9,6 +9,7 @@ import tomllib
 import types
 from pathlib import Path
 
+import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,18 +186,20 @@ def test_version():
 
 
 def test_gpu_runbook_smoke(tmp_path):
-    """The GPU runbook's own command, smoke-sized on the CPU, so it cannot rot: executed notebooks,
-    figures, run records and a results table, all under --out; nothing tracked is touched."""
+    """The GPU runbook's own command, smoke-sized on the CPU and with one seed, so it cannot rot:
+    executed notebooks (the parameters cell kept), figures, run records and a results table, all
+    under --out; nothing tracked is touched. The seed loop is tested without training below."""
     env = {**os.environ, "EVA_DATA_DIR": str(ROOT / "data")}
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "full_runs.py"), "--gpu", "--smoke",
-                          "--out", str(tmp_path)], env=env, capture_output=True, text=True,
-                         timeout=900, cwd=ROOT)
+                          "--seeds", "0", "--out", str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "notebooks").iterdir()) == \
         ["03_resnet18_layernorm.ipynb", "04_custom_resnet.ipynb"]
     record = json.loads((tmp_path / "results" / "04.json").read_text())
-    assert [r["seed"] for r in record["runs"]] == [0, 1, 2] and record["smoke"]
-    assert record["command"] == f"python scripts/full_runs.py --gpu --smoke --out {tmp_path}"
+    assert [r["seed"] for r in record["runs"]] == [0] and record["smoke"]
+    assert record["command"] == ("python scripts/full_runs.py --gpu --smoke --seeds 0 --out "
+                                 f"{tmp_path}")
     assert {"03_gradcam.png", "04_gradcam.png", "04_lr_range_test.png"} <= \
         {p.name for p in (tmp_path / "images").iterdir()}
     table = (tmp_path / "README.md").read_text()
@@ -204,6 +207,30 @@ def test_gpu_runbook_smoke(tmp_path):
     assert json.loads((tmp_path / "results" / "benchmark.json").read_text())["runs"]
     executed = json.loads((tmp_path / "notebooks" / "04_custom_resnet.ipynb").read_text())
     assert "widgets" not in executed["metadata"] and "papermill" not in executed["metadata"]
+    injected = [c for c in executed["cells"]
+                if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert len(injected) == 1 and "CHECKPOINT_DIR" in "".join(injected[0]["source"])
+
+
+def test_full_runs_trains_every_seed_in_order(tmp_path, monkeypatch):
+    """04's default seeds 0, 1, 2: seed 0's notebook is the committed one, the others go to runs/,
+    and the summary record holds every seed's run (papermill stands in for the training)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import full_runs
+
+    def execute(src, dst, parameters, **kwargs):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("SEED = 0")])
+        nbformat.write(nb, dst)
+        record = ROOT / parameters["RESULTS_JSON"]
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"runs": [{"seed": parameters["SEED"]}]}))
+    monkeypatch.setattr(full_runs.papermill, "execute_notebook", execute)
+    full_runs.run_notebook("04", tmp_path, smoke=True, command="cmd", seeds=None, deadline=None)
+    record = json.loads((tmp_path / "results" / "04.json").read_text())
+    assert [r["seed"] for r in record["runs"]] == [0, 1, 2]
+    assert (tmp_path / "notebooks" / "04_custom_resnet.ipynb").exists()
+    assert sorted(p.name for p in (tmp_path / "runs").glob("*.ipynb")) == \
+        ["04_custom_resnet-seed1.ipynb", "04_custom_resnet-seed2.ipynb"]
 
 
 def test_readme_results_table_is_generated():

@@ -132,7 +132,9 @@ def execute(path: Path, out: Path, **params) -> nbformat.NotebookNode:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
 def test_an_interrupted_notebook_resumes_to_the_same_run(path, tmp_path, monkeypatch):
     """Smoke size (two epochs): TIME_BUDGET stops training after epoch 1; running the notebook
-    again continues from the checkpoint, says so, and ends where an unbroken run ends."""
+    again continues from the checkpoint, says so, and records both epochs. That a resumed run
+    ends where an unbroken one ends is fit's promise (test_checkpoint, test_resume above): shown
+    here again, through a whole notebook, for 01, whose two models share one budget."""
     monkeypatch.setenv("EVA_SMOKE", "1")  # the kernel inherits these
     monkeypatch.setenv("EVA_DATA_DIR", os.environ.get("EVA_DATA_DIR", str(ROOT / "data")))
     cut, whole = tmp_path / "cut", tmp_path / "whole"
@@ -141,13 +143,14 @@ def test_an_interrupted_notebook_resumes_to_the_same_run(path, tmp_path, monkeyp
     assert stopped.value.ename == "BudgetSpent"
     resumed = execute(path, tmp_path / "2.ipynb", CHECKPOINT_DIR=str(cut),
                       RESULTS_JSON=str(tmp_path / "record.json"))
-    execute(path, tmp_path / "3.ipynb", CHECKPOINT_DIR=str(whole))
     text = "".join(o.get("text", "") for c in resumed.cells if c.cell_type == "code"
                    for o in c.outputs)
     assert "Resumed from" in text and "after epoch 1 of 2" in text
-    checkpoints = sorted(p.relative_to(cut) for p in cut.rglob("last.pt"))
-    assert checkpoints == sorted(p.relative_to(whole) for p in whole.rglob("last.pt"))
-    for name in checkpoints:  # 01 trains two models, each in its own folder
-        same_run(load_checkpoint(cut / name), load_checkpoint(whole / name))
     runs = json.loads((tmp_path / "record.json").read_text())["runs"]
     assert runs[0]["resumed_after_epochs"] == [1] and len(runs[0]["seconds_per_epoch"]) == 2
+    if path.name.startswith("01"):
+        execute(path, tmp_path / "3.ipynb", CHECKPOINT_DIR=str(whole))
+        checkpoints = sorted(p.relative_to(cut) for p in cut.rglob("last.pt"))
+        assert checkpoints == sorted(p.relative_to(whole) for p in whole.rglob("last.pt"))
+        for name in checkpoints:  # each model in its own folder
+            same_run(load_checkpoint(cut / name), load_checkpoint(whole / name))
