@@ -10,9 +10,10 @@
     history = eva.fit(model, train, test, eva.TrainConfig(epochs=24, lr=0.1))
     predictions = eva.predict(model, test, data.classes)
 
-Modules, one noun each: data (ImageData, loading), transforms (Augment), loaders, models, runtime
-(device, precision, seeding, eval mode), schedule, train (TrainConfig, fit), checkpoint, inference
-(evaluate, predict), results, lr_finder, plots, gradcam, summary, distributed (torchrun). Depends
+Modules, one noun each: data (ImageData, loading), transforms (Augment), loaders, streaming
+(folder_loader), models, runtime (device, precision, seeding, eval mode), schedule, train
+(TrainConfig, fit), history, ema, checkpoint, inference (evaluate, predict), results, lr_finder,
+plots, gradcam, summary, distributed (torchrun). Depends
 only on torch, torchvision, numpy, pillow, albumentations, opencv, matplotlib, grad-cam,
 torch-lr-finder, torchinfo and tqdm, so the folder can be copied into another project as it is.
 """
@@ -34,7 +35,8 @@ from .runtime import TrainingError, device_name, eval_mode, get_device, seed_eve
 from .schedule import build_optimizer, build_scheduler, lr_schedule
 from .streaming import folder_loader
 from .summary import summary
-from .train import BudgetSpent, History, TrainConfig, fit
+from .history import History
+from .train import BudgetSpent, TrainConfig, fit
 from .transforms import Augment, classic_augment, denormalize
 
 __version__ = "0.2.0"

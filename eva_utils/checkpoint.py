@@ -7,7 +7,6 @@ can refuse a checkpoint that would not continue the same run.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
@@ -34,28 +33,6 @@ MAY_CHANGE = {"checkpoint_dir", "log_every", "compile", "amp", "channels_last", 
 
 class CheckpointError(TrainingError):
     """A checkpoint cannot be read or does not belong to this run; the message names the file."""
-
-
-class EMA:
-    """Exponential moving average of a model's weights and buffers (BatchNorm statistics too).
-
-    Updated in place with one fused kernel per step and no host synchronisation (torch's
-    AveragedModel checks a counter on the host every step). Create it after the model is on its device.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-        # state_dict() tensors share storage with the live ones, so these pairs stay current.
-        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
-        self._floats = [p for p in pairs if p[0].is_floating_point()]
-        self._others = [p for p in pairs if not p[0].is_floating_point()]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        torch._foreach_lerp_([e for e, _ in self._floats], [m for _, m in self._floats], 1 - self.decay)
-        for e, m in self._others:
-            e.copy_(m)
 
 
 def rng_state() -> dict:

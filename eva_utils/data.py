@@ -120,6 +120,19 @@ def to_rgb(images: np.ndarray) -> np.ndarray:
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
+def check_labels(labels, count: int, of: str = "classes") -> None:
+    """Raise one ValueError unless every label (numpy or torch, (N,)) is in [0, ``count``):
+    ``of`` says what ``count`` counts, "classes" of the data or "outputs" of a model."""
+    if len(labels) == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= count:
+        fix = ("build the model with num_classes=len(data.classes), or correct the labels"
+               if of == "outputs" else f"labels must be 0..{count - 1}")
+        raise ValueError(f"Labels run from {low} to {high}, but there are {count} {of} (labels "
+                         f"0..{count - 1}). Fix: {fix}.")
+
+
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std in [0, 1] of uint8 images (N, H, W, C), or (N, H, W) grayscale
     (one channel), in float64 chunks."""

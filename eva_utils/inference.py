@@ -9,16 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .runtime import TrainingError, amp_dtype, eval_mode, to_device, use_channels_last
-
-
-def check_labels(y: torch.Tensor, num_outputs: int) -> None:
-    """Raise if labels (B,) fall outside [0, num_outputs): one clear error instead of an IndexError
-    deep in the loss (or a device-side assert on CUDA)."""
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_outputs):
-        raise TrainingError(f"Labels run from {int(y.min())} to {int(y.max())} but the model has "
-                            f"{num_outputs} outputs, for labels 0..{num_outputs - 1}. Fix: build the "
-                            f"model with num_classes=len(data.classes), or correct the labels.")
+from .data import check_labels
+from .runtime import amp_dtype, eval_mode, to_device, use_channels_last
 
 
 @torch.no_grad()
@@ -44,7 +36,7 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 plain = model(x)
                 logits = (plain + model(x.flip(3))) / 2 if tta else plain
-            check_labels(y, logits.shape[1])  # one sync per batch: evaluation has few batches
+            check_labels(y, logits.shape[1], "outputs")  # one sync a batch: evaluation has few
             yield x_in, y, logits.float(), plain.float()
 
 

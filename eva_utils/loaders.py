@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .data import to_rgb
+from .data import check_labels, to_rgb
 from .distributed import share, world
 from .runtime import get_device
 from .transforms import Augment, pipeline
@@ -87,11 +87,9 @@ def _check_arrays(images, labels, mean, std, batch_size: int, train: bool, class
         raise ValueError(f"batch_size={batch_size} does not fit a split of {len(labels)} images"
                          f"{' (incomplete batches are dropped in training)' if train else ''}. "
                          f"Fix: choose a batch size between 1 and {len(labels)}.")
-    mean, std = _stats(mean, "mean"), _stats(std, "std")
+    mean, std = check_stats(mean, "mean"), check_stats(std, "std")
     num_classes = len(classes) if classes is not None else int(labels.max(initial=-1)) + 1
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"Labels run from {labels.min()} to {labels.max()}, but there are "
-                         f"{num_classes} classes. Fix: labels must be 0..{num_classes - 1}.")
+    check_labels(labels, num_classes)
     if train:
         steps, dropped = divmod(len(labels), batch_size)
         if steps < MIN_STEPS or dropped > len(labels) / 10:
@@ -119,7 +117,7 @@ def fingerprint(images: np.ndarray, labels: np.ndarray, classes, augment, batch_
             "seed": seed}
 
 
-def _stats(values, name: str) -> tuple[float, float, float]:
+def check_stats(values, name: str) -> tuple[float, float, float]:
     """A data set's per-channel mean or std, on the [0, 1] scale, for 3 channels (1 is repeated)."""
     values = tuple(float(v) for v in np.atleast_1d(np.asarray(values, dtype=float)))
     if len(values) == 1:
@@ -248,7 +246,16 @@ def seed_worker(worker_id: int) -> None:
 
 
 class SeededDataLoader(DataLoader):
-    """A DataLoader whose shuffling and augmentation are a function of its seed and the epoch."""
+    """A DataLoader whose shuffling and augmentation are a function of its seed and the epoch, and
+    which knows what ``fit`` and the figures ask of a loader: its mean and std, every label, the
+    number of classes, its augmentation and the ``fingerprint`` a resume compares."""
+
+    def __init__(self, dataset: Dataset, *, seed: int, train: bool, mean, std, labels: np.ndarray,
+                 num_classes: int, augment, fingerprint: dict, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.seed, self.train, self.mean, self.std = seed, train, mean, std
+        self.labels, self.num_classes, self.augment = labels, num_classes, augment
+        self.fingerprint = fingerprint
 
     def set_epoch(self, epoch: int) -> None:
         seed = epoch_seed(self.seed, epoch) + rank_offset(world()[0])
@@ -276,18 +283,18 @@ def make_loader(images: np.ndarray, labels: np.ndarray, mean, std, batch_size: i
     transform = pipeline(augment if train else None, mean, std, images.shape[1:3])
     if num_workers is None:  # workers pay off only when there is enough per-image work
         num_workers = min(8, os.cpu_count() or 1) if len(labels) > 4096 else 0
-    loader = seeded_loader(AlbumentationsDataset(images, labels, transform), batch_size,
-                           train=train, num_workers=num_workers, seed=seed)
-    loader.seed, loader.mean, loader.std, loader.labels, loader.train = seed, mean, std, labels, train
-    loader.num_classes, loader.augment = num_classes, augment if train else None
-    loader.fingerprint = fingerprint(images, labels, classes, loader.augment, batch_size, seed)
-    return loader
+    augment = augment if train else None
+    return seeded_loader(AlbumentationsDataset(images, labels, transform), batch_size,
+                         train=train, num_workers=num_workers, seed=seed, mean=mean, std=std,
+                         labels=labels, num_classes=num_classes, augment=augment,
+                         fingerprint=fingerprint(images, labels, classes, augment, batch_size, seed))
 
 
 def seeded_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: int,
-                  seed: int) -> SeededDataLoader:
+                  seed: int, **about) -> SeededDataLoader:
     """A DataLoader over ``dataset`` as ``make_loader`` describes: shuffled and dropping the last
-    batch in training, seeded, and under torchrun this process's share with its part of the batch."""
+    batch in training, seeded, and under torchrun this process's share with its part of the batch.
+    ``about``: what the loader knows of its data (SeededDataLoader's keyword arguments)."""
     rank, procs = world()
     sampler = None
     if procs > 1:  # torchrun: the same shuffled shares in every process; test: consecutive shares
@@ -296,7 +303,8 @@ def seeded_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers
     if num_workers == 0:  # else albumentations seeds itself from the OS, and a pass before the
         reseed(dataset.transform, seed + rank_offset(rank))  # first set_epoch (a range test) varies
     return SeededDataLoader(
-        dataset, batch_size=share(batch_size) if train else batch_size,
+        dataset, seed=seed, train=train, **about,
+        batch_size=share(batch_size) if train else batch_size,
         shuffle=train and sampler is None, sampler=sampler, drop_last=train,
         num_workers=num_workers, worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(seed + rank_offset(rank)),

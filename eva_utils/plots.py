@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .inference import Predictions, confusion_matrix
-from .train import History
+from .history import History
 from .transforms import denormalize
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from .models import count_parameters
 from .runtime import device_name
-from .train import History
+from .history import History
 
 
 def run_record(history: History, model: nn.Module, device, /, **labels) -> dict:

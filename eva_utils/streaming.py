@@ -21,8 +21,8 @@ import albumentations as A
 import numpy as np
 from torch.utils.data import Dataset
 
-from .data import channel_stats, data_root, image_files, read_image
-from .loaders import SeededDataLoader, _stats, seeded_loader
+from .data import channel_stats, check_image_size, data_root, image_files, read_image
+from .loaders import SeededDataLoader, check_stats, seeded_loader
 from .transforms import normalize
 
 STATS_SAMPLE = 256  # images read to estimate the mean and std when none are given
@@ -62,13 +62,15 @@ def folder_loader(root: str | os.PathLike | None, split: str, batch_size: int, *
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}: an image folder has 'train' and 'test'.")
     train = split == "train" if train is None else train
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if not isinstance(train, bool):
+        raise TypeError(f"train={train!r}: give True, False, or None (True for the train split).")
+    size = check_image_size(image_size)
     classes, train_files, test_files = image_files(root, classes)
     files = train_files if split == "train" else test_files
     if mean is None or std is None:
         sample = train_files[::max(1, len(train_files) // STATS_SAMPLE)]
         mean, std = channel_stats(np.stack([read_image(p, size) for p, _ in sample]))
-    mean, std = _stats(mean, "mean"), _stats(std, "std")
+    mean, std = check_stats(mean, "mean"), check_stats(std, "std")
     if train:
         steps = [A.RandomResizedCrop(size=size, scale=scale), *([A.HorizontalFlip()] if flip else [])]
     else:
@@ -80,14 +82,13 @@ def folder_loader(root: str | os.PathLike | None, split: str, batch_size: int, *
         raise ValueError(f"batch_size={batch_size} is larger than the {len(files)} images of "
                          f"{root / split} (incomplete batches are dropped in training). Fix: a "
                          "smaller batch size.")
-    loader = seeded_loader(FolderDataset(files, transform, size), batch_size, train=train,
-                           num_workers=num_workers, seed=seed)
     labels = np.array([label for _, label in files], dtype=np.int64)
     signature = hashlib.sha256("".join(f"{p.parent.name}/{p.name}:{label}\n"
                                        for p, label in files).encode()).hexdigest()[:16]
-    loader.seed, loader.mean, loader.std, loader.labels = seed, mean, std, labels
-    loader.num_classes, loader.augment = len(classes), steps if train else None
-    loader.fingerprint = {"images": len(files), "image_size": list(size), "classes": list(classes),
-                          "content": signature, "augment": repr(steps), "batch_size": batch_size,
-                          "seed": seed}
-    return loader
+    fingerprint = {"images": len(files), "image_size": list(size), "classes": list(classes),
+                   "content": signature, "augment": repr(steps), "batch_size": batch_size,
+                   "seed": seed}
+    return seeded_loader(FolderDataset(files, transform, size), batch_size, train=train,
+                         num_workers=num_workers, seed=seed, mean=mean, std=std, labels=labels,
+                         num_classes=len(classes), augment=steps if train else None,
+                         fingerprint=fingerprint)

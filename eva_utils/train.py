@@ -19,9 +19,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import (EMA, CheckpointError, RunFolder, check_resumable, load_checkpoint,
+from .checkpoint import (CheckpointError, RunFolder, check_resumable, load_checkpoint,
                          model_identity, rng_state, saved_precision, set_rng_state)
-from .inference import check_labels, scores
+from .ema import EMA
+from .history import History
+from .data import check_labels
+from .inference import scores
 from .runtime import (TrainingError, amp_dtype, device_name, eval_mode, get_device,
                       precision_name, seed_everything, to_device, use_channels_last)
 from .schedule import build_optimizer, build_scheduler
@@ -134,38 +137,6 @@ class TrainConfig:
                 bad.append(f"{f.name}={value!r}: must be {words}")
         if bad:
             raise ValueError("TrainConfig has invalid settings:\n  " + "\n  ".join(bad))
-
-
-@dataclass
-class History:
-    """Per-epoch record of a run; lists of floats, one entry per finished epoch."""
-
-    train_loss: list = field(default_factory=list)   # mean cross-entropy over the epoch's batches
-    train_acc: list = field(default_factory=list)    # percent, on augmented training batches
-    test_loss: list = field(default_factory=list)
-    test_acc: list = field(default_factory=list)     # percent (with TTA when cfg.tta)
-    lr: list = field(default_factory=list)           # learning rate at the start of the epoch
-    seconds: list = field(default_factory=list)      # wall time of the epoch's training steps
-    test_acc_plain: list = field(default_factory=list)  # percent without TTA (only when cfg.tta)
-    resumed_at: list = field(default_factory=list)  # epochs after which a later stretch resumed
-    devices: list = field(default_factory=list)     # device_name() each epoch trained on
-    precision: list = field(default_factory=list)   # "float32", "bfloat16" or "float16", per epoch
-    layout: list = field(default_factory=list)      # "NCHW" or "NHWC" (channels-last), per epoch
-
-    def __len__(self) -> int:
-        return len(self.test_acc)
-
-    def __post_init__(self):  # lists of floats, whatever a checkpoint stored them as
-        for f in fields(self):
-            setattr(self, f.name, list(getattr(self, f.name)))
-
-    @property
-    def train_seconds(self) -> float:
-        return float(sum(self.seconds))
-
-    def append(self, **values) -> None:
-        for key, value in values.items():
-            getattr(self, key).append(value)
 
 
 class BudgetSpent(Exception):
@@ -595,7 +566,7 @@ def _check_first_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loade
                             f"classes. Fix: build it with num_classes={classes} "
                             "(num_classes=data.num_classes).")
     labels = getattr(loader, "labels", None)  # both our loaders keep every label: check them all
-    check_labels(torch.as_tensor(labels) if labels is not None else y, out.shape[1])
+    check_labels(torch.as_tensor(labels) if labels is not None else y, out.shape[1], "outputs")
 
 
 def _check_finite(losses: torch.Tensor, epoch: int, optimizer: torch.optim.Optimizer,

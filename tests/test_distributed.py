@@ -3,6 +3,7 @@ the CPU, a model without batch norm), identical weights in both, and one writer.
 import json
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,9 @@ def test_each_process_sees_a_disjoint_share_of_every_global_batch(monkeypatch, k
         monkeypatch.setenv("RANK", str(rank))
         make = eva.TensorLoader if kind == "tensor" else eva.make_loader
         extra = {} if kind == "tensor" else {"num_workers": 0}
-        return make(images, labels, (0, 0, 0), (1, 1, 1), 20 if train else 25, train=train,
-                    seed=seed, **extra)
+        with pytest.warns(UserWarning, match="6 steps an epoch") if train else nullcontext():
+            return make(images, labels, (0, 0, 0), (1, 1, 1), 20 if train else 25, train=train,
+                        seed=seed, **extra)
 
     for train in (True, False):
         whole = loader(train)
@@ -55,7 +57,8 @@ def test_each_process_sees_a_disjoint_share_of_every_global_batch(monkeypatch, k
                 assert parts == [seen(loader(True, 2, r), epoch) for r in (0, 1)]  # reproducible
             else:  # the test split once, in all
                 assert sorted(flat) == list(range(N))
-    with pytest.raises(ValueError, match="batch_size=21 is the global batch.*multiple of 2"):
+    with pytest.raises(ValueError, match="batch_size=21 is the global batch.*multiple of 2"), \
+            pytest.warns(UserWarning, match="5 steps an epoch"):
         monkeypatch.setenv("WORLD_SIZE", "2")
         eva.TensorLoader(images, labels, (0, 0, 0), (1, 1, 1), 21, train=True)
 

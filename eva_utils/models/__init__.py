@@ -23,6 +23,6 @@ __all__ = ["PlainCNN", "SmallResNet", "ResNet18", "CustomResNet", "torchvision_r
            "count_parameters"]
 
 
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+def count_parameters(module: nn.Module) -> int:
     """Number of parameters, each shared tensor counted once."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+    return sum(p.numel() for p in module.parameters())
