@@ -6,6 +6,7 @@ back every ``log_every`` steps (for the progress bar and the NaN check), not aft
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import time
@@ -477,6 +478,11 @@ def train_epoch(run: Run, loader, cfg: TrainConfig, device: torch.device, epoch:
     for module in run.frozen:
         module.eval()
     steps = len(loader)
+    if getattr(loader, "num_workers", 0):
+        # Jupyter's progress bar keeps the last epoch's DataLoader iterator in a reference cycle;
+        # workers forked now would inherit it and print "Exception ignored ... can only test a
+        # child process" when they exit. Collect it first.
+        gc.collect()
     losses = torch.zeros(steps, device=device)   # read back every log_every steps, not every step
     correct = torch.zeros(steps, device=device)
     seen = 0
