@@ -106,12 +106,17 @@ def times(results: Path) -> list[str]:
     return lines
 
 
+def benchmark_record(results: Path, name: str) -> dict | None:
+    """results/<name>.json as a dict, or None when that benchmark has not been run."""
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def lr_rules(results: Path) -> list[str]:
     """benchmarks/lr_rules.py's runs: test accuracy by model and rule, over seeds."""
-    path = results / "lr_rules.json"
-    if not path.exists():
+    record = benchmark_record(results, "lr_rules")
+    if record is None:
         return ["Not run yet: `python benchmarks/lr_rules.py`."]
-    record = json.loads(path.read_text())
     rules = list(dict.fromkeys(r["rule"] for r in record["runs"]))
     lines = [f"{record['data']}, {record['epochs']} epochs of one-cycle; test accuracy over seeds "
              f"{sorted({r['seed'] for r in record['runs']})} ({record['device']}, "
@@ -133,10 +138,9 @@ def lr_rules(results: Path) -> list[str]:
 
 def streaming(results: Path) -> list[str]:
     """benchmarks/streaming.py's runs: images per second by image size, data path and workers."""
-    path = results / "streaming.json"
-    if not path.exists():
+    record = benchmark_record(results, "streaming")
+    if record is None:
         return ["Not run yet: `python benchmarks/streaming.py`."]
-    record = json.loads(path.read_text())
     workers = sorted({r["workers"] for r in record["runs"]})
     lines = [f"Images per second through the loader alone, one epoch of {record['images']:,} JPEGs, "
              f"batch {record['batch_size']} ({record['device']}, `{record['command'].strip()}`, "
@@ -153,10 +157,9 @@ def streaming(results: Path) -> list[str]:
 
 def layouts(results: Path) -> list[str]:
     """benchmarks/channels_last.py's run: training images per second in each memory layout."""
-    path = results / "channels_last.json"
-    if not path.exists():
+    record = benchmark_record(results, "channels_last")
+    if record is None:
         return ["Not run yet: `python benchmarks/channels_last.py`."]
-    record = json.loads(path.read_text())
     lines = [f"Training steps, images per second, batch {record['batch_size']} (best of "
              f"{record['rounds']} alternating rounds of {record['steps']} steps; {record['device']}, "
              f"`{record['command'].strip()}`, {record['date']}):", "",
@@ -169,10 +172,9 @@ def layouts(results: Path) -> list[str]:
 
 def cpu_precision(results: Path) -> list[str]:
     """benchmarks/cpu_precision.py's runs: float32 against bfloat16 training on one CPU."""
-    path = results / "cpu_precision.json"
-    if not path.exists():
+    record = benchmark_record(results, "cpu_precision")
+    if record is None:
         return ["Not run yet: `python benchmarks/cpu_precision.py`."]
-    record = json.loads(path.read_text())
     lines = [f"{record['epochs']} epochs of one-cycle on {record['train_images']:,} training images, "
              f"tested on {record['test_images']:,}, batch {record['batch_size']} ({record['device']}, "
              f"{'with' if record['amx'] else 'no'} AMX, `{record['command'].strip()}`, "
