@@ -9,6 +9,7 @@ import contextlib
 import gc
 import math
 import os
+import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -150,10 +151,11 @@ class Budget:
 
     def __init__(self, seconds: float | None, history: History):
         self.seconds, self.started = seconds, time.perf_counter()
-        # The longest epoch, training and testing, in seconds: first guessed from the epochs a
-        # resumed run already trained (training time only is kept; testing adds ~15 % for
-        # CustomResNet on CPU).
-        self.longest = 1.2 * max(history.seconds, default=0.0)
+        # The longest epoch, training and testing, in seconds: first guessed from the median of
+        # the epochs a resumed run already trained (a median, so that one epoch slowed by other
+        # work on the machine does not cut every later stretch short; 1.2x, since only training
+        # time is kept and testing adds ~15 % for CustomResNet on CPU), then the longest measured.
+        self.longest = 1.2 * statistics.median(history.seconds) if history.seconds else 0.0
 
     def check(self, epoch: int, cfg: TrainConfig, device: torch.device) -> None:
         """Raise BudgetSpent, in every process or in none, if epoch ``epoch`` would not fit."""

@@ -166,3 +166,23 @@ def test_an_interrupted_notebook_resumes_to_the_same_run(path, tmp_path, monkeyp
         assert checkpoints == sorted(p.relative_to(whole) for p in whole.rglob("last.pt"))
         for name in checkpoints:  # each model in its own folder
             same_run(load_checkpoint(cut / name), load_checkpoint(whole / name))
+
+
+def test_one_slow_epoch_does_not_cut_every_later_stretch_short(tiny, tmp_path):
+    """The budget guesses an epoch from the median of those trained before, not the slowest."""
+    run = cfg(epochs=4, checkpoint_dir=str(tmp_path))
+    train, test = loaders(tiny)
+    original = train.set_epoch
+
+    def stop_at_the_fourth(epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt  # the kernel stopped by hand
+        original(epoch)
+    train.set_epoch = stop_at_the_fourth
+    with pytest.raises(KeyboardInterrupt):
+        eva.fit(Tiny(), train, test, run, progress=False)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    ckpt["history"]["seconds"] = [1000.0, 0.01, 0.01]  # the first epoch shared the machine
+    torch.save(ckpt, tmp_path / "last.pt")
+    history = eva.fit(Tiny(), *loaders(tiny), run, resume=True, time_budget=100, progress=False)
+    assert len(history) == 4
