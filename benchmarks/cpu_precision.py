@@ -94,7 +94,8 @@ def main() -> None:
                    "layout_steps_per_s": {k: round(v, 3) for k, v in speed.items()},
                    "images_per_s": images / history.train_seconds,
                    "train_seconds": round(history.train_seconds, 1),
-                   "test_acc": history.test_acc[-1]}
+                   "test_acc": history.test_acc[-1],
+                   "test_acc_per_epoch": history.test_acc}
             runs.append(run)
             print(f"{name:14s} {precision:9s} {layout}  {run['images_per_s']:7.1f} img/s  "
                   f"test {run['test_acc']:.2f} %  ({run['train_seconds']:.0f} s of training; "

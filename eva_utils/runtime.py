@@ -82,9 +82,8 @@ def amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dty
     - CUDA: bfloat16 needs no loss scaling, but only GPUs of compute capability 8.0+ (Ampere on)
       run it natively; on a T4 (7.5) ``torch.cuda.is_bf16_supported()`` says True through
       emulation, which is slower than float32. Older GPUs get float16 (with a GradScaler).
-    - CPU: bfloat16. Without AMX the CPU converts to and from bfloat16 around float32 arithmetic,
-      which is slower than float32 alone, so ``None`` stays float32 there; ``amp=True`` still
-      forces bfloat16 (``benchmarks/cpu_precision.py`` measures both on the machine at hand).
+    - CPU: bfloat16 where the CPU has AMX tiles, float32 elsewhere; ``amp=True`` gives bfloat16
+      on any CPU (``benchmarks/cpu_precision.py`` measures both on the machine at hand).
     - Apple's MPS: float16 when ``amp=True``; float32 by default.
     ``amp=True``/``False`` always wins over the default; a dtype is taken as it is (a resumed run
     keeps its own).
