@@ -124,7 +124,7 @@ def _sync_folder(folder: Path) -> None:
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """A checkpoint written by ``fit``; one ``CheckpointError`` naming the file if it is not one."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}. Fix: give the path of a last.pt or "
                               "best.pt that fit wrote (TrainConfig.checkpoint_dir).")
@@ -202,7 +202,7 @@ class RunFolder:
     LOCK = ".eva-run.lock"
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()  # "~/drive/run" means the home folder, as in a shell
         self.last, self.best, self.lock = (self.path / n for n in ("last.pt", "best.pt", self.LOCK))
 
     def __enter__(self) -> "RunFolder":

@@ -23,6 +23,8 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
     plain logits, so both accuracies come from one pass). Runs in eval mode; every submodule's mode
     is restored afterwards.
     """
+    if not isinstance(tta, bool):  # tta="no" would be truthy
+        raise TypeError(f"tta={tta!r}: give True (average each image with its mirror) or False.")
     if getattr(loader, "train", False) is True:
         raise ValueError("This loader was built with train=True: it augments and reshuffles, and "
                          "drops the last partial batch, so answers would change every call and "

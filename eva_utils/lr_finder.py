@@ -59,8 +59,9 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
                   start_lr: float = 1e-5, end_lr: float = 10.0, num_iter: int | None = None,
                   criterion: nn.Module | None = None, verbose: bool = True,
                   checkpoint_dir: str | os.PathLike | None = None) -> RangeTest:
-    """Sweep from ``start_lr`` to ``end_lr`` over ``num_iter`` batches (None: one pass over the
-    training set, 50 to 100 batches; stops early if the loss explodes) on the model's own device,
+    """Sweep from ``start_lr`` to ``end_lr`` over ``num_iter`` batches (None: as many as one pass
+    over the training set has, but at least 50 and at most 100, so a small set is passed over more
+    than once; stops early if the loss explodes) on the model's own device,
     saying first what it will cost. Weights, buffers, optimizer state and every submodule's
     train/eval mode are the same afterwards as before.
 
@@ -101,10 +102,14 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     if not distributed.is_main():  # the other processes take rank 0's picks
         return distributed.from_main(None, device)
     size = getattr(train_loader, "batch_size", None)
-    kept = Path(checkpoint_dir) / "range_test.json" if checkpoint_dir is not None else None
+    kept = (Path(checkpoint_dir).expanduser() / "range_test.json"
+            if checkpoint_dir is not None else None)
+    # What the stored curve depends on: the model, the data and its batches, the sweep and the
+    # optimizer's settings. A loader of our own adds its fingerprint (content, augmentation, seed).
     setup = {"model": type(model).__name__, "model_args": repr(getattr(model, "init_args", {})),
              "batches": batches, "batch_size": size, "start_lr": start_lr, "end_lr": end_lr,
-             "num_iter": num_iter}
+             "num_iter": num_iter, "data": getattr(train_loader, "fingerprint", None),
+             "optimizer": repr({k: v for k, v in optimizer.defaults.items() if k != "lr"})}
     stored = _load(kept, setup)
     if stored is not None:
         if verbose:

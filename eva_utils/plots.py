@@ -38,7 +38,7 @@ def _shows_figures() -> bool:
 
 def figure_path(folder, name: str) -> Path | None:
     """``folder/name``, or None (draw without saving) when ``folder`` is None."""
-    return None if folder is None else Path(folder) / name
+    return None if folder is None else Path(folder).expanduser() / name
 
 
 def check_counts(n: int, cols: int) -> None:

@@ -42,5 +42,6 @@ def _named(per_epoch: list, epochs: int) -> str:
 def save_json(path: str | os.PathLike | None, record: dict) -> None:
     """Write ``record`` as JSON to ``path`` (folders created); nothing when ``path`` is None."""
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(record, indent=1) + "\n")
+        path = Path(path).expanduser()  # "~/runs/04.json" means the home folder, as in a shell
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1) + "\n")

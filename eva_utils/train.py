@@ -240,7 +240,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     as ``distributed`` describes.
     """
     cfg, device, resume = check_arguments(model, train_loader, test_loader, cfg, device, resume,
-                                          time_budget)
+                                          time_budget, progress)
     main = distributed.is_main()  # the one process that prints and writes checkpoints
     progress = progress and main
     folder = RunFolder(cfg.checkpoint_dir) if cfg.checkpoint_dir and main else None
@@ -285,9 +285,11 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     return run.history
 
 
-def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_budget):
+def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_budget, progress):
     """fit's arguments checked before anything is spent: (config, device, the checkpoint path to
     resume from or None). Raises one clear error for the first thing wrong."""
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress={progress!r}: give True or False.")
     cfg = cfg or TrainConfig()
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be an eva.TrainConfig; got {type(cfg).__name__}.")
@@ -315,7 +317,7 @@ def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_
     if len(test_loader) == 0:
         raise TrainingError("The test loader yields no batches, so no epoch could be scored. Fix: "
                             "give it the test split's images (is the split empty?).")
-    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    ckpt_dir = Path(cfg.checkpoint_dir).expanduser() if cfg.checkpoint_dir else None
     if (resume is True or time_budget is not None) and ckpt_dir is None:
         raise ValueError(f"{'resume=True' if resume is True else 'time_budget'} needs "
                          "TrainConfig(checkpoint_dir=...): that is where the run is kept between "

@@ -27,7 +27,9 @@ def main() -> None:
     p.add_argument("--model", default="resnet18", help=f"one of {', '.join(NAMES)}")
     p.add_argument("--image-size", type=int, default=32, help="pixels a side")
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128, help="global: over all processes")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global: over all processes (default: 128, or less so that an epoch of a "
+                        "small folder still has 20+ steps)")
     p.add_argument("--lr", type=float, default=None, help="peak rate (default: LR range test)")
     p.add_argument("--flip", action="store_true", help="mirror training images (photos, not text)")
     p.add_argument("--stream", action="store_true", help="decode files in workers, every epoch")
@@ -39,8 +41,9 @@ def main() -> None:
 
     eva.seed_everything(args.seed)
     size = args.image_size
+    batch = args.batch_size or default_batch(len(eva.data.image_files(args.root)[1]))
     if args.stream:
-        train = eva.folder_loader(args.root, "train", args.batch_size, image_size=size,
+        train = eva.folder_loader(args.root, "train", batch, image_size=size,
                                   flip=args.flip, num_workers=args.workers, seed=args.seed)
         test = eva.folder_loader(args.root, "test", 500, image_size=size, mean=train.mean,
                                  std=train.std, num_workers=args.workers)
@@ -48,7 +51,7 @@ def main() -> None:
         data = eva.load_image_folder(args.root, image_size=size)
         augment = eva.Augment(pad=size // 8, flip=args.flip, cutout=size // 4)
         train = eva.make_loader(data.train_images, data.train_labels, data.mean, data.std,
-                                args.batch_size, train=True, augment=augment,
+                                batch, train=True, augment=augment,
                                 classes=data.classes, num_workers=args.workers, seed=args.seed)
         test = eva.make_loader(data.test_images, data.test_labels, data.mean, data.std, 500,
                                train=False, classes=data.classes, num_workers=args.workers)
@@ -63,12 +66,20 @@ def main() -> None:
     history = eva.fit(model, train, test, config, resume=True)
     if eva.is_main():
         record = eva.run_record(history, model, eva.get_device(), model=args.model,
-                                processes=eva.distributed.world()[1], batch_size=args.batch_size)
+                                processes=eva.distributed.world()[1], batch_size=batch)
         eva.save_json(args.out / "record.json", record)
         eva.plot_history(history, path=args.out / "curves.png")
         print(f"test accuracy {record['test_acc']:.2f}% after {len(history)} epochs, "
               f"{record['train_seconds']:.0f} s of training")
     eva.distributed.stop()
+
+
+def default_batch(images: int) -> int:
+    """128, or fewer for a small folder (20+ steps an epoch, as the README's example chooses),
+    a multiple of the number of processes so that each takes an equal share."""
+    procs = eva.distributed.world()[1]
+    batch = max(1, min(128, images // 20))
+    return max(procs, batch // procs * procs)
 
 
 if __name__ == "__main__":

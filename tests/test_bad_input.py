@@ -464,3 +464,28 @@ def test_gradcam_keeps_the_real_cause_of_an_index_error(tiny, monkeypatch):
     with pytest.raises(IndexError, match="the real cause"):
         eva.gradcam(model, images, "net.0", classes=[0, 1])
     assert not model.net[0]._forward_hooks
+
+
+def test_paths_and_flags_mean_what_a_student_typed(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    train, test = loaders(tiny)
+    eva.fit(Tiny(), train, test, cfg(epochs=1, checkpoint_dir="~/runs/a"), progress=False)
+    assert (tmp_path / "runs" / "a" / "last.pt").exists()  # not a folder named "~"
+    assert eva.load_checkpoint("~/runs/a/last.pt")["epoch"] == 1
+    eva.save_json("~/runs/a.json", {"ok": 1})
+    assert (tmp_path / "runs" / "a.json").exists()
+    with pytest.raises(TypeError, match="tta='no'"):
+        eva.predict(Tiny(), test, tiny.classes, tta="no")
+    with pytest.raises(TypeError, match="progress='no'"):
+        eva.fit(Tiny(), train, test, cfg(epochs=1), progress="no")
+
+
+def test_a_kept_range_test_is_swept_again_for_other_data(tiny, tmp_path):
+    """Same model, batches and sweep, other images: the stored curve is not reused."""
+    def sweep(images):
+        train = eva.TensorLoader(images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
+        return eva.lr_range_test(eva.PlainCNN(num_classes=10), train, num_iter=10,
+                                 checkpoint_dir=tmp_path, verbose=False)
+    sweep(tiny.train_images)
+    with pytest.warns(UserWarning, match="another model, loader or sweep"):
+        sweep(tiny.train_images[::-1].copy())

@@ -141,6 +141,23 @@ def up_to_the_record(path: Path, folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_every_notebook_wires_its_checkpoints_and_budget_into_fit(path):
+    """What makes a notebook resumable, read from its code: every TrainConfig keeps its checkpoints
+    in CHECKPOINT_DIR (01: a folder per model inside it), and every fit resumes from there and
+    stops at TIME_BUDGET. Two notebooks are also run, interrupted and resumed, below."""
+    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells
+                     if c.cell_type == "code")
+    configs, fits = code.count("eva.TrainConfig("), code.count("eva.fit(")
+    assert configs >= 1 and fits >= 1
+    kept = code.count("checkpoint_dir=CHECKPOINT_DIR)") + code.count("checkpoint_dir=CHECKPOINT_DIR,")
+    assert kept + code.count('.checkpoint_dir = f"{CHECKPOINT_DIR}/') >= configs
+    assert code.count("resume=CHECKPOINT_DIR is not None") == fits
+    # 01 splits one TIME_BUDGET between its two models ("left" of it)
+    assert code.count("time_budget=TIME_BUDGET") + code.count("time_budget=left") == fits
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] in ("01", "04")],
+                         ids=lambda p: p.name[:2])
 def test_an_interrupted_notebook_resumes_to_the_same_run(path, tmp_path, monkeypatch):
     """Smoke size (two epochs): TIME_BUDGET stops training after epoch 1; running the notebook
     again continues from the checkpoint, says so, and records both epochs. That a resumed run
