@@ -221,3 +221,23 @@ def finished3(tiny, tmp_path):
     torch.manual_seed(0)
     eva.fit(Tiny(), *loaders(tiny), cfg(epochs=3, checkpoint_dir=tmp_path), progress=False)
     return tmp_path / "last.pt"
+
+
+def test_random_states_go_back_through_the_cpu():
+    """A checkpoint loaded with map_location="cuda" (resuming on a GPU) holds its random states on
+    the GPU; torch.set_rng_state takes only a CPU ByteTensor, so they are moved back first."""
+    from eva_utils.checkpoint import rng_state, set_rng_state
+
+    class OnTheGpu:  # what map_location="cuda" makes of a saved CPU tensor, as far as .cpu() goes
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+        def cpu(self):
+            return self.tensor
+
+    torch.manual_seed(5)
+    state = rng_state()
+    expected = torch.rand(3)
+    state["torch"] = OnTheGpu(state["torch"])
+    set_rng_state(state)
+    assert torch.equal(torch.rand(3), expected)
