@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck")
 CACHE_NAME = "eva-image-cache.npz"
-DECODER = "2"  # part of the cache's key: a cache decoded by other rules is rebuilt
+DECODER = "3"  # part of the cache's key: a cache decoded (or laid out) by other rules is rebuilt
 
 
 class DataError(RuntimeError):
@@ -314,7 +314,7 @@ def _read_cache(cache: Path, signature: str):
             if str(z["signature"]) != signature:
                 return None
             return {k: z[k] for k in ("train_images", "train_labels", "test_images",
-                                      "test_labels", "mean", "std", "classes")}
+                                      "test_labels", "mean", "std", "classes", "shared")}
     except Exception as exc:  # truncated, empty, CRC error, foreign file: never trusted
         warnings.warn(f"The cache {cache} cannot be read ({type(exc).__name__}: {exc}); "
                       "rebuilding it from the images.", stacklevel=3)
@@ -358,9 +358,10 @@ def load_image_folder(root: str | os.PathLike | None = None, *,
         mean, std = channel_stats(train_images)
         arrays = dict(train_images=train_images, train_labels=train_labels,
                       test_images=test_images, test_labels=test_labels, mean=np.array(mean),
-                      std=np.array(std), classes=np.array(classes), signature=np.array(signature))
+                      std=np.array(std), classes=np.array(classes), signature=np.array(signature),
+                      shared=np.array(shared_images(train_images, test_images)))
         _write_cache(cache, arrays)
-    shared = shared_images(arrays["train_images"], arrays["test_images"])
+    shared = int(arrays["shared"])  # counted once, when the cache is built
     if shared:
         warnings.warn(f"{shared} of the {len(arrays['test_labels'])} test images in {root} are also "
                       "training images (the same pixels): the test accuracy overstates how the "
