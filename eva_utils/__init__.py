@@ -10,7 +10,7 @@
     history = eva.fit(model, train, test, eva.TrainConfig(epochs=24, lr=0.1))
     predictions = eva.predict(model, test, data.classes)
 
-Modules, one noun each: data (ImageData, loading), transforms (Augment), loaders, streaming
+Modules, one noun each: data (ImageData, loading), images (one file as a model's input), transforms (Augment), loaders, streaming
 (folder_loader), models, runtime (device, precision, seeding, eval mode), schedule, train
 (TrainConfig, fit), history, ema, checkpoint, inference (evaluate, predict), results, lr_finder,
 plots, gradcam, summary, distributed (torchrun). Depends
@@ -22,14 +22,14 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .data import (CIFAR10_CLASSES, DataError, ImageData, channel_stats, data_root, load_cifar10,
                    load_image_folder, smoke_mode, synthetic_data, to_rgb)
 from .distributed import is_main
-from .gradcam import gradcam, gradcam_layers, plot_gradcam
+from .gradcam import gradcam, gradcam_layers
 from .inference import Predictions, confusion_matrix, evaluate, misclassified, predict
 from .loaders import TensorLoader, make_loader
 from .lr_finder import RangeTest, lr_range_test
 from .models import (CustomResNet, PlainCNN, ResNet18, SmallResNet, count_parameters,
                      torchvision_resnet)
-from .plots import (figure_path, plot_augmentations, plot_confusion, plot_history, plot_lr_finder,
-                    plot_lr_schedule, plot_misclassified)
+from .plots import (figure_path, plot_augmentations, plot_confusion, plot_gradcam, plot_history,
+                    plot_lr_finder, plot_lr_schedule, plot_misclassified)
 from .results import run_record, save_json
 from .runtime import TrainingError, device_name, eval_mode, get_device, seed_everything
 from .schedule import build_optimizer, build_scheduler, lr_schedule

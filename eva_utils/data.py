@@ -39,14 +39,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .images import DataError, read_image
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck")
 CACHE_NAME = "eva-image-cache.npz"
 DECODER = "3"  # part of the cache's key: a cache decoded (or laid out) by other rules is rebuilt
-
-
-class DataError(RuntimeError):
-    """The data set could not be found or read; the message says where and how to fix it."""
 
 
 def smoke_mode() -> bool:
@@ -253,40 +251,6 @@ def _signature(files: list[tuple[Path, int]], image_size) -> str:
         st = path.stat()
         h.update(f"{path.parent.name}/{path.name}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
-
-
-def read_image(path: Path, image_size: tuple[int, int] | None = None) -> np.ndarray:
-    """One file as uint8 RGB (H, W, 3), resized to ``image_size`` (H, W) if given; one DataError
-    naming the file if it cannot be read."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = viewer_rgb(im)
-            if image_size is not None:
-                im = im.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(im)
-    except Exception as exc:
-        raise DataError(f"Cannot read image {path} ({exc}). Fix: delete or replace that "
-                        "file.") from exc
-
-
-def viewer_rgb(im):
-    """A Pillow image as the RGB picture a viewer shows (the module doc's channel rule)."""
-    from PIL import Image, ImageOps
-
-    im = ImageOps.exif_transpose(im)  # phone photos are stored sideways with an EXIF turn
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16-bit (and 32-bit) grayscale: convert("RGB") would clip everything above 255 to white.
-        a = np.asarray(im, dtype=np.float64)
-        top = (65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255
-               else 1.0 if im.mode == "F" and a.max(initial=0) <= 1 else 255.0)
-        im = Image.fromarray(np.clip(a / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, im)
-    return im.convert("RGB")
 
 
 def _decode(files: list[tuple[Path, int]], image_size) -> tuple[np.ndarray, np.ndarray]:

@@ -38,13 +38,6 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
-def local_cuda() -> torch.device:
-    """This process's GPU under torchrun (one per process: cuda:LOCAL_RANK); cuda otherwise."""
-    if world()[1] == 1:
-        return torch.device("cuda")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-
-
 def start(device: torch.device) -> None:
     """Join torchrun's process group, once per process: NCCL on CUDA, gloo on the CPU."""
     if world()[1] == 1 or dist.is_initialized():

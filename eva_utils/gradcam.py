@@ -1,23 +1,17 @@
-"""Grad-CAM heat maps (pytorch-grad-cam 1.5) and panels of them, leaving the model as it was found."""
+"""Grad-CAM heat maps (pytorch-grad-cam 1.5), leaving the model as it was found. Figures of them:
+``plots.plot_gradcam``; the web app (``app``) draws them too, so this module needs no matplotlib."""
 from __future__ import annotations
 
 from contextlib import contextmanager
 
-import warnings
-
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from .inference import Predictions
-from .plots import check_counts, check_normalised, no_mistakes, save_figure
+from .images import check_normalised
 from .runtime import eval_mode
-from .transforms import denormalize
 
 
 def gradcam_layers(model: nn.Module) -> tuple[str, ...]:
@@ -133,51 +127,3 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: str | nn.Module,
         finally:
             cam.activations_and_grads.release()
     return masks.astype(np.float32)
-
-
-def plot_gradcam(model: nn.Module, wrong: Predictions, layers, mean, std, *, n: int = 10,
-                 target: str = "pred", cols: int = 5, path=None) -> Figure:
-    """For the first ``n`` images of ``wrong`` (fewer if there are fewer), rows of at most ``cols``:
-    the images titled "true / predicted", then one row of Grad-CAM overlays per layer, labelled with
-    the layer and its map size. ``target`` "pred" explains the predicted class, "true" the true one."""
-    if target not in {"pred", "true"}:
-        raise ValueError(f"target={target!r}: use 'pred' (explain the prediction) or 'true'.")
-    check_counts(n, cols)
-    n = min(n, len(wrong))
-    if n == 0:
-        return no_mistakes(path)
-    layers = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)
-    names = [name if isinstance(name, str) else type(name).__name__ for name in layers]
-    images = wrong.images[:n]
-    explained = wrong.preds[:n] if target == "pred" else wrong.labels[:n]
-    shapes, _ = probe(model, images, layers)
-    sizes = {layer: f"{shape[-2]}x{shape[-1]}" for layer, shape in shapes.items()}
-    coarse = [name for name, layer in zip(names, layers) if min(shapes[layer][-2:]) < 2]
-    if coarse:
-        warnings.warn(f"{', '.join(coarse)}: a 1-pixel-wide feature map at this image size, so "
-                      "its heat map is one flat colour and explains nothing. Fix: choose an "
-                      "earlier layer (eva.gradcam_layers(model)), or larger images.", stacklevel=2)
-    masks = [gradcam(model, images, layer, explained) for layer in layers]
-    cols = min(cols, n)  # 2 images: 2 columns, not 5 with 3 blank
-    pictures = denormalize(images, mean, std).numpy()
-    groups, rows_per = -(-n // cols), 1 + len(layers)
-    fig, axes = plt.subplots(groups * rows_per, cols, figsize=(2.0 * cols, 2.15 * groups * rows_per),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.set(xticks=[], yticks=[])
-        ax.set_frame_on(False)
-    for i in range(n):
-        g, c = divmod(i, cols)
-        top = axes[g * rows_per, c]
-        top.imshow(pictures[i])
-        top.set_title(f"{wrong.classes[wrong.labels[i]]} / {wrong.classes[wrong.preds[i]]}",
-                      fontsize=10)
-        for r, mask in enumerate(masks, start=1):
-            axes[g * rows_per + r, c].imshow(show_cam_on_image(pictures[i], mask[i], use_rgb=True))
-    for g in range(groups):
-        axes[g * rows_per, 0].set_ylabel("image", fontsize=10)
-        for r, (name, layer) in enumerate(zip(names, layers), start=1):
-            axes[g * rows_per + r, 0].set_ylabel(f"{name} ({sizes[layer]})", fontsize=10)
-    fig.suptitle(f"Grad-CAM of the {'predicted' if target == 'pred' else 'true'} class "
-                 "(titles: true / predicted)", fontsize=12)
-    return save_figure(fig, path)

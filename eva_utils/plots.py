@@ -3,6 +3,7 @@ Figure, and also saves it as a PNG when given ``path``. Sizes suit JupyterLab's 
 (about 10 inches at 100 dpi)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -11,9 +12,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from torch import nn
 
 from .inference import Predictions, confusion_matrix
+from .gradcam import gradcam, probe
 from .history import History
+from .images import check_normalised
 from .transforms import denormalize
 
 
@@ -46,18 +51,6 @@ def check_counts(n: int, cols: int) -> None:
     for name, value in (("n", n), ("cols", cols)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name}={value!r}: give a whole number >= 1.")
-
-
-def check_normalised(images: torch.Tensor) -> None:
-    """Raise if ``images`` (B, 3, H, W) look like raw pixels instead of the loaders' normalised
-    tensors (which have roughly zero mean, so negative values)."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"Expected images of shape (B, 3, H, W); got {tuple(images.shape)}.")
-    if len(images) and images.min() >= 0:
-        raise ValueError(
-            f"These images look unnormalised (values in [{images.min():.3g}, {images.max():.3g}]). "
-            "Pass them as the loaders yield them: normalised with the data set's mean and std "
-            "(data.mean, data.std), e.g. from eva.predict(...).images.")
 
 
 def plot_history(runs: History | dict[str, History], path=None) -> Figure:
@@ -239,3 +232,51 @@ def plot_misclassified(wrong: Predictions, mean, std, n: int = 10, cols: int = 5
                          f"({100 * wrong.confidence[i]:.0f}%)", fontsize=10)
     fig.suptitle("Misclassified, most confident first: true → predicted (confidence)", fontsize=12)
     return save_figure(fig, path, h_pad=1.5)  # room between a row's images and the next titles
+
+
+def plot_gradcam(model: nn.Module, wrong: Predictions, layers, mean, std, *, n: int = 10,
+                 target: str = "pred", cols: int = 5, path=None) -> Figure:
+    """For the first ``n`` images of ``wrong`` (fewer if there are fewer), rows of at most ``cols``:
+    the images titled "true / predicted", then one row of Grad-CAM overlays per layer, labelled with
+    the layer and its map size. ``target`` "pred" explains the predicted class, "true" the true one."""
+    if target not in {"pred", "true"}:
+        raise ValueError(f"target={target!r}: use 'pred' (explain the prediction) or 'true'.")
+    check_counts(n, cols)
+    n = min(n, len(wrong))
+    if n == 0:
+        return no_mistakes(path)
+    layers = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)
+    names = [name if isinstance(name, str) else type(name).__name__ for name in layers]
+    images = wrong.images[:n]
+    explained = wrong.preds[:n] if target == "pred" else wrong.labels[:n]
+    shapes, _ = probe(model, images, layers)
+    sizes = {layer: f"{shape[-2]}x{shape[-1]}" for layer, shape in shapes.items()}
+    coarse = [name for name, layer in zip(names, layers) if min(shapes[layer][-2:]) < 2]
+    if coarse:
+        warnings.warn(f"{', '.join(coarse)}: a 1-pixel-wide feature map at this image size, so "
+                      "its heat map is one flat colour and explains nothing. Fix: choose an "
+                      "earlier layer (eva.gradcam_layers(model)), or larger images.", stacklevel=2)
+    masks = [gradcam(model, images, layer, explained) for layer in layers]
+    cols = min(cols, n)  # 2 images: 2 columns, not 5 with 3 blank
+    pictures = denormalize(images, mean, std).numpy()
+    groups, rows_per = -(-n // cols), 1 + len(layers)
+    fig, axes = plt.subplots(groups * rows_per, cols, figsize=(2.0 * cols, 2.15 * groups * rows_per),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set(xticks=[], yticks=[])
+        ax.set_frame_on(False)
+    for i in range(n):
+        g, c = divmod(i, cols)
+        top = axes[g * rows_per, c]
+        top.imshow(pictures[i])
+        top.set_title(f"{wrong.classes[wrong.labels[i]]} / {wrong.classes[wrong.preds[i]]}",
+                      fontsize=10)
+        for r, mask in enumerate(masks, start=1):
+            axes[g * rows_per + r, c].imshow(show_cam_on_image(pictures[i], mask[i], use_rgb=True))
+    for g in range(groups):
+        axes[g * rows_per, 0].set_ylabel("image", fontsize=10)
+        for r, (name, layer) in enumerate(zip(names, layers), start=1):
+            axes[g * rows_per + r, 0].set_ylabel(f"{name} ({sizes[layer]})", fontsize=10)
+    fig.suptitle(f"Grad-CAM of the {'predicted' if target == 'pred' else 'true'} class "
+                 "(titles: true / predicted)", fontsize=12)
+    return save_figure(fig, path)

@@ -1,6 +1,7 @@
 """Where and how a model runs: device, mixed-precision type, memory layout, seeding, eval mode."""
 from __future__ import annotations
 
+import os
 import platform
 import random
 from contextlib import contextmanager
@@ -9,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-
-from .distributed import local_cuda
 
 
 class TrainingError(RuntimeError):
@@ -36,6 +35,15 @@ def get_device(preferred: str | torch.device | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def local_cuda() -> torch.device:
+    """This process's GPU: cuda:LOCAL_RANK when torchrun started several processes, else cuda.
+    (Read from torchrun's variables here, not from ``distributed``: the web app carries this module
+    and no training code.)"""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return torch.device("cuda")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def device_name(device: torch.device | str) -> str:

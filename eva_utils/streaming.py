@@ -21,7 +21,8 @@ import albumentations as A
 import numpy as np
 from torch.utils.data import Dataset
 
-from .data import channel_stats, check_image_size, data_root, image_files, read_image
+from .data import channel_stats, check_image_size, data_root, image_files
+from .images import read_image
 from .loaders import SeededDataLoader, check_stats, seeded_loader
 from .transforms import normalize
 

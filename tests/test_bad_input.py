@@ -400,6 +400,15 @@ def test_files_decode_to_the_pixels_a_viewer_shows(tmp_path):
             assert abs(int(array.mean()) - value) <= 1, name
 
 
+def test_an_image_too_large_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    monkeypatch.setattr(eva.images, "MAX_PIXELS", 300 * 200 - 1)  # a 12000x12000 upload, scaled down
+    with pytest.raises(eva.DataError, match=r"300x200 pixels .*Fix: shrink it"):
+        eva.images.read_image(tmp_path / "big.png")
+    monkeypatch.setattr(eva.images, "MAX_PIXELS", 300 * 200)
+    assert eva.images.read_image(tmp_path / "big.png").shape == (200, 300, 3)
+
+
 def test_a_cache_decoded_by_older_rules_is_rebuilt(tmp_path, make_folder, monkeypatch):
     root = make_folder(tmp_path, per_class=1, classes=("a", "b"))
     eva.load_image_folder(root)
