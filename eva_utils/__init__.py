@@ -18,15 +18,18 @@ only on torch, torchvision, numpy, pillow, albumentations, opencv, matplotlib, g
 torch-lr-finder, torchinfo and tqdm, so the folder can be copied into another project as it is.
 """
 from . import distributed
+from .app import build_app
 from .checkpoint import CheckpointError, load_checkpoint
+from .classifier import Classifier
 from .data import (CIFAR10_CLASSES, DataError, ImageData, channel_stats, data_root, load_cifar10,
                    load_image_folder, smoke_mode, synthetic_data, to_rgb)
+from .deploy import export_app
 from .distributed import is_main
 from .gradcam import gradcam, gradcam_layers
 from .inference import Predictions, confusion_matrix, evaluate, misclassified, predict
 from .loaders import TensorLoader, make_loader
 from .lr_finder import RangeTest, lr_range_test
-from .models import (CustomResNet, PlainCNN, ResNet18, SmallResNet, count_parameters,
+from .models import (CustomResNet, PlainCNN, ResNet18, SmallResNet, build_model, count_parameters,
                      torchvision_resnet)
 from .plots import (figure_path, plot_augmentations, plot_confusion, plot_gradcam, plot_history,
                     plot_lr_finder, plot_lr_schedule, plot_misclassified)

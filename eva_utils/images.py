@@ -66,7 +66,7 @@ def viewer_rgb(im):
 def model_input(pictures: np.ndarray, mean, std) -> torch.Tensor:
     """uint8 RGB (H, W, 3) or (N, H, W, 3) -> float32 (N, 3, H, W), normalised with the data's
     ``mean`` and ``std`` (per channel, on the [0, 1] scale): the arithmetic of ``TensorLoader``."""
-    x = torch.from_numpy(np.ascontiguousarray(pictures))
+    x = torch.from_numpy(np.array(pictures, dtype=np.uint8))  # a copy: decoded arrays are read-only
     x = (x[None] if x.ndim == 3 else x).permute(0, 3, 1, 2)
     mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
     std = torch.tensor(std).view(1, 3, 1, 1) * 255

@@ -195,14 +195,17 @@ class Run:
         """What each epoch is tested on: the weight average with EMA, else the model."""
         return self.ema.module if self.ema is not None else self.model
 
-    def state(self, cfg: TrainConfig, steps_per_epoch: int, data: dict | None) -> dict:
+    def state(self, cfg: TrainConfig, train_loader) -> dict:
+        """The checkpoint: everything ``restore`` needs, what a resume compares, and what the model
+        takes (``inputs``), so the app can serve it without the data."""
         name, args = model_identity(self.model)
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
                 "history": asdict(self.history), "config": asdict(cfg), "rng": rng_state(),
                 "epoch": len(self.history), "model_class": name, "model_args": args,
-                "steps_per_epoch": steps_per_epoch, "data": data,
+                "steps_per_epoch": len(train_loader), "data": fingerprint(train_loader),
+                "inputs": model_inputs(train_loader),
                 "precision": precision_name(self.amp_dtype), "channels_last": self.channels_last}
 
     def restore(self, ckpt: dict) -> None:
@@ -275,8 +278,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
             if progress:
                 tqdm.write(epoch_line(run.history, epoch))
             if folder is not None:
-                folder.save(run.state(cfg, len(train_loader), fingerprint(train_loader)),
-                            best=test_acc > best)
+                folder.save(run.state(cfg, train_loader), best=test_acc > best)
             best = max(best, test_acc)
             budget.took(time.perf_counter() - epoch_start)
     if run.ema is not None:  # leave the averaged weights in the caller's model
@@ -374,6 +376,16 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
         tqdm.write(f"Training on {device_name(device)} in {precision_name(dtype)}, "
                    f"{'NHWC (channels-last)' if nhwc else 'NCHW'}.")
     return run
+
+
+def model_inputs(loader) -> dict | None:
+    """What a trained model takes, from one of our training loaders: class names, the data's mean
+    and std ([0, 1] scale) and the image size (H, W); None for a DataLoader eva did not build."""
+    about = fingerprint(loader)
+    if about is None or not hasattr(loader, "mean"):
+        return None
+    return {"classes": about["classes"], "mean": [float(m) for m in loader.mean],
+            "std": [float(s) for s in loader.std], "image_size": about["image_size"]}
 
 
 def fingerprint(loader) -> dict | None:

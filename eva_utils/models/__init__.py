@@ -10,6 +10,7 @@ any image size from its ``min_input_size`` up, and names the layers worth a Grad
 | CustomResNet   | 003       | 6,573,120                                  | 04       |
 
 ``torchvision_resnet(name, num_classes=...)``: torchvision's own ResNets, for larger data.
+``build_model(name, args)``: any of them again from what a checkpoint records, to load weights into.
 """
 from torch import nn
 
@@ -20,7 +21,22 @@ from .small_resnet import SmallResNet
 from .torchvision_resnet import torchvision_resnet
 
 __all__ = ["PlainCNN", "SmallResNet", "ResNet18", "CustomResNet", "torchvision_resnet",
-           "count_parameters"]
+           "build_model", "count_parameters"]
+
+ARCHITECTURES = {"PlainCNN": PlainCNN, "SmallResNet": SmallResNet, "ResNet18": ResNet18,
+                 "CustomResNet": CustomResNet}
+
+
+def build_model(name: str, args: dict) -> nn.Module:
+    """A fresh model of class ``name`` built with ``args`` (a checkpoint's ``model_class`` and
+    ``model_args``), to load trained weights into."""
+    if name == "ResNet" and "name" in args:  # torchvision's, as torchvision_resnet built it
+        return torchvision_resnet(**{**args, "weights": None})  # the weights come from the file
+    if name not in ARCHITECTURES:
+        raise ValueError(f"Cannot rebuild a {name}: eva_utils builds {', '.join(ARCHITECTURES)} "
+                         "and torchvision_resnet. Fix: build your model yourself and load the "
+                         "checkpoint's weights into it (model.load_state_dict(ckpt['model'])).")
+    return ARCHITECTURES[name](**args)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,0 +1,147 @@
+"""A trained classifier as a web page (Gradio): upload an image or pick an example, read its top
+classes, look at Grad-CAM from any layer at any opacity, and browse the test images it got wrong.
+
+    python -m eva_utils.deploy checkpoints/04-seed0/best.pt --data data   # try a finished run
+    python app.py                                                       # in a folder export_app wrote
+
+Gradio is an optional extra (``pip install "eva-utils[app]"``): ``import eva_utils`` never imports
+it, and ``build_app`` without it raises one ImportError that says what to install. The app carries
+this module, ``classifier`` and what they import, and no training code.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .classifier import MAX_TOP, Classifier
+from .images import DataError
+
+MAX_UPLOAD = "10mb"    # larger uploads are refused by the server before anything is decoded
+SHOWN = 224            # pictures smaller than this are enlarged (whole pixels) to be seen
+
+
+def gradio():
+    """The gradio module, or one ImportError with the fix."""
+    try:
+        import gradio
+    except ImportError:
+        raise ImportError("The web app needs Gradio, which is not installed. Fix: pip install "
+                          '"eva-utils[app]" (or: pip install gradio safetensors).') from None
+    return gradio
+
+
+def enlarged(picture: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) repeated to at least ``SHOWN`` pixels on its short side (a 32x32 picture
+    becomes 224x224 in sharp blocks: the pixels the model saw, not a browser's blur)."""
+    times = max(1, -(-SHOWN // min(picture.shape[:2])))
+    return picture.repeat(times, 0).repeat(times, 1)
+
+
+def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image classifier",
+              about: str = ""):
+    """A ``gradio.Blocks`` page for ``clf``. ``examples``: image file paths offered as a gallery to
+    pick from (10 is plenty). ``mistakes``: test images the model got wrong, as dicts with "path",
+    "true", "predicted" and "confidence" (``export_app`` writes them). ``about``: Markdown shown
+    under the title."""
+    gr = gradio()
+    examples = [str(p) for p in examples]
+    mistakes = list(mistakes)
+    layers = list(clf.layers)
+
+    def answer(path, k, show_cam, layer, opacity):
+        """(picture as uploaded, the model's view, top classes, Grad-CAM or hidden)."""
+        if path is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        try:
+            original, seen = clf.pictures(path)
+            top = clf.top(clf.probabilities(seen), k)
+            heat = clf.heatmap(seen, layer, opacity) if show_cam else None
+        except (DataError, ValueError) as exc:  # said in the page; anything else is our bug
+            raise gr.Error(str(exc), print_exception=False) from None
+        return (original, enlarged(seen), top,
+                gr.update(value=None if heat is None else enlarged(heat), visible=show_cam))
+
+    def upload(path, *controls):
+        return (path, *answer(path, *controls))
+
+    def pick(*controls, evt: gr.SelectData):
+        return upload(examples[evt.index], *controls)
+
+    def wrong(show, n, show_cam, layer, opacity):
+        """The first ``n`` mistakes (most confident first), with Grad-CAM when it is switched on."""
+        if not show:
+            return gr.update(visible=False)
+        shown = []
+        try:
+            for m in mistakes[:int(n)]:
+                _, seen = clf.pictures(m["path"])
+                picture = clf.heatmap(seen, layer, opacity) if show_cam else seen
+                shown.append((enlarged(picture), f"{m['true']} → {m['predicted']} "
+                                                 f"({100 * m['confidence']:.0f}%)"))
+        except (DataError, ValueError) as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return gr.update(value=shown, visible=True)
+
+    with gr.Blocks(title=title) as page:
+        gr.Markdown(f"# {title}\n{about}")
+        chosen = gr.State(None)  # the image file now shown: an upload or an example
+        with gr.Row():
+            with gr.Column():
+                upload_box = gr.File(label="Upload an image", file_types=["image"],
+                                     type="filepath", elem_id="upload")
+                if examples:
+                    picker = gr.Gallery([(p, Path(p).stem) for p in examples], columns=5,
+                                        label="Or pick an example", allow_preview=False,
+                                        elem_id="examples")
+                k = gr.Slider(1, min(MAX_TOP, len(clf.classes)), value=min(3, len(clf.classes)),
+                              step=1, label="How many top classes", elem_id="topk")
+                show_cam = gr.Checkbox(label="Show Grad-CAM (where the model looked)",
+                                       elem_id="show-cam")
+                layer = gr.Dropdown(layers, value=layers[-1], label="Grad-CAM layer",
+                                    elem_id="layer")
+                opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Grad-CAM opacity",
+                                    elem_id="opacity")
+            with gr.Column():
+                top = gr.Label(label="Top classes", elem_id="top")
+                with gr.Row():
+                    original = gr.Image(label="Your image", interactive=False, elem_id="original")
+                    h, w = clf.image_size
+                    seen = gr.Image(label=f"What the model sees ({w}x{h})", interactive=False,
+                                    elem_id="seen")
+                heat = gr.Image(label="Grad-CAM", interactive=False, visible=False, elem_id="heat")
+        controls = [k, show_cam, layer, opacity]
+        shown = [original, seen, top, heat]
+        upload_box.upload(upload, [upload_box, *controls], [chosen, *shown])
+        if examples:
+            picker.select(pick, controls, [chosen, *shown])
+        for control in controls:
+            control.change(answer, [chosen, *controls], shown)
+        if mistakes:
+            gr.Markdown("## Test images it got wrong")
+            with gr.Row():
+                show_wrong = gr.Checkbox(label="Show misclassified test images",
+                                         elem_id="show-wrong")
+                n_wrong = gr.Slider(1, len(mistakes), value=min(10, len(mistakes)), step=1,
+                                    label="How many", elem_id="n-wrong")
+            gallery = gr.Gallery(label="true → predicted (confidence), most confident first",
+                                 columns=5, visible=False, elem_id="wrong")
+            for control in (show_wrong, n_wrong, show_cam, layer, opacity):
+                control.change(wrong, [show_wrong, n_wrong, show_cam, layer, opacity], gallery)
+    return page
+
+
+def load_app(folder: str | Path):
+    """The page for a folder ``export_app`` wrote (model, examples, mistakes, README's title)."""
+    folder = Path(folder)
+    clf = Classifier.load(folder)
+    about = json.loads((folder / "app.json").read_text())
+    examples = [folder / p for p in about["examples"]]
+    mistakes = [{**m, "path": folder / m["path"]} for m in about["mistakes"]]
+    return build_app(clf, examples, mistakes, title=about["title"], about=about["about"])
+
+
+def launch(folder: str | Path, **options) -> None:
+    """Serve the app in ``folder`` (``options``: ``gradio.Blocks.launch``'s, e.g. server_port)."""
+    load_app(folder).launch(max_file_size=MAX_UPLOAD, **options)

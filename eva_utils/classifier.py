@@ -1,0 +1,132 @@
+"""A trained model answering for one image at a time, as the web app (``app``) asks: its top
+classes, and a Grad-CAM picture of where it looked. Also the folder format a trained model travels
+in (``save`` / ``load``): weights as safetensors (read without unpickling any code) beside a small
+``model.json`` naming the architecture and its arguments, the classes, mean/std and image size.
+
+    clf = Classifier.load("space")                 # a folder written by eva.export_app
+    original, seen = clf.pictures("cat.jpg")       # the upload as a viewer shows it; the model's view
+    clf.top(clf.probabilities(seen), k=3)          # {"cat": 0.91, "dog": 0.06, "frog": 0.01}
+    clf.heatmap(seen, "layer3", opacity=0.5)       # uint8 (H, W, 3): Grad-CAM over the picture
+
+An upload goes through ``images.read_image`` and ``images.model_input``, the functions that load a
+data set, so the app's answer for a picture is ``eva.predict``'s (tests/test_app.py). Depends on
+torch, numpy, Pillow, pytorch-grad-cam and safetensors only: the exported app carries this module.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .gradcam import gradcam, gradcam_layers
+from .images import model_input, read_image
+from .models import build_model
+
+MAX_TOP = 10  # the app lists at most this many classes
+
+
+@dataclass
+class Classifier:
+    """``model`` (in eval mode) with what it takes: ``classes`` (one name per output), the data's
+    ``mean`` and ``std`` per RGB channel on the [0, 1] scale, and ``image_size`` (H, W)."""
+
+    model: nn.Module
+    classes: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: tuple[int, int]
+    # The app answers requests in threads, and Grad-CAM hooks the model and toggles its gradients
+    # while it runs: one request at a time uses the model.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.classes, self.image_size = tuple(self.classes), tuple(self.image_size)
+        self.model.eval()
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The layers the model names for Grad-CAM, earliest first."""
+        return gradcam_layers(self.model)
+
+    def pictures(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+        """(the file as a viewer shows it, uint8 (H0, W0, 3); the same resized to the model's input,
+        uint8 (H, W, 3)). One ``images.DataError`` saying what is wrong with the file otherwise."""
+        original = read_image(path)
+        return original, read_image(path, self.image_size)
+
+    def probabilities(self, seen: np.ndarray) -> np.ndarray:
+        """float32 (K,) softmax over the classes for one uint8 (H, W, 3) picture of the model's size."""
+        device = next(self.model.parameters()).device
+        with self.lock, torch.no_grad():
+            logits = self.model(model_input(seen, self.mean, self.std).to(device))
+        return logits.float().softmax(1)[0].cpu().numpy()
+
+    def top(self, probabilities: np.ndarray, k) -> dict[str, float]:
+        """The ``k`` most probable classes, most probable first: {name: probability in [0, 1]}."""
+        most = min(MAX_TOP, len(self.classes))
+        if isinstance(k, float) and k.is_integer():  # a slider may send 3.0
+            k = int(k)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= most:
+            raise ValueError(f"Top {k!r} classes: choose a whole number from 1 to {most} (the model "
+                             f"knows {len(self.classes)} classes; the app lists at most {MAX_TOP}).")
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        return {self.classes[i]: float(probabilities[i]) for i in order}
+
+    def heatmap(self, seen: np.ndarray, layer: str, opacity: float,
+                class_index: int | None = None) -> np.ndarray:
+        """uint8 (H, W, 3): Grad-CAM of ``layer`` for ``class_index`` (None: the predicted class)
+        over the picture, the heat map at ``opacity`` in [0, 1] (0 shows the picture alone)."""
+        from pytorch_grad_cam.utils.image import show_cam_on_image
+
+        if layer not in self.layers:
+            raise ValueError(f"Layer {layer!r}: choose one of {', '.join(self.layers)}.")
+        if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
+            raise ValueError(f"Opacity {opacity!r}: choose a number from 0 to 1.")
+        device = next(self.model.parameters()).device
+        x = model_input(seen, self.mean, self.std).to(device)
+        with self.lock:
+            mask = gradcam(self.model, x, layer,
+                           None if class_index is None else torch.tensor([class_index]))[0]
+        # The colour map alone, blended here: show_cam_on_image divides its blend by the blend's
+        # maximum, which brightens a dark picture and would show it changed even at opacity 0.
+        heat = show_cam_on_image(seen.astype(np.float32) / 255, mask, use_rgb=True, image_weight=0)
+        blend = (1 - float(opacity)) * seen + float(opacity) * heat
+        return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``model.safetensors`` and ``model.json`` into ``folder``."""
+        from safetensors.torch import save_model
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        name, args = type(self.model).__name__, dict(getattr(self.model, "init_args", {}))
+        if not args:
+            raise ValueError(f"{name} does not record its constructor arguments (init_args), so "
+                             "the app could not rebuild it. Fix: use an eva_utils model, or give "
+                             "yours a self.init_args = {...} of its constructor's arguments.")
+        # safetensors stores plain contiguous tensors: a channels-last model is saved as NCHW
+        # (the same numbers), shared weights (SmallResNet's) once.
+        cpu = build_model(name, args)
+        cpu.load_state_dict({k: v.detach().cpu().contiguous()
+                             for k, v in self.model.state_dict().items()})
+        save_model(cpu, str(folder / "model.safetensors"))
+        about = {"architecture": name, "arguments": args, "classes": list(self.classes),
+                 "mean": list(self.mean), "std": list(self.std), "image_size": list(self.image_size)}
+        (folder / "model.json").write_text(json.dumps(about, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "Classifier":
+        """The classifier ``save`` wrote into ``folder``."""
+        from safetensors.torch import load_model
+
+        folder = Path(folder)
+        about = json.loads((folder / "model.json").read_text())
+        model = build_model(about["architecture"], about["arguments"])
+        load_model(model, str(folder / "model.safetensors"), device=str(device))
+        return cls(model.to(device), about["classes"], tuple(about["mean"]), tuple(about["std"]),
+                   tuple(about["image_size"]))

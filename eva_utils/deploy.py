@@ -1,0 +1,222 @@
+"""A trained model as a folder that runs wherever Gradio does (a Hugging Face Space, a laptop):
+``export_app``. And a finished run's checkpoint in the browser without writing any code:
+
+    python -m eva_utils.deploy checkpoints/04-seed0/best.pt --data data    # serves on 127.0.0.1:7860
+    python -m eva_utils.deploy checkpoints/04-seed0/best.pt --data data --out space --no-launch
+
+In a notebook, after training and ``predictions = eva.predict(model, test_loader, data.classes)``:
+
+    eva.export_app(model, data, predictions, "space")
+    # then: cd space && pip install -r requirements.txt && python app.py
+
+The folder holds the app (``app.py``), pinned ``requirements.txt``, the weights (safetensors) and
+``model.json``, 10 example images (one per class where possible), the test images the model got
+wrong with their labels (``app.json``), a README with the Spaces front matter, and the few modules
+of eva_utils the app imports (images, runtime, gradcam, classifier, app, models): no ``fit``, no
+loaders, no training code.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .classifier import Classifier
+from .data import CIFAR10_CLASSES, load_cifar10, load_image_folder
+from .inference import misclassified, predict
+from .loaders import TensorLoader
+from .models import build_model, count_parameters
+from .transforms import denormalize
+
+CARRIED = ("images.py", "runtime.py", "gradcam.py", "classifier.py", "app.py", "models")
+# Pinned to the versions this export was made with: a Space installs exactly these.
+REQUIREMENTS = ("torch", "torchvision", "numpy", "pillow", "grad-cam", "gradio", "safetensors")
+EXAMPLES = 10
+PACKAGE = Path(__file__).resolve().parent
+
+
+def export_app(model: nn.Module, data, predictions, folder: str | Path, *,
+               title: str | None = None, mistakes: int = 20) -> Path:
+    """Write the app for ``model`` into ``folder`` (created; an earlier export there is replaced,
+    any other non-empty folder refused) and return its path. ``data``: the ``ImageData`` the model
+    trained on (classes, mean, std, size and the test images the examples come from);
+    ``predictions``: ``eva.predict`` on its test split (the ``mistakes`` most confident wrong
+    answers are shown in the app)."""
+    classes = tuple(data.classes)
+    if tuple(predictions.classes) != classes:
+        raise ValueError(f"The predictions name the classes {list(predictions.classes)}, the data "
+                         f"{list(classes)}. Fix: predict on this data's test loader with "
+                         "data.classes.")
+    if isinstance(mistakes, bool) or not isinstance(mistakes, int) or mistakes < 0:
+        raise ValueError(f"mistakes={mistakes!r}: give how many wrong answers to show (0 or more).")
+    clf = Classifier(model, classes, tuple(data.mean), tuple(data.std), data.image_size)
+    wrong = misclassified(predictions)
+    pictures = (denormalize(wrong.images[:mistakes], data.mean, data.std) * 255).round()
+    shown = [{"picture": p.to(torch.uint8).numpy(), "true": classes[t], "predicted": classes[q],
+              "confidence": float(c)}
+             for p, t, q, c in zip(pictures, wrong.labels, wrong.preds, wrong.confidence)]
+    about = (f"A {type(model).__name__} ({count_parameters(model):,} parameters) that tells "
+             f"{len(classes)} classes apart ({', '.join(classes)}) in {data.image_size[1]}x"
+             f"{data.image_size[0]} pictures: {predictions.accuracy:.2f} % of "
+             f"{len(predictions):,} test images right.")
+    return write_app(folder, clf, examples(data.test_images, data.test_labels, classes), shown,
+                     title or f"{type(model).__name__}: {len(classes)} classes", about)
+
+
+def examples(images: np.ndarray, labels: np.ndarray, classes) -> list[tuple[str, np.ndarray]]:
+    """Up to ``EXAMPLES`` (class name, uint8 (H, W, 3)) test pictures, one per class in class order,
+    then second ones, and so on."""
+    by_class = [np.flatnonzero(labels == c) for c in range(len(classes))]
+    rounds = max(map(len, by_class), default=0)
+    chosen = [idx[r] for r in range(min(rounds, EXAMPLES)) for idx in by_class if r < len(idx)]
+    return [(classes[labels[i]], images[i]) for i in chosen[:EXAMPLES]]
+
+
+def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: str) -> Path:
+    """The export folder: weights, pictures, app.json, the app's modules, requirements, README."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and any(folder.iterdir()) and not (folder / "app.json").is_file():
+        raise FileExistsError(f"{folder} holds files and no earlier export (no app.json). Fix: "
+                              "give a new or empty folder.")
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "examples").mkdir(parents=True)
+    (folder / "mistakes").mkdir()
+    clf.save(folder)
+    names = []
+    for i, (name, picture) in enumerate(pictures):
+        names.append(f"examples/{i:02d}-{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}.png")
+        Image.fromarray(picture).save(folder / names[-1])
+    wrong = []
+    for i, m in enumerate(mistakes):
+        Image.fromarray(m["picture"]).save(folder / f"mistakes/{i:03d}.png")
+        wrong.append({"path": f"mistakes/{i:03d}.png", "true": m["true"],
+                      "predicted": m["predicted"], "confidence": round(m["confidence"], 4)})
+    (folder / "app.json").write_text(json.dumps({"title": title, "about": about, "examples": names,
+                                                 "mistakes": wrong}, indent=1) + "\n")
+    _carry_modules(folder / "eva_utils")
+    (folder / "app.py").write_text(f'"""{title}: a web app (Gradio) made by eva_utils.export_app.\n\n'
+                                   '    pip install -r requirements.txt && python app.py\n"""\n'
+                                   "from pathlib import Path\n\nfrom eva_utils.app import launch\n\n"
+                                   'if __name__ == "__main__":\n    launch(Path(__file__).parent)\n')
+    (folder / "requirements.txt").write_text("".join(f"{name}=={_version(name)}\n"
+                                                     for name in REQUIREMENTS))
+    (folder / "README.md").write_text(_readme(title, about, clf))
+    return folder
+
+
+def _carry_modules(target: Path) -> None:
+    """The modules of eva_utils the app imports, and an __init__ that imports nothing."""
+    target.mkdir()
+    for name in CARRIED:
+        source = PACKAGE / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target / name)
+    (target / "__init__.py").write_text(
+        '"""The part of eva_utils this app needs: one image in, its classes and Grad-CAM out.\n'
+        'No training code; the whole package trains the model (github.com/eva-resnet/'
+        'eva-resnet-suite)."""\n')
+
+
+def _version(name: str) -> str:
+    return metadata.version(name).split("+")[0]  # torch 2.14.1+cu130: PyPI knows 2.14.1
+
+
+def _readme(title: str, about: str, clf: Classifier) -> str:
+    h, w = clf.image_size
+    return f"""---
+title: {json.dumps(title)}
+emoji: 🔎
+colorFrom: blue
+colorTo: green
+sdk: gradio
+sdk_version: {_version("gradio")}
+python_version: "{sys.version_info.major}.{sys.version_info.minor}"
+app_file: app.py
+pinned: false
+---
+
+# {title}
+
+{about}
+
+Upload a picture (any size, colour or grayscale; it is resized to {w}x{h}, which the page shows
+next to it), or pick one of the examples, and the app lists the most probable classes with their
+probabilities. Switch on Grad-CAM to see which part of the picture drove the answer, from an early
+layer (fine detail) or a late one (coarse), at the opacity you choose. "Show misclassified test
+images" opens the test pictures the model got wrong, most confident first, with Grad-CAM on them too.
+
+Run it locally: `pip install -r requirements.txt && python app.py`, then open http://127.0.0.1:7860.
+To put it on Hugging Face Spaces, upload this folder to a new Gradio Space (for example
+`hf upload <you>/<space> . --repo-type space`).
+
+Files: `model.safetensors` (the weights) and `model.json` (architecture, classes, mean/std, size);
+`examples/` and `mistakes/` (pictures, with their labels in `app.json`); `eva_utils/` (the code
+that turns a picture into the model's input and draws Grad-CAM; no training code).
+"""
+
+
+def export_checkpoint(path: str | Path, folder: str | Path, data_root: str | Path | None = None) -> Path:
+    """``export_app`` for a checkpoint ``fit`` wrote. With ``data_root`` (the data it trained on),
+    the app gets examples and the test images the model gets wrong; without, neither."""
+    ckpt = load_checkpoint(path)
+    inputs = ckpt.get("inputs")
+    if not inputs or not inputs.get("classes"):
+        raise CheckpointError(f"{path} does not record the classes, mean/std and image size the "
+                              "model takes (written by an older eva_utils, or trained from a loader "
+                              "eva did not build or without classes=). Fix: in the notebook that "
+                              "trained it, eva.export_app(model, data, predictions, folder).")
+    model = build_model(ckpt["model_class"], ckpt["model_args"])
+    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])  # the weights tested
+    classes, size = tuple(inputs["classes"]), tuple(inputs["image_size"])
+    title = f"{ckpt['model_class']}: {len(classes)} classes"
+    if data_root is None:
+        clf = Classifier(model, classes, tuple(inputs["mean"]), tuple(inputs["std"]), size)
+        history = ckpt["history"]
+        about = (f"A {ckpt['model_class']} ({count_parameters(model):,} parameters) that tells "
+                 f"{len(classes)} classes apart ({', '.join(classes)}); best test accuracy in "
+                 f"training {max(history['test_acc']):.2f} %.")
+        return write_app(folder, clf, [], [], title, about)
+    data = (load_cifar10(data_root) if classes == CIFAR10_CLASSES and size == (32, 32)
+            else load_image_folder(data_root, classes=classes, image_size=size))
+    data = replace(data, mean=tuple(inputs["mean"]), std=tuple(inputs["std"]))  # as trained
+    test = TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 500, train=False,
+                        classes=classes, device="cpu")
+    return export_app(model, data, predict(model, test, classes), folder, title=title)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m eva_utils.deploy", description=(
+        "Serve a checkpoint written by eva.fit as a web app (Gradio), or export it as a folder "
+        "for Hugging Face Spaces."))
+    parser.add_argument("checkpoint", help="a best.pt or last.pt that fit wrote")
+    parser.add_argument("--data", help="the data it trained on (for examples and mistakes)")
+    parser.add_argument("--out", help="write the app folder here (default: a temporary folder)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--no-launch", action="store_true", help="export only, do not serve")
+    args = parser.parse_args(argv)
+    from .app import gradio, launch
+    gradio()  # the missing extra, said before minutes of exporting
+    folder = export_checkpoint(args.checkpoint, args.out or tempfile.mkdtemp(prefix="eva-app-"),
+                               args.data)
+    print(f"App written to {folder}")
+    if not args.no_launch:
+        launch(folder, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The trained model as an app: what checkpoints record, the Classifier's answers against
+eva.predict, bad uploads, the exported folder (complete, no training code, runs on its own) and the
+deploy command. The page itself is driven in a browser in test_browser.py."""
+import ast
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eva_utils as eva
+from eva_utils.checkpoint import CheckpointError
+from eva_utils.deploy import CARRIED, REQUIREMENTS, main as deploy
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from lr_rules import draw_shapes  # noqa: E402
+
+gradio = pytest.importorskip("gradio", reason="the app needs the optional extra: pip install gradio")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A SmallResNet trained for an epoch on drawn shapes (4 classes, 32x32 RGB), its checkpoint,
+    its predictions on the test split, and the app exported from them."""
+    root = tmp_path_factory.mktemp("app")
+    draw_shapes(root / "shapes", size=32, gray=False, per_class=(24, 6))
+    data = eva.load_image_folder(root / "shapes")
+    train = eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std, 8,
+                             train=True, classes=data.classes)
+    test = eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 100,
+                            train=False, classes=data.classes)
+    torch.manual_seed(0)
+    model = eva.SmallResNet(num_classes=data.num_classes, repeats=1)
+    eva.fit(model, train, test, eva.TrainConfig(epochs=1, lr=0.05, checkpoint_dir=str(root / "ck")),
+            progress=False)
+    predictions = eva.predict(model, test, data.classes, amp=False)
+    folder = eva.export_app(model, data, predictions, root / "space")
+    return {"root": root, "data": data, "model": model, "predictions": predictions,
+            "folder": folder, "checkpoint": root / "ck" / "last.pt"}
+
+
+def test_importing_eva_utils_never_imports_gradio_or_lightning():
+    code = "import sys, eva_utils; print(sorted({'gradio', 'lightning', 'safetensors'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_app_without_gradio_is_one_clear_error(trained, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
+    with pytest.raises(ImportError, match=r'pip install "eva-utils\[app\]"'):
+        eva.build_app(eva.Classifier.load(trained["folder"]))
+
+
+def test_checkpoints_record_what_the_model_takes(trained):
+    ckpt = eva.load_checkpoint(trained["checkpoint"])
+    data = trained["data"]
+    assert ckpt["inputs"] == {"classes": list(data.classes), "mean": list(data.mean),
+                              "std": list(data.std), "image_size": [32, 32]}
+    model = eva.build_model(ckpt["model_class"], ckpt["model_args"])
+    model.load_state_dict(ckpt["model"])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # the trained model is channels-last: the same sums in another order
+        torch.testing.assert_close(model.eval()(x), trained["model"].eval()(x))
+
+
+def test_the_app_answers_as_predict_for_every_test_picture(trained, tmp_path):
+    clf, p = eva.Classifier.load(trained["folder"]), trained["predictions"]
+    for i, picture in enumerate(trained["data"].test_images):
+        Image.fromarray(picture).save(tmp_path / "upload.png")
+        _, seen = clf.pictures(tmp_path / "upload.png")
+        probabilities = clf.probabilities(seen)
+        assert probabilities.argmax() == p.preds[i]
+        assert probabilities.max() == pytest.approx(float(p.confidence[i]), abs=1e-5)
+        top = clf.top(probabilities, 4)
+        assert list(top) == [clf.classes[j] for j in np.argsort(-probabilities, kind="stable")]
+        assert sum(top.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_uploads_of_any_size_and_mode_become_the_models_picture(trained, tmp_path):
+    clf = eva.Classifier.load(trained["folder"])
+    picture = trained["data"].test_images[0]
+    big = Image.fromarray(picture).resize((300, 200))
+    cases = {"big.jpg": big, "gray.png": big.convert("L"), "palette.gif": big.convert("P"),
+             "alpha.png": big.convert("RGBA"), "sixteen.png": big.convert("I;16")}
+    turned = big.rotate(90, expand=True)  # stored sideways, with the EXIF turn that rights it
+    exif = turned.getexif()
+    exif[0x0112] = 6
+    for name, im in cases.items():
+        im.save(tmp_path / name)
+    turned.save(tmp_path / "phone.jpg", exif=exif)
+    for name in [*cases, "phone.jpg"]:
+        original, seen = clf.pictures(tmp_path / name)
+        assert seen.shape == (32, 32, 3) and seen.dtype == np.uint8, name
+        assert original.shape == (200, 300, 3), name  # upright, as a viewer shows it
+    _, gray = clf.pictures(tmp_path / "gray.png")
+    assert (gray[..., 0] == gray[..., 2]).all()
+    _, upright = clf.pictures(tmp_path / "phone.jpg")
+    _, plain = clf.pictures(tmp_path / "big.jpg")
+    assert np.abs(upright.astype(int) - plain).mean() < 8  # the same picture, JPEG aside
+
+
+def test_bad_uploads_and_settings_get_one_message_each(trained, tmp_path, monkeypatch):
+    clf = eva.Classifier.load(trained["folder"])
+    (tmp_path / "notes.png").write_text("not an image")
+    Image.fromarray(trained["data"].test_images[0]).resize((64, 64)).save(tmp_path / "whole.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:300])
+    for name in ("notes.png", "cut.png"):
+        with pytest.raises(eva.DataError, match=rf"Cannot read image .*{name}.*Fix"):
+            clf.pictures(tmp_path / name)
+    monkeypatch.setattr(eva.images, "MAX_PIXELS", 64 * 64 - 1)
+    with pytest.raises(eva.DataError, match="64x64 pixels .*Fix: shrink it"):
+        clf.pictures(tmp_path / "whole.png")
+    probabilities = np.full(4, 0.25, dtype=np.float32)
+    for k in (0, 5, 11, 2.5, True, "3", None):
+        with pytest.raises(ValueError, match=r"choose a whole number from 1 to 4"):
+            clf.top(probabilities, k)
+    assert list(clf.top(probabilities, 2.0)) == list(clf.classes[:2])  # a slider's 2.0 is 2
+    seen = trained["data"].test_images[0]
+    with pytest.raises(ValueError, match="choose one of"):
+        clf.heatmap(seen, "fc", 0.5)
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        clf.heatmap(seen, clf.layers[-1], 1.5)
+
+
+def test_grad_cam_in_the_app_changes_with_layer_and_opacity(trained):
+    clf = eva.Classifier.load(trained["folder"])
+    seen = trained["data"].test_images[0]
+    plain = clf.heatmap(seen, clf.layers[-1], 0.0)
+    assert np.array_equal(plain, seen)  # opacity 0: the picture alone
+    half, full = clf.heatmap(seen, clf.layers[-1], 0.5), clf.heatmap(seen, clf.layers[-1], 1.0)
+    assert not np.array_equal(half, full)
+    assert not np.array_equal(clf.heatmap(seen, clf.layers[0], 1.0), full)
+    assert all(p.grad is None for p in clf.model.parameters())  # hooks and gradients cleaned up
+
+
+def _imports(folder: Path) -> set[str]:
+    names = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_exported_folder_is_complete_and_has_no_training_code(trained):
+    folder = trained["folder"]
+    package = folder / "eva_utils"
+    assert sorted(p.name for p in package.iterdir()) == sorted([*CARRIED, "__init__.py"])
+    for path in folder.rglob("*.py"):
+        text = path.read_text()
+        for training in ("def fit(", ".backward(", "optimizer.step(", "from .train ",
+                         "from .loaders ", "from .schedule ", "from .data "):
+            assert training not in text, f"{path.relative_to(folder)} holds {training}"
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    module_of = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL": "pillow",
+                 "pytorch_grad_cam": "grad-cam", "gradio": "gradio", "safetensors": "safetensors",
+                 "eva_utils": None}
+    third_party = _imports(folder) - stdlib
+    assert third_party <= set(module_of), third_party - set(module_of)
+    pins = dict(line.split("==") for line in (folder / "requirements.txt").read_text().split())
+    assert set(pins) == set(REQUIREMENTS) >= {module_of[m] for m in third_party} - {None}
+    assert all(v[0].isdigit() and "+" not in v for v in pins.values()), pins
+    readme = (folder / "README.md").read_text()
+    front = readme.split("---")[1]
+    assert "sdk: gradio" in front and "app_file: app.py" in front
+    assert f"sdk_version: {pins['gradio']}" in front
+    about = json.loads((folder / "app.json").read_text())
+    assert [Path(p).name for p in about["examples"]][:4] == [
+        "00-circle.png", "01-cross.png", "02-square.png", "03-triangle.png"]  # one per class first
+    assert len(about["examples"]) == 10
+    wrong = eva.misclassified(trained["predictions"])
+    assert len(about["mistakes"]) == min(20, len(wrong))
+    first = about["mistakes"][0]
+    assert (first["true"], first["predicted"]) == (wrong.classes[wrong.labels[0]],
+                                                   wrong.classes[wrong.preds[0]])
+    # The stored mistake is the test picture itself, pixel for pixel.
+    stored = np.asarray(Image.open(folder / first["path"]))
+    pictures = trained["data"].test_images
+    assert any(np.array_equal(stored, p) for p in pictures)
+    model_json = json.loads((folder / "model.json").read_text())
+    assert model_json["architecture"] == "SmallResNet" and model_json["image_size"] == [32, 32]
+    # Safetensors: plain tensors, no pickle; the loaded weights are the trained ones.
+    loaded = eva.Classifier.load(folder).model.state_dict()
+    for k, v in trained["model"].state_dict().items():
+        assert torch.equal(loaded[k], v.cpu()), k
+
+
+def test_the_exported_app_runs_on_its_own_modules(trained):
+    """The folder's own eva_utils, not this checkout's: the page builds and answers an example,
+    importing no training module."""
+    code = ("import sys, eva_utils\n"
+            "from eva_utils.app import load_app\n"
+            "from eva_utils.classifier import Classifier\n"
+            "page = load_app('.')\n"
+            "clf = Classifier.load('.')\n"
+            "print(clf.top(clf.probabilities(clf.pictures('examples/00-circle.png')[1]), 2))\n"
+            "print(eva_utils.__file__)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('eva_utils')))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["GRADIO_ANALYTICS_ENABLED"] = "False"
+    out = subprocess.run([sys.executable, "-c", code], cwd=trained["folder"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert Path(lines[-2]).resolve().is_relative_to(trained["folder"].resolve())
+    loaded = set(eval(lines[-1]))
+    assert loaded <= {"eva_utils", *(f"eva_utils.{m.removesuffix('.py')}" for m in CARRIED),
+                      *(f"eva_utils.models.{p.stem}" for p in (ROOT / "eva_utils/models").glob("*.py"))}
+    assert not loaded & {"eva_utils.train", "eva_utils.loaders", "eva_utils.data"}
+
+
+def test_export_refuses_what_it_cannot_serve(trained, tmp_path):
+    data, model, p = trained["data"], trained["model"], trained["predictions"]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="no earlier export"):
+        eva.export_app(model, data, p, tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").exists()
+    other = eva.Predictions(p.images, p.labels, p.preds, p.confidence, tuple("abcd"))
+    with pytest.raises(ValueError, match="predict on this data's test loader"):
+        eva.export_app(model, data, other, tmp_path / "space")
+    with pytest.raises(ValueError, match="mistakes=-1"):
+        eva.export_app(model, data, p, tmp_path / "space", mistakes=-1)
+
+
+def test_the_deploy_command_exports_a_checkpoint(trained, tmp_path, capsys):
+    deploy([str(trained["checkpoint"]), "--data", str(trained["root"] / "shapes"), "--out",
+            str(tmp_path / "space"), "--no-launch"])
+    assert "App written to" in capsys.readouterr().out
+    about = json.loads((tmp_path / "space" / "app.json").read_text())
+    assert len(about["examples"]) == 10
+    clf = eva.Classifier.load(tmp_path / "space")
+    assert clf.classes == trained["data"].classes
+    ckpt = torch.load(trained["checkpoint"], weights_only=True)
+    del ckpt["inputs"]  # as written before checkpoints recorded it
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="does not record the classes.*export_app"):
+        deploy([str(tmp_path / "old.pt"), "--out", str(tmp_path / "old"), "--no-launch"])
