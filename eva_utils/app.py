@@ -8,8 +8,8 @@ Gradio is an optional extra (``pip install "eva-utils[app]"``): ``import eva_uti
 it, and ``build_app`` without it raises one ImportError that says what to install. The app carries
 this module, ``classifier`` and what they import, and no training code.
 """
-from __future__ import annotations
-
+# No "from __future__ import annotations": gradio finds the SelectData argument of a handler by
+# its annotation, which must then be the class itself, not a string.
 import json
 from pathlib import Path
 
@@ -35,7 +35,8 @@ def gradio():
 def enlarged(picture: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) repeated to at least ``SHOWN`` pixels on its short side (a 32x32 picture
     becomes 224x224 in sharp blocks: the pixels the model saw, not a browser's blur)."""
-    times = max(1, -(-SHOWN // min(picture.shape[:2])))
+    short, long = sorted(picture.shape[:2])
+    times = max(1, min(-(-SHOWN // short), 2048 // long))  # a 1x4000 strip stays 1x4000
     return picture.repeat(times, 0).repeat(times, 1)
 
 
@@ -60,14 +61,14 @@ def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image 
             heat = clf.heatmap(seen, layer, opacity) if show_cam else None
         except (DataError, ValueError) as exc:  # said in the page; anything else is our bug
             raise gr.Error(str(exc), print_exception=False) from None
-        return (original, enlarged(seen), top,
+        return (enlarged(original), enlarged(seen), top,
                 gr.update(value=None if heat is None else enlarged(heat), visible=show_cam))
 
     def upload(path, *controls):
         return (path, *answer(path, *controls))
 
-    def pick(*controls, evt: gr.SelectData):
-        return upload(examples[evt.index], *controls)
+    def pick(k, show_cam, layer, opacity, evt: gr.SelectData):  # gradio fills in evt by its type
+        return upload(examples[evt.index], k, show_cam, layer, opacity)
 
     def wrong(show, n, show_cam, layer, opacity):
         """The first ``n`` mistakes (most confident first), with Grad-CAM when it is switched on."""
@@ -93,8 +94,8 @@ def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image 
                                      type="filepath", elem_id="upload")
                 if examples:
                     picker = gr.Gallery([(p, Path(p).stem) for p in examples], columns=5,
-                                        label="Or pick an example", allow_preview=False,
-                                        elem_id="examples")
+                                        height="auto", label="Or pick an example",
+                                        allow_preview=False, elem_id="examples")
                 k = gr.Slider(1, min(MAX_TOP, len(clf.classes)), value=min(3, len(clf.classes)),
                               step=1, label="How many top classes", elem_id="topk")
                 show_cam = gr.Checkbox(label="Show Grad-CAM (where the model looked)",
@@ -126,7 +127,7 @@ def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image 
                 n_wrong = gr.Slider(1, len(mistakes), value=min(10, len(mistakes)), step=1,
                                     label="How many", elem_id="n-wrong")
             gallery = gr.Gallery(label="true → predicted (confidence), most confident first",
-                                 columns=5, visible=False, elem_id="wrong")
+                                 columns=5, height="auto", visible=False, elem_id="wrong")
             for control in (show_wrong, n_wrong, show_cam, layer, opacity):
                 control.change(wrong, [show_wrong, n_wrong, show_cam, layer, opacity], gallery)
     return page

@@ -100,7 +100,7 @@ class Classifier:
 
     def save(self, folder: str | Path) -> None:
         """Write ``model.safetensors`` and ``model.json`` into ``folder``."""
-        from safetensors.torch import save_model
+        save_model = safetensors().save_model
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ class Classifier:
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "Classifier":
         """The classifier ``save`` wrote into ``folder``."""
-        from safetensors.torch import load_model
+        load_model = safetensors().load_model
 
         folder = Path(folder)
         about = json.loads((folder / "model.json").read_text())
@@ -130,3 +130,13 @@ class Classifier:
         load_model(model, str(folder / "model.safetensors"), device=str(device))
         return cls(model.to(device), about["classes"], tuple(about["mean"]), tuple(about["std"]),
                    tuple(about["image_size"]))
+
+
+def safetensors():
+    """safetensors.torch, or one ImportError with the fix (it comes with the app's extra)."""
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise ImportError("Saving or loading the app's weights needs safetensors. Fix: pip install "
+                          '"eva-utils[app]" (or: pip install safetensors gradio).') from None
+    return safetensors.torch

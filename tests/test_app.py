@@ -4,9 +4,11 @@ deploy command. The page itself is driven in a browser in test_browser.py."""
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
-import warnings
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +247,111 @@ def test_the_deploy_command_exports_a_checkpoint(trained, tmp_path, capsys):
     torch.save(ckpt, tmp_path / "old.pt")
     with pytest.raises(CheckpointError, match="does not record the classes.*export_app"):
         deploy([str(tmp_path / "old.pt"), "--out", str(tmp_path / "old"), "--no-launch"])
+
+
+@pytest.fixture
+def served(trained, tmp_path):
+    """The exported app served by its own ``python app.py`` on a free localhost port."""
+    from test_browser import free_port
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
+               GRADIO_ANALYTICS_ENABLED="False")
+    log = open(tmp_path / "app.log", "w")
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=trained["folder"], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("The app did not start:\n" + (tmp_path / "app.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _top(page, entries: int) -> list[tuple[str, int]]:
+    """The page's top classes as (name, percent), once it lists ``entries`` of them."""
+    shown = page.locator("#top")
+    page.wait_for_function(f"() => (document.querySelector('#top').innerText.match(/%/g) || [])"
+                           f".length === {entries}", timeout=30000)
+    lines = shown.inner_text().split("\n")[2:]  # after the heading and the top class in large
+    return [(lines[i], int(lines[i + 1].rstrip("%"))) for i in range(0, len(lines) - 1, 2)]
+
+
+def _changed(page, selector: str, before: str | None) -> str:
+    """The src of ``selector``'s image once it differs from ``before``."""
+    page.wait_for_function(f"() => {{ const i = document.querySelector('{selector} img'); "
+                           f"return i && i.src && i.src !== {json.dumps(before)}; }}", timeout=30000)
+    return page.locator(f"{selector} img").first.get_attribute("src")
+
+
+def _set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed "
+                    "(apt-get install chromium); the app's browser test needs it")
+def test_the_app_in_a_real_browser(trained, served, tmp_path):
+    """Upload, read the top-k, Grad-CAM on with layer and opacity changed, the mistakes gallery
+    with a count, an example picked, and a file that is not an image: all in headless Chromium."""
+    from playwright.sync_api import sync_playwright
+    from test_browser import CHROMIUM_ARGS
+
+    clf = eva.Classifier.load(trained["folder"])
+    picture = trained["data"].test_images[3]
+    Image.fromarray(picture).resize((96, 96)).save(tmp_path / "upload.png")
+    expected = clf.probabilities(clf.pictures(tmp_path / "upload.png")[1])
+    (tmp_path / "notes.png").write_text("not an image")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(served)
+        page.locator("#upload input[type=file]").set_input_files(tmp_path / "upload.png")
+        top = _top(page, 3)
+        assert top == [(name, round(100 * p)) for name, p in clf.top(expected, 3).items()]
+        _set_number(page, "topk", 2)
+        assert len(_top(page, 2)) == 2
+        # Grad-CAM: shown when switched on; a new picture for another opacity and another layer.
+        page.locator("#show-cam input").check()
+        heat = _changed(page, "#heat", None)
+        _set_number(page, "opacity", 0.4)
+        heat = _changed(page, "#heat", heat)
+        page.locator("#layer input").click()
+        page.locator("[role=option]", has_text=clf.layers[0]).click()
+        _changed(page, "#heat", heat)
+        # The mistakes, as many as asked for, captioned true → predicted.
+        page.locator("#show-wrong input").check()
+        _set_number(page, "n-wrong", 3)
+        page.wait_for_function("() => document.querySelectorAll('#wrong img').length === 3",
+                               timeout=30000)
+        assert "→" in page.locator("#wrong").inner_text()
+        # An example picked from the gallery is classified too.
+        example = json.loads((trained["folder"] / "app.json").read_text())["examples"][1]
+        chosen = clf.top(clf.probabilities(clf.pictures(trained["folder"] / example)[1]), 2)
+        page.locator("#examples img").nth(1).click()
+        page.wait_for_function(f"() => document.querySelector('#top').innerText.split('\\n')[1]"
+                               f" === {json.dumps(next(iter(chosen)))}", timeout=30000)
+        assert _top(page, 2) == [(name, round(100 * p)) for name, p in chosen.items()]
+        assert page.locator("text=Error").count() == 0
+        page.screenshot(path=str(ROOT / "artifacts" / "app.png"), full_page=True)
+        # Not an image: one message in the page, no traceback.
+        page.locator("#upload").get_by_label("Clear").click()
+        page.locator("#upload input[type=file]").set_input_files(tmp_path / "notes.png")
+        page.get_by_text("Cannot read image").first.wait_for(timeout=30000)
+        assert "Traceback" not in page.inner_text("body")
+        browser.close()

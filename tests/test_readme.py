@@ -2,6 +2,7 @@
 package copied alone next to a folder of drawn shapes: small and grayscale images, two models and
 two seeds. Each case changes only the folder, the image size, the epochs, the seed and the model
 line, and each change must hit the README's text exactly once, so the test follows the README."""
+import json
 import re
 import subprocess
 import sys
@@ -62,3 +63,5 @@ def test_readme_example_learns(tmp_path, model, side, gray, seed):
     accuracy = float(result[-2])
     assert accuracy >= 50, f"{model}: {accuracy:.1f}% after 6 epochs (chance is 25%)\n{out.stdout}"
     assert (tmp_path / "checkpoints" / "last.pt").exists()
+    about = json.loads((tmp_path / "app" / "model.json").read_text())  # the exported web app
+    assert about["image_size"] == [image_size, image_size] and len(about["classes"]) == 4
