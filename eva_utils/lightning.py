@@ -1,0 +1,137 @@
+"""eva models, configs and loaders under PyTorch Lightning, for a course that asks for Lightning:
+``EvaModule`` (a LightningModule doing what ``fit`` does with a ``TrainConfig``: its optimizer, LR
+schedule stepped as often, label smoothing, the mirror test-time augmentation when validating) and
+``EvaDataModule`` (our loaders, reshuffled each epoch as ``fit`` reshuffles them). The models,
+augmentation, LR finder, figures, Grad-CAM and the app stay the same.
+
+    import lightning as L
+    from eva_utils.lightning import EvaDataModule, EvaModule, trainer_precision
+
+    cfg = eva.TrainConfig(epochs=24, lr=found.suggested_lr, schedule="onecycle")
+    module = EvaModule(model, cfg)
+    trainer = L.Trainer(max_epochs=cfg.epochs, precision=trainer_precision(cfg),
+                        gradient_clip_val=cfg.grad_clip, deterministic=True)
+    trainer.fit(module, EvaDataModule(train, test))
+    predictions = eva.predict(module.model, test, data.classes)      # every figure as before
+    eva.export_app(module.model, data, predictions, "space")
+
+With a constant LR and no augmentation, two epochs end with the weights ``eva.fit`` gets from the
+same start, to float tolerance (tests/test_lightning.py). What Lightning does its own way:
+checkpoints (``ModelCheckpoint``; ``EvaModule.load_from_checkpoint(path, model=..., cfg=...)``),
+mixed precision (``Trainer(precision=...)``: ``trainer_precision`` applies eva's rule), gradient
+clipping (``gradient_clip_val``), several GPUs (its own DDP), logging. ``TrainConfig.ema_decay`` and
+``compile`` are ``fit``'s alone. Lightning is an optional extra: ``pip install "eva-utils[lightning]"``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .runtime import amp_dtype, get_device, use_channels_last
+from .schedule import build_optimizer, build_scheduler
+from .train import TrainConfig
+
+try:
+    import lightning as L
+except ImportError:
+    raise ImportError("eva_utils.lightning needs PyTorch Lightning, which is not installed. Fix: "
+                      'pip install "eva-utils[lightning]" (or: pip install lightning).') from None
+
+
+def trainer_precision(cfg: TrainConfig, device: str | torch.device | None = None) -> str:
+    """``Trainer(precision=...)`` for ``cfg.amp`` on ``device`` (default: the best available), by
+    ``fit``'s rule: bf16 on GPUs that have it and on CPUs with AMX, fp16 on a T4, else fp32."""
+    dtype = amp_dtype(get_device(device), cfg.amp)
+    return {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
+
+
+class EvaModule(L.LightningModule):
+    """``model`` trained as ``fit`` trains it with ``cfg``. Logs train_loss, train_acc (percent),
+    val_loss and val_acc (with ``cfg.tta``: each image averaged with its mirror, as ``fit`` tests)."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig):
+        super().__init__()
+        if not isinstance(cfg, TrainConfig):
+            raise TypeError(f"cfg must be an eva.TrainConfig; got {type(cfg).__name__}.")
+        if cfg.ema_decay or cfg.compile:
+            raise ValueError("TrainConfig(ema_decay=..., compile=True) are eva.fit's own. Fix: "
+                             "leave them unset under Lightning (its WeightAveraging callback and "
+                             "torch.compile(module) do the same there).")
+        self.model, self.cfg = model, cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def on_fit_start(self) -> None:
+        # The memory layout fit would choose on this device (NHWC on CUDA and the CPU).
+        self.nhwc = use_channels_last(self.device, self.cfg.channels_last)
+        if self.nhwc:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        nhwc = getattr(self, "nhwc", False)
+        return x.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+
+    def on_train_epoch_start(self) -> None:
+        # Each epoch's shuffle and augmentation, as fit draws them (our loaders' set_epoch).
+        data = self.trainer.datamodule
+        if data is not None:
+            data.set_epoch(self.current_epoch)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self.model(self._layout(x))
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train_acc", 100.0 * (logits.argmax(1) == y).float().mean(), on_step=False,
+                 on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        x = self._layout(x)
+        logits = self.model(x)
+        if self.cfg.tta:
+            logits = (logits + self.model(x.flip(3))) / 2
+        self.log("val_loss", F.cross_entropy(logits.float(), y), prog_bar=True, batch_size=len(y))
+        self.log("val_acc", 100.0 * (logits.argmax(1) == y).float().mean(), prog_bar=True,
+                 batch_size=len(y))
+
+    def configure_optimizers(self):
+        epochs = self.trainer.max_epochs
+        if self.cfg.schedule == "onecycle" and epochs != self.cfg.epochs:
+            raise ValueError(f"Trainer(max_epochs={epochs}) but TrainConfig(epochs={self.cfg.epochs}"
+                             "): a one-cycle schedule's shape depends on the number of epochs. Fix: "
+                             "Trainer(max_epochs=cfg.epochs).")
+        optimizer = build_optimizer(self.model, self.cfg)
+        steps = self.trainer.estimated_stepping_batches // max(1, epochs)
+        scheduler, every = build_scheduler(optimizer, self.cfg, steps)
+        stepping = {"scheduler": scheduler, "interval": "step" if every == "batch" else "epoch"}
+        if every == "plateau":  # reduced when the test loss stops falling, as in fit
+            stepping["monitor"] = "val_loss"
+        return {"optimizer": optimizer, "lr_scheduler": stepping}
+
+
+class EvaDataModule(L.LightningDataModule):
+    """Our training and test loaders (``TensorLoader`` or ``make_loader``) as Lightning asks for
+    them. ``set_epoch`` is called by ``EvaModule`` before each training epoch."""
+
+    def __init__(self, train_loader, test_loader):
+        super().__init__()
+        if getattr(train_loader, "train", None) is not True or getattr(test_loader, "train",
+                                                                        None) is not False:
+            raise ValueError("EvaDataModule(train_loader, test_loader) takes a loader built with "
+                             "train=True, then one built with train=False (eva.TensorLoader or "
+                             "eva.make_loader).")
+        self.train_loader, self.test_loader = train_loader, test_loader
+
+    def set_epoch(self, epoch: int) -> None:
+        for loader in (self.train_loader, self.test_loader):
+            loader.set_epoch(epoch)
+
+    def train_dataloader(self):
+        return self.train_loader
+
+    def val_dataloader(self):
+        return self.test_loader

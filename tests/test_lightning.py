@@ -1,0 +1,90 @@
+"""eva under PyTorch Lightning: the same weights as fit, checkpoints that feed the app, and the
+settings it refuses."""
+import copy
+import json
+import warnings
+
+import pytest
+import torch
+
+import eva_utils as eva
+
+L = pytest.importorskip("lightning", reason="the optional extra: pip install lightning")
+from eva_utils.lightning import EvaDataModule, EvaModule, trainer_precision  # noqa: E402
+
+
+def trainer(tmp_path, epochs: int, **kw):
+    with warnings.catch_warnings():  # its advice on workers and GPUs, for a tiny CPU run
+        warnings.simplefilter("ignore")
+        return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, deterministic=True,
+                         logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, **kw)
+
+
+def data_loaders(tiny):
+    train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20,
+                             train=True, classes=tiny.classes)
+    test = eva.TensorLoader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 50,
+                            train=False, classes=tiny.classes)
+    return train, test
+
+
+def test_lightning_ends_with_the_weights_fit_gets(tiny, tmp_path):
+    """Constant LR, no augmentation, two epochs from the same start: the same weights."""
+    cfg = eva.TrainConfig(epochs=2, lr=0.05, schedule="constant", label_smoothing=0.1, tta=True)
+    torch.manual_seed(0)
+    start = eva.SmallResNet(num_classes=10, repeats=1)
+    ours, theirs = copy.deepcopy(start), copy.deepcopy(start)
+    history = eva.fit(ours, *data_loaders(tiny), cfg, progress=False)
+    module = EvaModule(theirs, cfg)
+    run = trainer(tmp_path, 2, enable_checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run.fit(module, EvaDataModule(*data_loaders(tiny)))
+    moved = 0
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+        moved += not torch.equal(a, start.state_dict()[name])
+    assert moved > 10  # trained, not two untouched copies
+    assert run.callback_metrics["val_acc"].item() == pytest.approx(history.test_acc[-1], abs=0.01)
+    assert run.callback_metrics["val_loss"].item() == pytest.approx(history.test_loss[-1], rel=1e-4)
+
+
+def test_a_lightning_checkpoint_feeds_the_app(tiny, tmp_path):
+    cfg = eva.TrainConfig(epochs=1, lr=0.05, schedule="onecycle")
+    train, test = data_loaders(tiny)
+    run = trainer(tmp_path, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run.fit(EvaModule(eva.SmallResNet(num_classes=10, repeats=1), cfg), EvaDataModule(train, test))
+    path = run.checkpoint_callback.best_model_path
+    module = EvaModule.load_from_checkpoint(path, model=eva.SmallResNet(num_classes=10, repeats=1),
+                                            cfg=cfg)
+    predictions = eva.predict(module.model, test, tiny.classes)
+    folder = eva.export_app(module.model, tiny, predictions, tmp_path / "space")
+    assert json.loads((folder / "model.json").read_text())["architecture"] == "SmallResNet"
+    for k, v in module.model.state_dict().items():
+        assert torch.equal(eva.Classifier.load(folder).model.state_dict()[k], v), k
+
+
+def test_what_lightning_does_its_own_way_is_refused_with_the_fix(tiny, tmp_path):
+    model = eva.SmallResNet(num_classes=10, repeats=1)
+    with pytest.raises(ValueError, match="WeightAveraging"):
+        EvaModule(model, eva.TrainConfig(epochs=1, lr=0.05, ema_decay=0.99))
+    with pytest.raises(TypeError, match="eva.TrainConfig"):
+        EvaModule(model, {"epochs": 1})
+    train, test = data_loaders(tiny)
+    with pytest.raises(ValueError, match="train=True, then one built with train=False"):
+        EvaDataModule(test, train)
+    run = trainer(tmp_path, 2)
+    with pytest.raises(ValueError, match=r"max_epochs=2.*epochs=3.*Trainer\(max_epochs=cfg.epochs\)"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run.fit(EvaModule(model, eva.TrainConfig(epochs=3, lr=0.05)), EvaDataModule(train, test))
+
+
+@pytest.mark.parametrize("amx, amp, expected", [(True, None, "bf16-mixed"), (False, None, "32-true"),
+                                                (False, True, "bf16-mixed"), (True, False, "32-true")])
+def test_trainer_precision_follows_fits_rule_on_the_cpu(monkeypatch, amx, amp, expected):
+    monkeypatch.setattr(eva.runtime, "cpu_has_amx", lambda: amx)
+    assert trainer_precision(eva.TrainConfig(epochs=1, lr=0.1, amp=amp), "cpu") == expected
