@@ -30,7 +30,7 @@ from . import distributed
 from .runtime import kept_modes
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
-AUTO_STEPS = (50, 100)  # num_iter=None: one pass over the training set, within these bounds
+AUTO_STEPS = (50, 100)  # num_iter=None: a step per training batch, but at least 50 and at most 100
 
 
 @dataclass
