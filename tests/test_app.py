@@ -355,3 +355,21 @@ def test_the_app_in_a_real_browser(trained, served, tmp_path):
         page.get_by_text("Cannot read image").first.wait_for(timeout=30000)
         assert "Traceback" not in page.inner_text("body")
         browser.close()
+
+
+@pytest.mark.skipif(os.environ.get("EVA_FRESH_VENV") != "1", reason="set EVA_FRESH_VENV=1 to "
+                    "install the exported app's requirements into a new venv (about 3 minutes, 6 GB)")
+def test_the_exported_app_runs_from_a_fresh_venv_with_only_its_requirements(trained, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r",
+                    str(trained["folder"] / "requirements.txt")], check=True, timeout=1800)
+    code = ("from eva_utils.app import load_app\nfrom eva_utils.classifier import Classifier\n"
+            "load_app('.')\nclf = Classifier.load('.')\n"
+            "print(clf.top(clf.probabilities(clf.pictures('examples/00-circle.png')[1]), 1))\n")
+    out = subprocess.run([str(python), "-W", "error::UserWarning", "-c", code],
+                         cwd=trained["folder"], capture_output=True, text=True, timeout=300,
+                         env={"PATH": os.environ["PATH"], "GRADIO_ANALYTICS_ENABLED": "False"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().startswith("{")
