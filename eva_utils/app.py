@@ -40,6 +40,15 @@ def enlarged(picture: np.ndarray) -> np.ndarray:
     return picture.repeat(times, 0).repeat(times, 1)
 
 
+def upload_problem(exc: Exception, path) -> str:
+    """What is wrong with an uploaded file, named as the user named it (not the server's copy)."""
+    name = Path(path).name
+    if str(exc).startswith("Cannot read image"):
+        return (f"{name} is not an image this app can read (a truncated file, or another kind of "
+                "file). Upload a picture: JPEG, PNG, WebP, BMP, GIF or TIFF.")
+    return str(exc).replace(str(path), name)
+
+
 def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image classifier",
               about: str = ""):
     """A ``gradio.Blocks`` page for ``clf``. ``examples``: image file paths offered as a gallery to
@@ -57,9 +66,12 @@ def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image 
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             original, seen = clf.pictures(path)
+        except DataError as exc:  # said in the page, naming the file as the user knows it
+            raise gr.Error(upload_problem(exc, path), print_exception=False) from None
+        try:
             top = clf.top(clf.probabilities(seen), k)
             heat = clf.heatmap(seen, layer, opacity) if show_cam else None
-        except (DataError, ValueError) as exc:  # said in the page; anything else is our bug
+        except ValueError as exc:  # a setting out of range (sent around the page's controls)
             raise gr.Error(str(exc), print_exception=False) from None
         return (enlarged(original), enlarged(seen), top,
                 gr.update(value=None if heat is None else enlarged(heat), visible=show_cam))

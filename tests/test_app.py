@@ -4,6 +4,7 @@ deploy command. The page itself is driven in a browser in test_browser.py."""
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 import eva_utils as eva
+from eva_utils.app import upload_problem
 from eva_utils.checkpoint import CheckpointError
 from eva_utils.deploy import CARRIED, REQUIREMENTS, main as deploy
 
@@ -114,8 +116,10 @@ def test_bad_uploads_and_settings_get_one_message_each(trained, tmp_path, monkey
     Image.fromarray(trained["data"].test_images[0]).resize((64, 64)).save(tmp_path / "whole.png")
     (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:300])
     for name in ("notes.png", "cut.png"):
-        with pytest.raises(eva.DataError, match=rf"Cannot read image .*{name}.*Fix"):
+        with pytest.raises(eva.DataError, match=rf"Cannot read image .*{name}.*Fix") as caught:
             clf.pictures(tmp_path / name)
+        said = upload_problem(caught.value, tmp_path / name)  # what the page shows
+        assert said.startswith(f"{name} is not an image") and str(tmp_path) not in said
     monkeypatch.setattr(eva.images, "MAX_PIXELS", 64 * 64 - 1)
     with pytest.raises(eva.DataError, match="64x64 pixels .*Fix: shrink it"):
         clf.pictures(tmp_path / "whole.png")
@@ -286,8 +290,9 @@ def _top(page, entries: int) -> list[tuple[str, int]]:
     shown = page.locator("#top")
     page.wait_for_function(f"() => (document.querySelector('#top').innerText.match(/%/g) || [])"
                            f".length === {entries}", timeout=30000)
-    lines = shown.inner_text().split("\n")[2:]  # after the heading and the top class in large
-    return [(lines[i], int(lines[i + 1].rstrip("%"))) for i in range(0, len(lines) - 1, 2)]
+    lines = [line.strip() for line in shown.inner_text().split("\n") if line.strip()]
+    return [(lines[i - 1], int(line[:-1])) for i, line in enumerate(lines)
+            if re.fullmatch(r"\d+%", line)]  # each percentage follows its class name
 
 
 def _changed(page, selector: str, before: str | None) -> str:
@@ -317,43 +322,49 @@ def test_the_app_in_a_real_browser(trained, served, tmp_path):
     Image.fromarray(picture).resize((96, 96)).save(tmp_path / "upload.png")
     expected = clf.probabilities(clf.pictures(tmp_path / "upload.png")[1])
     (tmp_path / "notes.png").write_text("not an image")
+    (ROOT / "artifacts").mkdir(exist_ok=True)  # screenshots
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(served)
-        page.locator("#upload input[type=file]").set_input_files(tmp_path / "upload.png")
-        top = _top(page, 3)
-        assert top == [(name, round(100 * p)) for name, p in clf.top(expected, 3).items()]
-        _set_number(page, "topk", 2)
-        assert len(_top(page, 2)) == 2
-        # Grad-CAM: shown when switched on; a new picture for another opacity and another layer.
-        page.locator("#show-cam input").check()
-        heat = _changed(page, "#heat", None)
-        _set_number(page, "opacity", 0.4)
-        heat = _changed(page, "#heat", heat)
-        page.locator("#layer input").click()
-        page.locator("[role=option]", has_text=clf.layers[0]).click()
-        _changed(page, "#heat", heat)
-        # The mistakes, as many as asked for, captioned true → predicted.
-        page.locator("#show-wrong input").check()
-        _set_number(page, "n-wrong", 3)
-        page.wait_for_function("() => document.querySelectorAll('#wrong img').length === 3",
-                               timeout=30000)
-        assert "→" in page.locator("#wrong").inner_text()
-        # An example picked from the gallery is classified too.
-        example = json.loads((trained["folder"] / "app.json").read_text())["examples"][1]
-        chosen = clf.top(clf.probabilities(clf.pictures(trained["folder"] / example)[1]), 2)
-        page.locator("#examples img").nth(1).click()
-        page.wait_for_function(f"() => document.querySelector('#top').innerText.split('\\n')[1]"
-                               f" === {json.dumps(next(iter(chosen)))}", timeout=30000)
-        assert _top(page, 2) == [(name, round(100 * p)) for name, p in chosen.items()]
-        assert page.locator("text=Error").count() == 0
-        page.screenshot(path=str(ROOT / "artifacts" / "app.png"), full_page=True)
-        # Not an image: one message in the page, no traceback.
-        page.locator("#upload").get_by_label("Clear").click()
-        page.locator("#upload input[type=file]").set_input_files(tmp_path / "notes.png")
-        page.get_by_text("Cannot read image").first.wait_for(timeout=30000)
-        assert "Traceback" not in page.inner_text("body")
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(served)
+            page.locator("#upload input[type=file]").set_input_files(tmp_path / "upload.png")
+            top = _top(page, 3)
+            assert top == [(name, round(100 * p)) for name, p in clf.top(expected, 3).items()]
+            _set_number(page, "topk", 2)
+            assert len(_top(page, 2)) == 2
+            # Grad-CAM: shown when switched on; a new picture for another opacity and another layer.
+            page.locator("#show-cam input").check()
+            heat = _changed(page, "#heat", None)
+            _set_number(page, "opacity", 0.4)
+            heat = _changed(page, "#heat", heat)
+            page.locator("#layer input").click()
+            page.locator("[role=option]", has_text=clf.layers[0]).click()
+            _changed(page, "#heat", heat)
+            # The mistakes, as many as asked for, captioned true → predicted.
+            page.locator("#show-wrong input").check()
+            _set_number(page, "n-wrong", 3)
+            page.wait_for_function("() => document.querySelectorAll('#wrong img').length === 3",
+                                   timeout=30000)
+            assert "→" in page.locator("#wrong").inner_text()
+            # An example picked from the gallery is classified too.
+            example = json.loads((trained["folder"] / "app.json").read_text())["examples"][1]
+            chosen = clf.top(clf.probabilities(clf.pictures(trained["folder"] / example)[1]), 2)
+            page.locator("#examples img").nth(1).click()
+            page.wait_for_function(f"() => document.querySelector('#top').innerText.split('\\n')[1]"
+                                   f" === {json.dumps(next(iter(chosen)))}", timeout=30000)
+            assert _top(page, 2) == [(name, round(100 * p)) for name, p in chosen.items()]
+            assert page.locator("text=Error").count() == 0
+            page.screenshot(path=str(ROOT / "artifacts" / "app.png"), full_page=True)
+            # Not an image: one message in the page, no traceback.
+            page.locator("#upload").get_by_label("Clear").click()
+            page.locator("#upload input[type=file]").set_input_files(tmp_path / "notes.png")
+            page.get_by_text("notes.png is not an image this app can read").first.wait_for(timeout=30000)
+            assert "Traceback" not in page.inner_text("body")
+        except Exception:  # what the page and the server showed, for whoever reads the failure
+            page.screenshot(path=str(ROOT / "artifacts" / "app-failed.png"), full_page=True)
+            print((tmp_path / "app.log").read_text()[-3000:])
+            raise
         browser.close()
 
 
