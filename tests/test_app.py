@@ -8,8 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -254,35 +252,17 @@ def test_the_deploy_command_exports_a_checkpoint(trained, tmp_path, capsys):
 
 
 @pytest.fixture
-def served(trained, tmp_path):
+def app_url(trained, tmp_path):
     """The exported app served by its own ``python app.py`` on a free localhost port."""
-    from test_browser import free_port
+    from test_browser import free_port, served
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
                GRADIO_ANALYTICS_ENABLED="False")
-    log = open(tmp_path / "app.log", "w")
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=trained["folder"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("The app did not start:\n" + (tmp_path / "app.log").read_text()[-3000:])
-                time.sleep(0.5)
+    with served([sys.executable, "app.py"], url, tmp_path / "app.log", cwd=trained["folder"],
+                env=env):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 def _top(page, entries: int) -> list[tuple[str, int]]:
@@ -311,7 +291,7 @@ def _set_number(page, elem_id: str, value) -> None:
 @pytest.mark.browser
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed "
                     "(apt-get install chromium); the app's browser test needs it")
-def test_the_app_in_a_real_browser(trained, served, tmp_path):
+def test_the_app_in_a_real_browser(trained, app_url, tmp_path):
     """Upload, read the top-k, Grad-CAM on with layer and opacity changed, the mistakes gallery
     with a count, an example picked, and a file that is not an image: all in headless Chromium."""
     from playwright.sync_api import sync_playwright
@@ -327,7 +307,7 @@ def test_the_app_in_a_real_browser(trained, served, tmp_path):
         browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(served)
+            page.goto(app_url)
             page.locator("#upload input[type=file]").set_input_files(tmp_path / "upload.png")
             top = _top(page, 3)
             assert top == [(name, round(100 * p)) for name, p in clf.top(expected, 3).items()]

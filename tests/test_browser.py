@@ -3,6 +3,7 @@
 Needs Debian's `chromium` (never a downloaded browser) and Playwright for Python; without Chromium the
 test is skipped and says why. The screenshot lands in artifacts/jupyterlab-01.png.
 """
+import contextlib
 import os
 import re
 import secrets
@@ -32,6 +33,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def served(command: list, probe: str, log_path: Path, **popen):
+    """Run ``command`` (a web server) until the block ends, once ``probe`` (a URL) answers; its
+    output goes to ``log_path``, whose end is raised with the error if it never answers."""
+    log = open(log_path, "w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **popen)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(probe, timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"{command[1:3]} did not start:\n" + log_path.read_text()[-3000:])
+                time.sleep(0.5)
+        yield
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
 @pytest.fixture
 def lab(tmp_path):
     """A JupyterLab server on a random localhost port with a token, serving a copy of notebook 01."""
@@ -41,32 +68,14 @@ def lab(tmp_path):
            "JUPYTER_CONFIG_DIR": str(tmp_path / ".jupyter-config"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / ".jupyter-runtime")}
     env.setdefault("EVA_DATA_DIR", str(ROOT / "data"))
-    log = open(tmp_path / "jupyterlab.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
-         f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={tmp_path}", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
-         "jupyterlab.NeverCheckForUpdate"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("JupyterLab did not start:\n" +
-                                       (tmp_path / "jupyterlab.log").read_text()[-3000:])
-                time.sleep(0.5)
+    with served([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
+                 "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+                 f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+                 "--LabApp.news_url=", "--LabApp.check_for_updates_class="
+                 "jupyterlab.NeverCheckForUpdate"], f"{url}/api/status?token={token}",
+                tmp_path / "jupyterlab.log", env=env):
         yield url, token
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 def run_all_cells(page, attempts: int = 3) -> None:
