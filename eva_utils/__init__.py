@@ -10,12 +10,15 @@
     history = eva.fit(model, train, test, eva.TrainConfig(epochs=24, lr=0.1))
     predictions = eva.predict(model, test, data.classes)
 
-Modules, one noun each: data (ImageData, loading), images (one file as a model's input), transforms (Augment), loaders, streaming
-(folder_loader), models, runtime (device, precision, seeding, eval mode), schedule, train
-(TrainConfig, fit), history, ema, checkpoint, inference (evaluate, predict), results, lr_finder,
-plots, gradcam, summary, distributed (torchrun). Depends
-only on torch, torchvision, numpy, pillow, albumentations, opencv, matplotlib, grad-cam,
-torch-lr-finder, torchinfo and tqdm, so the folder can be copied into another project as it is.
+Modules, one noun each: data (ImageData, loading), images (one file as a model's input),
+transforms (Augment), loaders, streaming (folder_loader), models, runtime (device, precision,
+seeding, eval mode), schedule, train (TrainConfig, fit), history, ema, checkpoint, inference
+(evaluate, predict), results, lr_finder, plots, gradcam, summary, distributed (torchrun),
+classifier (one image in: top classes, Grad-CAM), app (build_app), deploy (export_app), and
+lightning (import it yourself: eva_utils.lightning). Depends only on torch, torchvision, numpy,
+pillow, albumentations, opencv, matplotlib, grad-cam, torch-lr-finder, torchinfo and tqdm, so the
+folder can be copied into another project as it is; the app needs gradio and safetensors and
+eva_utils.lightning needs lightning, each imported only when used.
 """
 from . import distributed
 from .app import build_app
