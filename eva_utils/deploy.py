@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -85,13 +86,25 @@ def examples(images: np.ndarray, labels: np.ndarray, classes) -> list[tuple[str,
 
 
 def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: str) -> Path:
-    """The export folder: weights, pictures, app.json, the app's modules, requirements, README."""
+    """The export folder: weights, pictures, app.json, the app's modules, requirements, README.
+    Written beside it first and renamed into place, so a failed export leaves the folder as it was."""
     folder = Path(folder).expanduser()
     if folder.exists() and any(folder.iterdir()) and not (folder / "app.json").is_file():
         raise FileExistsError(f"{folder} holds files and no earlier export (no app.json). Fix: "
                               "give a new or empty folder.")
-    if folder.exists():
-        shutil.rmtree(folder)
+    draft = folder.with_name(f".{folder.name}.{os.getpid()}.draft")
+    shutil.rmtree(draft, ignore_errors=True)
+    try:
+        _write(draft, clf, pictures, mistakes, title, about)
+        if folder.exists():
+            shutil.rmtree(folder)
+        draft.rename(folder)
+    finally:
+        shutil.rmtree(draft, ignore_errors=True)
+    return folder
+
+
+def _write(folder: Path, clf: Classifier, pictures, mistakes, title: str, about: str) -> None:
     (folder / "examples").mkdir(parents=True)
     (folder / "mistakes").mkdir()
     clf.save(folder)
@@ -114,7 +127,6 @@ def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: st
     (folder / "requirements.txt").write_text("".join(f"{name}=={_version(name)}\n"
                                                      for name in REQUIREMENTS))
     (folder / "README.md").write_text(_readme(title, about, clf))
-    return folder
 
 
 def _carry_modules(target: Path) -> None:

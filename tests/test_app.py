@@ -235,6 +235,23 @@ def test_export_refuses_what_it_cannot_serve(trained, tmp_path):
     with pytest.raises(ValueError, match="mistakes=-1"):
         eva.export_app(model, data, p, tmp_path / "space", mistakes=-1)
 
+    class Mine(torch.nn.Module):  # a student's own model: no init_args to rebuild it from
+        gradcam_layers = ("conv",)
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.head(self.conv(x).mean((2, 3)))
+
+    earlier = eva.export_app(model, data, p, tmp_path / "space")
+    before = sorted(q.relative_to(earlier) for q in earlier.rglob("*"))
+    with pytest.raises(ValueError, match="does not record its constructor arguments.*init_args"):
+        eva.export_app(Mine(), data, p, tmp_path / "space")
+    assert sorted(q.relative_to(earlier) for q in earlier.rglob("*")) == before  # left as it was
+    assert [q.name for q in tmp_path.iterdir() if "draft" in q.name] == []
+
 
 def test_the_deploy_command_exports_a_checkpoint(trained, tmp_path, capsys):
     deploy([str(trained["checkpoint"]), "--data", str(trained["root"] / "shapes"), "--out",
