@@ -1,7 +1,7 @@
 """A trained classifier as a web page (Gradio): upload an image or pick an example, read its top
 classes, look at Grad-CAM from any layer at any opacity, and browse the test images it got wrong.
 
-    python -m eva_utils.deploy checkpoints/04-seed0/best.pt --data data   # try a finished run
+    python -m eva_utils.serve checkpoints/04-seed0/best.pt --data data    # try a finished run
     python app.py                                                       # in a folder export_app wrote
 
 Gradio is an optional extra (``pip install "eva-utils[app]"``): ``import eva_utils`` never imports

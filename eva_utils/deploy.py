@@ -1,8 +1,8 @@
 """A trained model as a folder that runs wherever Gradio does (a Hugging Face Space, a laptop):
 ``export_app``. And a finished run's checkpoint in the browser without writing any code:
 
-    python -m eva_utils.deploy checkpoints/04-seed0/best.pt --data data    # serves on 127.0.0.1:7860
-    python -m eva_utils.deploy checkpoints/04-seed0/best.pt --data data --out space --no-launch
+    python -m eva_utils.serve checkpoints/04-seed0/best.pt --data data    # serves on 127.0.0.1:7860
+    python -m eva_utils.serve checkpoints/04-seed0/best.pt --data data --out space --no-launch
 
 In a notebook, after training and ``predictions = eva.predict(model, test_loader, data.classes)``:
 
@@ -17,13 +17,11 @@ loaders, no training code.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -209,26 +207,3 @@ def export_checkpoint(path: str | Path, folder: str | Path, data_root: str | Pat
     test = TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 500, train=False,
                         classes=classes, device="cpu")
     return export_app(model, data, predict(model, test, classes), folder, title=title)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eva_utils.deploy", description=(
-        "Serve a checkpoint written by eva.fit as a web app (Gradio), or export it as a folder "
-        "for Hugging Face Spaces."))
-    parser.add_argument("checkpoint", help="a best.pt or last.pt that fit wrote")
-    parser.add_argument("--data", help="the data it trained on (for examples and mistakes)")
-    parser.add_argument("--out", help="write the app folder here (default: a temporary folder)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--no-launch", action="store_true", help="export only, do not serve")
-    args = parser.parse_args(argv)
-    from .app import gradio, launch
-    gradio()  # the missing extra, said before minutes of exporting
-    folder = export_checkpoint(args.checkpoint, args.out or tempfile.mkdtemp(prefix="eva-app-"),
-                               args.data)
-    print(f"App written to {folder}")
-    if not args.no_launch:
-        launch(folder, server_port=args.port)
-
-
-if __name__ == "__main__":
-    main()

@@ -17,8 +17,8 @@ from PIL import Image
 
 import eva_utils as eva
 from eva_utils.app import upload_problem
-from eva_utils.checkpoint import CheckpointError
-from eva_utils.deploy import CARRIED, REQUIREMENTS, main as deploy
+from eva_utils.deploy import CARRIED, REQUIREMENTS
+from eva_utils.serve import main as serve
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -253,8 +253,8 @@ def test_export_refuses_what_it_cannot_serve(trained, tmp_path):
     assert [q.name for q in tmp_path.iterdir() if "draft" in q.name] == []
 
 
-def test_the_deploy_command_exports_a_checkpoint(trained, tmp_path, capsys):
-    deploy([str(trained["checkpoint"]), "--data", str(trained["root"] / "shapes"), "--out",
+def test_the_serve_command_exports_a_checkpoint(trained, tmp_path, capsys):
+    serve([str(trained["checkpoint"]), "--data", str(trained["root"] / "shapes"), "--out",
             str(tmp_path / "space"), "--no-launch"])
     assert "App written to" in capsys.readouterr().out
     about = json.loads((tmp_path / "space" / "app.json").read_text())
@@ -264,8 +264,15 @@ def test_the_deploy_command_exports_a_checkpoint(trained, tmp_path, capsys):
     ckpt = torch.load(trained["checkpoint"], weights_only=True)
     del ckpt["inputs"]  # as written before checkpoints recorded it
     torch.save(ckpt, tmp_path / "old.pt")
-    with pytest.raises(CheckpointError, match="does not record the classes.*export_app"):
-        deploy([str(tmp_path / "old.pt"), "--out", str(tmp_path / "old"), "--no-launch"])
+    with pytest.raises(SystemExit) as stopped:
+        serve([str(tmp_path / "old.pt"), "--out", str(tmp_path / "old"), "--no-launch"])
+    assert stopped.value.code == 2
+    said = capsys.readouterr().err
+    assert said.startswith("error: ") and "does not record the classes" in said and "export_app" in said
+    assert "Traceback" not in said
+    with pytest.raises(SystemExit):
+        serve([str(tmp_path / "missing.pt"), "--no-launch"])
+    assert "No checkpoint at" in capsys.readouterr().err
 
 
 @pytest.fixture
