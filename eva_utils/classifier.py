@@ -26,14 +26,16 @@ from torch import nn
 from .gradcam import gradcam, gradcam_layers
 from .images import model_input, read_image
 from .models import build_model
+from .runtime import eval_mode
 
 MAX_TOP = 10  # the app lists at most this many classes
 
 
 @dataclass
 class Classifier:
-    """``model`` (in eval mode) with what it takes: ``classes`` (one name per output), the data's
-    ``mean`` and ``std`` per RGB channel on the [0, 1] scale, and ``image_size`` (H, W)."""
+    """``model`` with what it takes: ``classes`` (one name per output), the data's ``mean`` and
+    ``std`` per RGB channel on the [0, 1] scale, and ``image_size`` (H, W). It answers in eval
+    mode and leaves the model's own mode as it was."""
 
     model: nn.Module
     classes: tuple[str, ...]
@@ -46,7 +48,6 @@ class Classifier:
 
     def __post_init__(self):
         self.classes, self.image_size = tuple(self.classes), tuple(self.image_size)
-        self.model.eval()
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -62,7 +63,7 @@ class Classifier:
     def probabilities(self, seen: np.ndarray) -> np.ndarray:
         """float32 (K,) softmax over the classes for one uint8 (H, W, 3) picture of the model's size."""
         device = next(self.model.parameters()).device
-        with self.lock, torch.no_grad():
+        with self.lock, torch.no_grad(), eval_mode(self.model):  # the caller's mode comes back
             logits = self.model(model_input(seen, self.mean, self.std).to(device))
         return logits.float().softmax(1)[0].cpu().numpy()
 

@@ -43,7 +43,8 @@ def trained(tmp_path_factory):
     eva.fit(model, train, test, eva.TrainConfig(epochs=1, lr=0.05, checkpoint_dir=str(root / "ck")),
             progress=False)
     predictions = eva.predict(model, test, data.classes, amp=False)
-    folder = eva.export_app(model, data, predictions, root / "space")
+    folder = eva.export_app(model.train(), data, predictions, root / "space")
+    assert model.training  # exporting left the model as it was
     return {"root": root, "data": data, "model": model, "predictions": predictions,
             "folder": folder, "checkpoint": root / "ck" / "last.pt"}
 
