@@ -389,3 +389,12 @@ def test_the_exported_app_runs_from_a_fresh_venv_with_only_its_requirements(trai
                          env={"PATH": os.environ["PATH"], "GRADIO_ANALYTICS_ENABLED": "False"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().startswith("{")
+
+
+def test_the_app_is_launched_with_an_upload_limit(trained, monkeypatch):
+    """Gradio refuses larger uploads before anything is decoded (the page says so)."""
+    import eva_utils.app
+    seen = {}
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **kw: seen.update(kw))
+    eva_utils.app.launch(trained["folder"], server_port=1234)
+    assert seen == {"max_file_size": "10mb", "server_port": 1234}
