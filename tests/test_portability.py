@@ -106,6 +106,7 @@ eva.plot_misclassified(wrong, data.mean, data.std, path="figures/misclassified.p
 eva.plot_gradcam(model, wrong if len(wrong) else predictions, eva.gradcam_layers(model)[1:3],
                  data.mean, data.std, path="figures/gradcam.png")
 print(data.classes, data.image_size, len(history), sorted(p.name for p in Path("figures").iterdir()))
+print("optional extras imported:", sorted({"gradio", "lightning", "safetensors"} & set(sys.modules)))
 """
 
 
@@ -123,6 +124,7 @@ def test_student_workflow_with_the_copied_package(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "('circle', 'cross', 'ring', 'square', 'star') (48, 48) 2" in out.stdout
+    assert "optional extras imported: []" in out.stdout  # the app and Lightning only when asked for
     assert "['augmentations.png', 'confusion.png', 'curves.png', 'gradcam.png', 'lr.png', " \
            "'misclassified.png']" in out.stdout
     assert "Total params" in (tmp_path / "summary.txt").read_text()
