@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .gradcam import gradcam, gradcam_layers
-from .images import model_input, read_image
+from .images import model_input, read_image, resized
 from .models import build_model
 from .runtime import eval_mode
 
@@ -57,8 +57,8 @@ class Classifier:
     def pictures(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         """(the file as a viewer shows it, uint8 (H0, W0, 3); the same resized to the model's input,
         uint8 (H, W, 3)). One ``images.DataError`` saying what is wrong with the file otherwise."""
-        original = read_image(path)
-        return original, read_image(path, self.image_size)
+        original = read_image(path)  # decoded once
+        return original, resized(original, self.image_size)
 
     def probabilities(self, seen: np.ndarray) -> np.ndarray:
         """float32 (K,) softmax over the classes for one uint8 (H, W, 3) picture of the model's size."""

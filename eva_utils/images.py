@@ -33,15 +33,21 @@ def read_image(path: str | Path, image_size: tuple[int, int] | None = None) -> n
                 raise DataError(f"Image {path} is {width}x{height} pixels ({width * height / 1e6:.0f} "
                                 f"megapixels), more than the {MAX_PIXELS / 1e6:.0f} eva decodes. "
                                 "Fix: shrink it first (any image editor).")
-            im = viewer_rgb(im)
-            if image_size is not None:
-                im = im.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(im)
+            picture = np.asarray(viewer_rgb(im))
+            return picture if image_size is None else resized(picture, image_size)
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"Cannot read image {path} ({exc}). Fix: delete or replace that "
                         "file.") from exc
+
+
+def resized(picture: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """uint8 RGB (H, W, 3) resized to ``image_size`` (H, W), bilinear."""
+    from PIL import Image
+
+    size = (image_size[1], image_size[0])
+    return np.asarray(Image.fromarray(picture).resize(size, Image.Resampling.BILINEAR))
 
 
 def viewer_rgb(im):
