@@ -6,8 +6,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from .images import check_normalised
@@ -100,6 +98,11 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: str | nn.Module,
 
     ``classes`` (B,) are the class indices explained; None explains the model's own prediction.
     """
+    # Imported here, not at the top: pytorch_grad_cam loads scikit-learn and SciPy, about half a
+    # second that every `import eva_utils` (each test process, each training script) would pay.
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
         raise RuntimeError("Grad-CAM needs gradients, but it was called inside torch.no_grad() or "
                            "torch.inference_mode(). Fix: call it outside that block.")

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import nn
 
 from .inference import Predictions, confusion_matrix
@@ -256,6 +255,8 @@ def plot_gradcam(model: nn.Module, wrong: Predictions, layers, mean, std, *, n: 
         warnings.warn(f"{', '.join(coarse)}: a 1-pixel-wide feature map at this image size, so "
                       "its heat map is one flat colour and explains nothing. Fix: choose an "
                       "earlier layer (eva.gradcam_layers(model)), or larger images.", stacklevel=2)
+    from pytorch_grad_cam.utils.image import show_cam_on_image  # lazily, as in gradcam.gradcam
+
     masks = [gradcam(model, images, layer, explained) for layer in layers]
     cols = min(cols, n)  # 2 images: 2 columns, not 5 with 3 blank
     pictures = denormalize(images, mean, std).numpy()
