@@ -197,27 +197,21 @@ def test_version():
 
 def test_gpu_runbook_smoke(tmp_path):
     """The full-run script as the README's GPU command uses it (--gpu is 03, 04 and the benchmark;
-    03 is left out here, nbval runs it), smoke-sized on the CPU with one seed, so it cannot rot,
-    and in two stretches as long runs go: a budget that ends after epoch 1 of 2 exits with "run
-    the same command again", and the same command then resumes notebook 04 from its checkpoint.
-    Executed notebooks (the parameters cell kept), figures, run records and a results table, all
-    under --out; nothing tracked is touched. The seed loop is tested without training below."""
+    03 is left out here, nbval runs it), smoke-sized on the CPU with one seed, so it cannot rot:
+    executed notebooks (the parameters cell kept), figures, run records and a results table, all
+    under --out; nothing tracked is touched. The seed loop and the budget's exit are tested
+    without training below; a notebook stopped by its budget and resumed is test_resume's."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import full_runs
     assert full_runs.GPU_JOBS == ["03", "04", "benchmark"]
     env = {**os.environ, "EVA_DATA_DIR": str(ROOT / "data")}
     command = [sys.executable, str(ROOT / "scripts" / "full_runs.py"), "--only", "04", "benchmark",
                "--smoke", "--seeds", "0", "--out", str(tmp_path)]
-    stopped = subprocess.run([*command, "--budget", "0.01"], env=env, capture_output=True,
-                             text=True, timeout=900, cwd=ROOT)
-    assert stopped.returncode == full_runs.UNFINISHED, stopped.stderr[-3000:]
-    assert "Stopped after epoch 1 of 2" in stopped.stdout and "Run the same command again" in stopped.stdout
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "notebooks").iterdir()) == ["04_custom_resnet.ipynb"]
     record = json.loads((tmp_path / "results" / "04.json").read_text())
     assert [r["seed"] for r in record["runs"]] == [0] and record["smoke"]
-    assert record["runs"][0]["resumed_after_epochs"] == [1]
     assert len(record["runs"][0]["seconds_per_epoch"]) == 2
     assert record["command"] == ("python scripts/full_runs.py --only 04 benchmark --smoke --seeds 0 "
                                  f"--out {tmp_path}")
@@ -231,9 +225,33 @@ def test_gpu_runbook_smoke(tmp_path):
     injected = [c for c in executed["cells"]
                 if "injected-parameters" in c["metadata"].get("tags", [])]
     assert len(injected) == 1 and "CHECKPOINT_DIR" in "".join(injected[0]["source"])
-    printed = "".join("".join(o.get("text", "")) for c in executed["cells"]
-                      if c["cell_type"] == "code" for o in c["outputs"])
-    assert "Resumed from" in printed and "after epoch 1 of 2" in printed
+
+
+def test_full_runs_exits_75_when_the_budget_is_spent(tmp_path, monkeypatch, capsys):
+    """--budget: the notebook gets the seconds left as TIME_BUDGET; when its fit stops there
+    (BudgetSpent) the script says to run the same command again and exits 75, writing no
+    executed notebook, record or table (papermill stands in for the notebook)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import full_runs
+    import papermill
+    given = {}
+
+    def stopped(src, dst, parameters, **kwargs):
+        given.update(parameters)
+        raise papermill.PapermillExecutionError(8, 5, "eva.fit(...)", "BudgetSpent",
+                                                "Stopped after epoch 1 of 2.", [])
+    monkeypatch.setattr(full_runs.papermill, "execute_notebook", stopped)
+    monkeypatch.setattr(sys, "argv", ["full_runs.py", "--only", "04", "--smoke", "--seeds", "0",
+                                      "--budget", "2", "--out", str(tmp_path)])
+    monkeypatch.setenv("EVA_SMOKE", "1")  # main sets it for the notebooks
+    with pytest.raises(SystemExit) as exited:
+        full_runs.main()
+    assert exited.value.code == full_runs.UNFINISHED == 75
+    assert isinstance(given["TIME_BUDGET"], int) and 60 <= given["TIME_BUDGET"] <= 120
+    printed = capsys.readouterr().out
+    assert "Stopped after epoch 1 of 2" in printed and "Run the same command again" in printed
+    assert not list((tmp_path / "notebooks").glob("*.ipynb")) and not (tmp_path / "README.md").exists()
+    assert not (tmp_path / "results" / "04.json").exists()
 
 
 def test_full_runs_trains_every_seed_in_order(tmp_path, monkeypatch):

@@ -144,7 +144,8 @@ def up_to_the_record(path: Path, folder: Path) -> Path:
 def test_every_notebook_wires_its_checkpoints_and_budget_into_fit(path):
     """What makes a notebook resumable, read from its code: every TrainConfig keeps its checkpoints
     in CHECKPOINT_DIR (01: a folder per model inside it), and every fit resumes from there and
-    stops at TIME_BUDGET. 01 is also run, interrupted and resumed below, 04 by the runbook smoke."""
+    stops at TIME_BUDGET. 01, the one notebook whose models share a budget, is also run,
+    interrupted and resumed below; the others' resumption is fit's, tested above."""
     code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells
                      if c.cell_type == "code")
     configs, fits = code.count("eva.TrainConfig("), code.count("eva.fit(")
@@ -162,8 +163,7 @@ def test_an_interrupted_notebook_resumes_to_the_same_run(path, tmp_path, monkeyp
     """Smoke size (two epochs): TIME_BUDGET stops training after epoch 1; running the notebook
     again continues from the checkpoint, says so, and records both epochs. That a resumed run
     ends where an unbroken one ends is fit's promise (test_checkpoint, test_resume above): shown
-    here again, through a whole notebook, for 01, whose two models share one budget (04 is
-    interrupted and resumed through scripts/full_runs.py in test_portability's runbook smoke)."""
+    here again, through a whole notebook, for 01, whose two models share one budget."""
     monkeypatch.setenv("EVA_SMOKE", "1")  # the kernel inherits these
     monkeypatch.setenv("EVA_DATA_DIR", os.environ.get("EVA_DATA_DIR", str(ROOT / "data")))
     cut, whole = tmp_path / "cut", tmp_path / "whole"
