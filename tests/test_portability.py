@@ -72,7 +72,7 @@ from PIL import Image
 import eva_utils as eva
 
 assert eva.__file__.startswith(sys.argv[1]), eva.__file__
-print("heavy imports at import:", sorted({"pytorch_grad_cam", "sklearn"} & set(sys.modules)))
+print("heavy imports at import:", sorted({"pytorch_grad_cam", "sklearn", "torchvision"} & set(sys.modules)))
 rng = np.random.default_rng(0)
 shapes = ["circle", "cross", "ring", "square", "star"]
 for split, n in (("train", 24), ("test", 8)):
@@ -145,7 +145,7 @@ def test_student_workflow_with_the_copied_package(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "('circle', 'cross', 'ring', 'square', 'star') (48, 48) 2" in out.stdout
     assert "optional extras imported: []" in out.stdout  # the app and Lightning only when asked for
-    assert "heavy imports at import: []" in out.stdout  # grad-cam (and its scikit-learn) on first use
+    assert "heavy imports at import: []" in out.stdout  # grad-cam (its scikit-learn), torchvision: on first use
     assert "['augmentations.png', 'confusion.png', 'curves.png', 'gradcam.png', 'lr.png', " \
            "'misclassified.png']" in out.stdout
     assert "Total params" in (tmp_path / "summary.txt").read_text()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from torch import nn
-from torchvision import models
 
 NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
          "wide_resnet50_2")
@@ -21,6 +20,10 @@ def torchvision_resnet(name: str = "resnet50", *, num_classes: int, small_images
     """
     if name not in NAMES:
         raise ValueError(f"name={name!r}: choose one of {', '.join(NAMES)}.")
+    # Imported here: torchvision (with the torch._dynamo it loads) is about half a second that
+    # every `import eva_utils` would pay, and only this function and the CIFAR-10 download need it.
+    from torchvision import models
+
     build = getattr(models, name)
     net = build(weights=weights) if weights else build(num_classes=num_classes)
     if weights:  # the pretrained head has 1000 ImageNet outputs
