@@ -122,7 +122,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
               f"{end_lr:g}.")
     if batches < min(num_iter, 20):
         warnings.warn(f"The training loader has only {batches} batches, so the range test "
-                      f"repeats them {num_iter / batches:.0f} times: it then measures how fast "
+                      f"passes over them {num_iter / batches:.2g} times: it then measures how fast "
                       "the network memorises them, and its picks run high. Fix: a smaller batch "
                       "size (more batches).", stacklevel=2)
     finder = LRFinder(model, optimizer, criterion or nn.CrossEntropyLoss(), device=device)

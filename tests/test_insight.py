@@ -35,7 +35,7 @@ def test_lr_range_test_restores_model_and_suggests_inside_range(tiny, num_iter):
     opt = torch.optim.SGD(model.parameters(), lr=0.123, momentum=0.9)
     before = state(model)
     train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
-    repeats = pytest.warns(UserWarning, match="only 10 batches, so the range test repeats them 3")
+    repeats = pytest.warns(UserWarning, match="only 10 batches, so the range test passes over them 3 times")
     with repeats if num_iter > 10 else nullcontext():
         result = eva.lr_range_test(model, train, optimizer=opt, start_lr=1e-4, end_lr=1.0,
                                    num_iter=num_iter)
@@ -65,7 +65,7 @@ def test_lr_range_test_refuses_what_cannot_work(tiny):
     with pytest.raises(ValueError, match="holds none of this model's parameters"):
         eva.lr_range_test(model, train, optimizer=other, num_iter=10)
     with pytest.raises(ValueError, match="only .* usable steps .* too few"), \
-            pytest.warns(UserWarning, match="repeats them 2 times"):
+            pytest.warns(UserWarning, match="passes over them 2 times"):
         eva.lr_range_test(model, train, start_lr=1e3, end_lr=1e6, num_iter=20)
 
 
