@@ -188,27 +188,32 @@ def test_gpu_runbook_smoke(tmp_path):
     """The full-run script as the README's GPU command uses it (--gpu is 03, 04 and the benchmark;
     03 is left out here, nbval runs it), smoke-sized on the CPU with one seed, so it cannot rot:
     executed notebooks (the parameters cell kept), figures, run records and a results table, all
-    under --out; nothing tracked is touched. The seed loop and the budget's exit are tested
-    without training below; a notebook stopped by its budget and resumed is test_resume's."""
+    under --out; nothing tracked is touched. 04 and the benchmark run side by side, a process and
+    a thread each (two cores). The seed loop and the budget's exit are tested without training
+    below; a notebook stopped by its budget and resumed is test_resume's."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import full_runs
     assert full_runs.GPU_JOBS == ["03", "04", "benchmark"]
-    env = {**os.environ, "EVA_DATA_DIR": str(ROOT / "data")}
-    command = [sys.executable, str(ROOT / "scripts" / "full_runs.py"), "--only", "04", "benchmark",
-               "--smoke", "--seeds", "0", "--out", str(tmp_path)]
-    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
+    env = {**os.environ, "EVA_DATA_DIR": str(ROOT / "data"), "OMP_NUM_THREADS": "1"}
+    script = [sys.executable, str(ROOT / "scripts" / "full_runs.py")]
+    bench = tmp_path / "benchmark"
+    jobs = [subprocess.Popen([*script, *args], env=env, cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for args in (["--only", "04", "--smoke", "--seeds", "0", "--out", str(tmp_path)],
+                         ["--only", "benchmark", "--smoke", "--out", str(bench)])]
+    for job in jobs:
+        log, _ = job.communicate(timeout=900)
+        assert job.returncode == 0, log[-3000:]
+    assert json.loads((bench / "results" / "benchmark.json").read_text())["runs"]
     assert sorted(p.name for p in (tmp_path / "notebooks").iterdir()) == ["04_custom_resnet.ipynb"]
     record = json.loads((tmp_path / "results" / "04.json").read_text())
     assert [r["seed"] for r in record["runs"]] == [0] and record["smoke"]
     assert len(record["runs"][0]["seconds_per_epoch"]) == 2
-    assert record["command"] == ("python scripts/full_runs.py --only 04 benchmark --smoke --seeds 0 "
-                                 f"--out {tmp_path}")
+    assert record["command"] == f"python scripts/full_runs.py --only 04 --smoke --seeds 0 --out {tmp_path}"
     assert {"04_gradcam.png", "04_lr_range_test.png"} <= {p.name for p in (tmp_path / "images").iterdir()}
     table = (tmp_path / "README.md").read_text()
     assert "(SMOKE: not a result)" in table
     assert "| 01 |  | CNN 74.2 %, ResNet 73.8 %, 25 | not run yet |" in table  # rows without a run say so
-    assert json.loads((tmp_path / "results" / "benchmark.json").read_text())["runs"]
     executed = json.loads((tmp_path / "notebooks" / "04_custom_resnet.ipynb").read_text())
     assert "widgets" not in executed["metadata"] and "papermill" not in executed["metadata"]
     injected = [c for c in executed["cells"]
