@@ -288,3 +288,22 @@ def test_committed_notebook_hygiene(path):
             assert "application/vnd.jupyter.widget" not in text
             assert "/work/" not in text and "/tmp/" not in text and "/home/" not in text
             assert "SMOKE" not in text and "SYNTHETIC" not in text  # smoke output is not a result
+
+
+def test_notebook_tests_leave_out_a_full_runs_injected_parameters():
+    """A committed full run keeps papermill's parameters cell, with the paths of that run's checkpoints,
+    figures and record; `pytest --nbval-lax notebooks` must not execute it, or its smoke run would write
+    into those paths (and the next test would resume from the smoke checkpoint)."""
+    expected, injected = set(), set()
+    for path in NOTEBOOKS:
+        for number, cell in enumerate(cells(path)):
+            node = f"notebooks/{path.name}::Cell {number}"
+            tags = cell["metadata"].get("tags", [])
+            (injected if "injected-parameters" in tags else expected).add(node)
+    assert injected, "no committed notebook has an injected-parameters cell to leave out"
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "--nbval-lax",
+                          "notebooks"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    collected = {line for line in out.stdout.splitlines() if "::Cell " in line}
+    assert collected == expected
+    assert f"{len(injected)} deselected" in out.stdout
