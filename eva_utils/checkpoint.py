@@ -46,15 +46,17 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what ``rng_state`` saved. The states go back through the CPU whatever
-    ``map_location`` the checkpoint was loaded with: torch takes only CPU ByteTensors here."""
-    torch.set_rng_state(state["torch"].cpu())
+    """Restore what ``rng_state`` saved, from a checkpoint loaded on the CPU (``load_checkpoint``):
+    torch, numpy and CUDA take their states from CPU tensors only. CUDA states beyond this
+    machine's GPUs (a run saved on 2 GPUs, resumed on 1) are left out; missing ones keep theirs."""
+    torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def saved_precision(ckpt: dict) -> tuple[str, bool]:
@@ -122,14 +124,16 @@ def _sync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """A checkpoint written by ``fit``; one ``CheckpointError`` naming the file if it is not one."""
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint written by ``fit``, loaded on the CPU whatever device it was saved from or will
+    train on (``load_state_dict`` then copies weights and optimizer state to the model's device; the
+    random states must stay on the CPU); one ``CheckpointError`` naming the file if it is not one."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}. Fix: give the path of a last.pt or "
                               "best.pt that fit wrote (TrainConfig.checkpoint_dir).")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # empty, truncated, not a torch file, or holds arbitrary objects
         raise CheckpointError(f"{path} cannot be read as a checkpoint ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}). It may be "
@@ -195,19 +199,24 @@ def _args(args: dict) -> str:
 
 class RunFolder:
     """``TrainConfig.checkpoint_dir`` of one run: ``last.pt`` after every epoch, ``best.pt`` at each
-    new best test accuracy. Used as a context manager, it holds the folder for one process (a lock
-    file naming its pid and host, removed on exit and taken over when its process is gone), so two
-    runs never write into one folder."""
+    new best test accuracy. Used as a context manager, it holds the folder for one process, so two
+    runs never write into one folder: a lock file names its pid and host, is refreshed while the run
+    trains (``beat``), and is removed on exit. A lock is taken over when its process is gone (same
+    host), or when it has not been refreshed for longer than its run's longest epoch plus
+    ``MARGIN`` (any host: a Colab VM that died with the lock on Drive, its successor renamed)."""
 
     LOCK = ".eva-run.lock"
+    BEAT = 60.0     # seconds between refreshes of the lock while training
+    MARGIN = 600.0  # seconds of silence, beyond the longest epoch, after which a lock is dead
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).expanduser()  # "~/drive/run" means the home folder, as in a shell
         self.last, self.best, self.lock = (self.path / n for n in ("last.pt", "best.pt", self.LOCK))
+        self.longest = 0.0    # the run's longest epoch so far, seconds (kept in the lock)
+        self._beaten = 0.0    # time.monotonic() of the last refresh
 
     def __enter__(self) -> "RunFolder":
         check_writable(self.path)  # before an epoch is spent, not after
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
         while True:
             try:
                 fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -216,19 +225,45 @@ class RunFolder:
                 if owner is None:  # its process is gone: take the folder over
                     self.lock.unlink(missing_ok=True)
                     continue
+                if owner["dead"]:
+                    print(f"Took over {self.path} from process {owner['pid']} on {owner['host']}, "
+                          f"whose lock had not been refreshed for {owner['silent'] / 60:.0f} min "
+                          "(a disconnected machine, gone).", flush=True)
+                    self.lock.unlink(missing_ok=True)
+                    continue
                 raise CheckpointError(
                     f"{self.path} is in use by another training run (process {owner['pid']} on "
-                    f"{owner['host']}, since {owner['since']}): two runs in one folder would "
-                    "overwrite each other's checkpoints. Fix: give this run its own "
-                    "TrainConfig(checkpoint_dir=...), or wait for that run to end. If no such run "
-                    f"is going, delete {self.lock}.") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+                    f"{owner['host']}, last alive at {owner['seen']}, {owner['silent']:.0f} s ago): "
+                    "two runs in one folder would overwrite each other's checkpoints. Fix: give "
+                    "this run its own TrainConfig(checkpoint_dir=...), or stop that run. A run "
+                    "that died (a disconnected Colab VM) is taken over once its lock has not been "
+                    f"refreshed for {owner['patience'] / 60:.0f} min; to take over sooner, delete "
+                    f"{self.lock}.") from None
+            os.close(fd)
+            self._write()
             return self
 
     def __exit__(self, *exc) -> None:
         if (self._read_lock() or {}).get("pid") == os.getpid():
             self.lock.unlink(missing_ok=True)
+
+    def beat(self, longest: float | None = None) -> None:
+        """Show that this run is alive: rewrite the lock (its time is the proof), at most once a
+        ``BEAT``; ``longest`` (the longest epoch so far, seconds) refreshes it at once."""
+        if longest is not None:
+            self.longest = max(self.longest, longest)
+        elif time.monotonic() - self._beaten < self.BEAT:
+            return
+        self._write()
+
+    def _write(self) -> None:
+        """The lock's content, replaced atomically: who holds the folder, and how long one of its
+        epochs can take (a reader waits that long, plus MARGIN, before calling it dead)."""
+        tmp = self.lock.with_name(f"{self.LOCK}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                   "longest": round(self.longest, 1)}))
+        os.replace(tmp, self.lock)
+        self._beaten = time.monotonic()
 
     def _read_lock(self) -> dict | None:
         try:
@@ -237,18 +272,24 @@ class RunFolder:
             return None
 
     def _owner(self) -> dict | None:
-        """Who holds the lock, or None if nobody does any more (its process on this host ended,
-        or a lock left half-written by a crash)."""
+        """Who holds the lock, with "silent" (seconds since its last refresh), "patience" (how long
+        a silence means death) and "dead"; None if nobody does any more (its process on this host
+        ended, or a lock left half-written by a crash)."""
         owner = self._read_lock()
         try:
-            age = time.time() - self.lock.stat().st_mtime
+            silent = max(time.time() - self.lock.stat().st_mtime, 0.0)
         except FileNotFoundError:
             return None
         if not isinstance(owner, dict) or not {"pid", "host"} <= set(owner):
-            return None if age > 10 else {"pid": "?", "host": "?", "since": "just now"}
-        owner["since"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() - age))
+            return None if silent > 10 else {"pid": "?", "host": "?", "seen": "just now",
+                                             "silent": silent, "patience": self.MARGIN,
+                                             "dead": False}
+        longest = owner.get("longest", 0)
+        patience = (longest if isinstance(longest, (int, float)) else 0) + self.MARGIN
+        owner.update(seen=time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() - silent)),
+                     silent=silent, patience=patience, dead=silent > patience)
         if owner["host"] != socket.gethostname():
-            return owner  # cannot look at another machine's processes
+            return owner  # cannot look at another machine's processes: only its silence tells
         if owner["pid"] == os.getpid():
             return None  # this process's own, left by an interrupted call
         try:
@@ -257,6 +298,7 @@ class RunFolder:
             return None
         except (PermissionError, OverflowError, TypeError):
             pass
+        owner["dead"] = False  # a live process on this machine: never taken from it
         return owner
 
     def check_new_run(self, resume) -> None:

@@ -189,6 +189,7 @@ class Run:
     # Submodules the caller put in eval mode inside a model in training mode (a frozen pretrained
     # backbone's batch norm): they stay in eval mode while the rest trains.
     frozen: list = field(default_factory=list)
+    folder: RunFolder | None = None  # the checkpoint folder, whose lock the epochs keep alive
 
     @property
     def scored(self) -> nn.Module:
@@ -281,6 +282,8 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
                 folder.save(run.state(cfg, train_loader), best=test_acc > best)
             best = max(best, test_acc)
             budget.took(time.perf_counter() - epoch_start)
+            if folder is not None:  # alive, and how long the next epoch may stay silent
+                folder.beat(longest=budget.longest)
     if run.ema is not None:  # leave the averaged weights in the caller's model
         model.load_state_dict(run.ema.module.state_dict())
     warn_if_tta_hurt(cfg, run.history)
@@ -342,7 +345,7 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
     (exactly: weights, optimizer, schedule, history and random state)."""
     if folder is not None:
         folder.check_new_run(resume)
-    ckpt = load_checkpoint(resume, map_location=device) if resume is not None else None
+    ckpt = load_checkpoint(resume) if resume is not None else None
     dtype, nhwc, kept = run_precision(device, cfg, ckpt, resume)
     seed_everything(cfg.seed)
     model.to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
@@ -352,7 +355,7 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
     run = Run(model, torch.compile(forward) if cfg.compile else forward, optimizer, scheduler,
               step_every, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
               EMA(model, cfg.ema_decay) if cfg.ema_decay else None, dtype, nhwc, History(),
-              [m for m in model.modules() if not m.training] if model.training else [])
+              [m for m in model.modules() if not m.training] if model.training else [], folder)
     if ckpt is not None:
         check_resumable(ckpt, resume, model, asdict(cfg), len(train_loader),
                         fingerprint(train_loader))
@@ -531,6 +534,8 @@ def train_epoch(run: Run, loader, cfg: TrainConfig, device: torch.device, epoch:
             correct[i] = (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
+                if run.folder is not None:
+                    run.folder.beat()  # at most once a minute
                 _check_finite(losses[:i + 1], epoch, run.optimizer,
                               math.log(max(logits.shape[1], 2)))
                 if progress:

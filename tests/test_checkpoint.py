@@ -5,6 +5,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -223,21 +224,87 @@ def finished3(tiny, tmp_path):
     return tmp_path / "last.pt"
 
 
-def test_random_states_go_back_through_the_cpu():
-    """A checkpoint loaded with map_location="cuda" (resuming on a GPU) holds its random states on
-    the GPU; torch.set_rng_state takes only a CPU ByteTensor, so they are moved back first."""
+def test_a_run_resumes_on_a_gpu(tiny, tmp_path, monkeypatch):
+    """On a GPU, a checkpoint loaded with map_location=<the GPU> holds its numpy random state there,
+    and resuming failed ("can't convert cuda:0 device type tensor to numpy"). The meta device stands
+    in for the GPU: every load that is not onto the CPU lands there, so only a checkpoint loaded on
+    the CPU (weights then copied to the model's device by load_state_dict) resumes."""
+    real_load = torch.load
+
+    def load_as_on_a_gpu(f, *args, map_location=None, **kwargs):
+        return real_load(f, *args, map_location="cpu" if map_location == "cpu" else "meta",
+                         **kwargs)
+    torch.manual_seed(0)
+    whole = eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2), progress=False)
+    torch.manual_seed(0)
+    with pytest.raises(eva.BudgetSpent):  # the first epoch, then the budget stops it
+        eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=tmp_path), progress=False,
+                time_budget=1e-9)
+    monkeypatch.setattr(torch, "load", load_as_on_a_gpu)
+    resumed = eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=tmp_path),
+                      resume=True, progress=False)
+    assert resumed.test_acc == whole.test_acc and resumed.train_loss == whole.train_loss
+
+
+def test_cuda_random_states_of_more_gpus_than_this_machine_has(monkeypatch):
+    """A run saved on 2 GPUs and resumed on 1 restores the first GPU's state and no other."""
     from eva_utils.checkpoint import rng_state, set_rng_state
+    restored = []
 
-    class OnTheGpu:  # what map_location="cuda" makes of a saved CPU tensor, as far as .cpu() goes
-        def __init__(self, tensor):
-            self.tensor = tensor
-
-        def cpu(self):
-            return self.tensor
-
-    torch.manual_seed(5)
-    state = rng_state()
-    expected = torch.rand(3)
-    state["torch"] = OnTheGpu(state["torch"])
+    def set_all(states):  # torch's own: one state per GPU, "invalid device ordinal" past the last
+        raise RuntimeError("CUDA error: invalid device ordinal") if len(states) > 1 else None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": restored.append(
+        (device, s)))
+    state = {**rng_state(), "cuda": [torch.zeros(16, dtype=torch.uint8),
+                                     torch.ones(16, dtype=torch.uint8)]}
     set_rng_state(state)
-    assert torch.equal(torch.rand(3), expected)
+    assert [(d, s.sum().item()) for d, s in restored] == [(0, 0)]
+
+
+def test_a_dead_machines_lock_is_taken_over_and_a_live_ones_refused(tiny, tmp_path, monkeypatch,
+                                                                    capsys):
+    """After a Colab disconnect the new VM has another hostname and the old VM's lock is still on
+    Drive. A lock refreshed lately (a second notebook on the same folder, live) is refused; one
+    silent for longer than its run's longest epoch plus RunFolder.MARGIN is taken over, in one
+    line."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "old-vm")
+    dead = RunFolder(tmp_path)
+    dead.__enter__()  # the old VM held the folder, then vanished without releasing it
+    dead.beat(longest=120.0)  # its longest epoch: 2 minutes
+    monkeypatch.setattr(socket, "gethostname", lambda: "new-vm")
+    lock = tmp_path / RunFolder.LOCK
+
+    def silent_for(minutes):
+        then = time.time() - 60 * minutes
+        os.utime(lock, (then, then))
+    silent_for(11)  # within 2 min + the 10 min margin: maybe alive
+    with pytest.raises(CheckpointError, match=rf"process {os.getpid()} on old-vm, last alive at "
+                       r".*taken over once its lock has not been refreshed for 12 min"):
+        eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), progress=False)
+    silent_for(13)
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), progress=False)
+    took = [line for line in capsys.readouterr().out.splitlines() if "Took over" in line]
+    assert took == [f"Took over {tmp_path} from process {os.getpid()} on old-vm, whose lock had "
+                    "not been refreshed for 13 min (a disconnected machine, gone)."]
+    assert not lock.exists() and (tmp_path / "last.pt").exists()
+
+
+def test_a_training_run_keeps_its_lock_alive(tiny, tmp_path, monkeypatch):
+    """The lock is rewritten as the run starts, after every epoch (with the longest epoch so far),
+    and within an epoch at most once a RunFolder.BEAT (here 0 s: at every progress update)."""
+    written = []
+    real_write = RunFolder._write
+
+    def write(self):
+        real_write(self)
+        written.append(json.loads(self.lock.read_text())["longest"])
+    monkeypatch.setattr(RunFolder, "_write", write)
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=tmp_path / "a"), progress=False)
+    assert len(written) == 1 + 2 and written[0] == 0 and 0 < written[1] <= written[2]
+    written.clear()
+    monkeypatch.setattr(RunFolder, "BEAT", 0.0)  # 5 steps an epoch, log_every=2: steps 2, 4, 5
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=tmp_path / "b"), progress=False)
+    assert len(written) == 1 + 2 * (3 + 1)
