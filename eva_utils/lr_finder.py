@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from . import distributed
-from .runtime import kept_modes
+from .runtime import amp_dtype, get_device, kept_modes, precision_name, to_device, use_channels_last
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
 AUTO_STEPS = (50, 100)  # num_iter=None: a step per training batch, but at least 50 and at most 100
@@ -58,12 +57,20 @@ class RangeTest:
 def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Optimizer | None = None,
                   start_lr: float = 1e-5, end_lr: float = 10.0, num_iter: int | None = None,
                   criterion: nn.Module | None = None, verbose: bool = True,
-                  checkpoint_dir: str | os.PathLike | None = None) -> RangeTest:
+                  checkpoint_dir: str | os.PathLike | None = None,
+                  device: str | torch.device | None = None, amp: bool | None = None,
+                  channels_last: bool | None = None) -> RangeTest:
     """Sweep from ``start_lr`` to ``end_lr`` over ``num_iter`` batches (None: as many as one pass
     over the training set has, but at least 50 and at most 100, so a small set is passed over more
-    than once; stops early if the loss explodes) on the model's own device,
-    saying first what it will cost. Weights, buffers, optimizer state and every submodule's
-    train/eval mode are the same afterwards as before.
+    than once; stops early if the loss explodes), saying first what it will cost. Weights,
+    buffers, optimizer state, the model's device and every submodule's train/eval mode are the
+    same afterwards as before.
+
+    It sweeps where ``fit`` would train, in the same arithmetic: on ``device`` (None: where the
+    loader keeps its batches, as ``TensorLoader`` does, else CUDA, MPS or the CPU, as ``fit``
+    chooses), with ``amp`` and ``channels_last`` meaning what they mean in ``TrainConfig`` (None:
+    bfloat16 NHWC on an AMX CPU, float16 on a T4, ...). A model built on the CPU for data on the GPU
+    is swept on the GPU, not the batches copied back every step.
 
     ``optimizer`` defaults to the suite's: Nesterov SGD, momentum 0.9, weight decay 5e-4.
     ``checkpoint_dir`` keeps the result there as ``range_test.json``; a later call with the same
@@ -98,7 +105,10 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     if not any(id(p) in own for g in optimizer.param_groups for p in g["params"]):
         raise ValueError("The optimizer holds none of this model's parameters (was it built for "
                          "another model?). Fix: build it from model.parameters(), or pass none.")
-    device = next(model.parameters()).device
+    # Where and how fit will train: the data's device (its process group is NCCL's on CUDA, so
+    # fit's later start finds the right one), and the precision and layout fit picks there.
+    device = get_device(device if device is not None else getattr(train_loader, "device", None))
+    dtype, nhwc = amp_dtype(device, amp), use_channels_last(device, channels_last)
     if not distributed.is_main():  # the other processes take rank 0's picks
         return distributed.from_main(None, device)
     size = getattr(train_loader, "batch_size", None)
@@ -109,6 +119,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     setup = {"model": type(model).__name__, "model_args": repr(getattr(model, "init_args", {})),
              "batches": batches, "batch_size": size, "start_lr": start_lr, "end_lr": end_lr,
              "num_iter": num_iter, "data": getattr(train_loader, "fingerprint", None),
+             "precision": precision_name(dtype), "channels_last": nhwc,
              "optimizer": repr({k: v for k, v in optimizer.defaults.items() if k != "lr"})}
     stored = _load(kept, setup)
     if stored is not None:
@@ -119,30 +130,48 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     if verbose:
         print(f"LR range test: {num_iter} steps{f' of {size} images' if size else ''} "
               f"({num_iter / batches:.2g} epochs of the training set), lr {start_lr:.0e} to "
-              f"{end_lr:g}.")
+              f"{end_lr:g}, on {device} in {precision_name(dtype)}, {'NHWC' if nhwc else 'NCHW'}.",
+              flush=True)
     if batches < min(num_iter, 20):
         warnings.warn(f"The training loader has only {batches} batches, so the range test "
                       f"passes over them {num_iter / batches:.2g} times: it then measures how fast "
                       "the network memorises them, and its picks run high. Fix: a smaller batch "
                       "size (more batches).", stacklevel=2)
-    finder = LRFinder(model, optimizer, criterion or nn.CrossEntropyLoss(), device=device)
+    # torch-lr-finder's own mixed precision: autocast, and a loss scaler that scales only float16.
+    precision = ({"amp_backend": "torch", "amp_config": {"device_type": device.type, "dtype": dtype},
+                  "grad_scaler": torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)}
+                 if dtype is not None else {})
+    finder = LRFinder(model, optimizer, criterion or nn.CrossEntropyLoss(), device=device,
+                      **precision)
     with kept_modes(model):
         try:
             for group in optimizer.param_groups:  # the sweep starts from start_lr
                 group["lr"] = start_lr
-            if not isinstance(train_loader, DataLoader):  # e.g. TensorLoader: any (x, y) iterable
-                train_loader = TrainDataLoaderIter(train_loader)
+            train_loader = Batches(train_loader, device, nhwc)
             with contextlib.redirect_stdout(io.StringIO()):  # its "see the graph with .plot()" hint
                 finder.range_test(train_loader, start_lr=start_lr, end_lr=end_lr,
                                   num_iter=num_iter, step_mode="exp")
             lrs, losses = list(finder.history["lr"]), list(finder.history["loss"])
         finally:
-            finder.reset()  # restores the model's and the optimizer's state dicts
+            finder.reset()  # the model's and the optimizer's state dicts, the model's device
     found = picks(lrs, losses)
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps({"setup": setup, "result": asdict(found)}, indent=1) + "\n")
     return distributed.from_main(found, device)
+
+
+class Batches(TrainDataLoaderIter):
+    """The training batches as ``fit`` feeds them: on ``device``, in its memory layout (an NHWC
+    batch makes every convolution run NHWC). Any loader of (images, labels) batches."""
+
+    def __init__(self, loader, device: torch.device, channels_last: bool):
+        super().__init__(loader)
+        self.device, self.channels_last = device, channels_last
+
+    def inputs_labels_from_batch(self, batch):
+        x, y = super().inputs_labels_from_batch(batch)
+        return to_device(x, y, self.device, self.channels_last)
 
 
 def _load(path: Path | None, setup: dict) -> RangeTest | None:

@@ -69,6 +69,78 @@ def test_lr_range_test_refuses_what_cannot_work(tiny):
         eva.lr_range_test(model, train, start_lr=1e3, end_lr=1e6, num_iter=20)
 
 
+def test_the_range_test_sweeps_in_the_arithmetic_fit_trains_in(tiny, monkeypatch):
+    """On an AMX CPU fit trains in bfloat16 NHWC, so the sweep does too (it swept in float32 NCHW,
+    at a third of fit's speed); an explicit amp/channels_last means what it means in TrainConfig."""
+    monkeypatch.setattr(eva.runtime, "cpu_has_amx", lambda: True)  # whatever this CPU is
+    model = eva.PlainCNN(num_classes=10)
+    seen = []
+    model.body[0].register_forward_hook(lambda m, i, out: seen.append(
+        (out.dtype, out.is_contiguous(memory_format=torch.channels_last))))
+    train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
+    eva.lr_range_test(model, train, num_iter=6, verbose=False)
+    assert set(seen) == {(torch.bfloat16, True)}
+    seen.clear()
+    eva.lr_range_test(model, train, num_iter=6, verbose=False, amp=False, channels_last=False)
+    assert set(seen) == {(torch.float32, False)}
+
+
+class OnTheGpu(list):
+    """Batches a loader keeps on the GPU, as TensorLoader does in Colab (the device is all the
+    range test reads from it here)."""
+    device = torch.device("cuda")
+
+
+@pytest.fixture
+def a_t4(monkeypatch):
+    """A machine with one T4 (compute capability 7.5), as far as device choice goes."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+
+
+def test_the_range_test_sweeps_where_the_data_is(tiny, a_t4, monkeypatch):
+    """Notebook 04 builds the model on the CPU and its loader on the GPU: the sweep runs on the GPU
+    in fit's precision there (float16 with a loss scaler on a T4), not on the CPU with every batch
+    copied back."""
+    from eva_utils import lr_finder
+    seen = {}
+
+    class Finder:  # torch-lr-finder as far as where and how it trains; a made-up curve
+        def __init__(self, model, optimizer, criterion, device=None, amp_backend=None,
+                     amp_config=None, grad_scaler=None):
+            seen.update(device=device, amp=amp_config, scaler=grad_scaler.is_enabled())
+            self.history = {"lr": list(np.geomspace(1e-4, 1, 20)),
+                            "loss": list(2 - np.sin(np.linspace(0, 3, 20)))}
+
+        def range_test(self, train_iter, **kwargs):
+            seen["channels_last"] = train_iter.channels_last
+
+        def reset(self):
+            pass
+    monkeypatch.setattr(lr_finder, "LRFinder", Finder)
+    batches = OnTheGpu([(torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))] * 60)
+    eva.lr_range_test(eva.PlainCNN(num_classes=10), batches, num_iter=20, verbose=False)
+    assert seen == {"device": torch.device("cuda"), "scaler": True, "channels_last": True,
+                    "amp": {"device_type": "cuda", "dtype": torch.float16}}
+
+
+def test_other_ranks_join_fits_process_group_not_gloo(tiny, a_t4, monkeypatch):
+    """Under torchrun rank 1 waits for rank 0's picks. It joins the process group fit would (NCCL
+    on CUDA): a gloo group started here made fit's own start a no-op and DDP run over gloo."""
+    import torch.distributed as dist
+    backends = []
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: bool(backends))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: backends.append(backend))
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda box, src: box.__setitem__(0, "picks"))
+    batches = OnTheGpu([(torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))] * 60)
+    assert eva.lr_range_test(eva.PlainCNN(num_classes=10), batches, num_iter=20) == "picks"
+    assert backends == ["nccl"]
+
+
 def test_suggestions_on_a_known_curve():
     from eva_utils.lr_finder import picks
     lrs = np.logspace(-4, 1, 60)
