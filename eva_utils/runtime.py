@@ -122,6 +122,15 @@ def use_channels_last(device: torch.device, channels_last: bool | None) -> bool:
     return device.type in ("cuda", "cpu") if channels_last is None else channels_last
 
 
+def tune_convolutions(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms once per input shape and keep the fastest
+    (every batch of our loaders has one size, but the last test batch), unless the user asked for
+    deterministic algorithms (``torch.use_deterministic_algorithms(True)``), which benchmarking
+    would undo. Nothing elsewhere."""
+    if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True
+
+
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
     """A batch on ``device`` in the run's layout. Both layouts are set explicitly: a batch that
     arrives channels-last-strided (TensorLoader's un-augmented batches are views of HWC images)

@@ -28,7 +28,8 @@ from .history import History
 from .data import check_labels
 from .inference import scores
 from .runtime import (TrainingError, amp_dtype, device_name, eval_mode, get_device,
-                      precision_name, seed_everything, to_device, use_channels_last)
+                      precision_name, seed_everything, to_device, tune_convolutions,
+                      use_channels_last)
 from .schedule import build_optimizer, build_scheduler
 
 DIVERGED = 100  # a loss this many times that of guessing (log classes) means training diverged
@@ -348,6 +349,7 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
     ckpt = load_checkpoint(resume) if resume is not None else None
     dtype, nhwc, kept = run_precision(device, cfg, ckpt, resume)
     seed_everything(cfg.seed)
+    tune_convolutions(device)
     model.to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
     optimizer = build_optimizer(model, cfg)
     scheduler, step_every = build_scheduler(optimizer, cfg, len(train_loader))
@@ -439,17 +441,25 @@ def run_precision(device: torch.device, cfg: TrainConfig, ckpt: dict | None,
     A new run takes ``amp_dtype``/``use_channels_last``'s choice for ``device``. A resumed run keeps
     the checkpoint's precision and layout wherever it resumes (a float32 run stays float32 on an
     AMX CPU), so all its epochs are the same arithmetic; an explicit ``cfg.amp``/``channels_last``
-    that contradicts the checkpoint is refused."""
+    that contradicts the checkpoint is refused. Except where the saved precision cannot run well
+    here (bfloat16 on a GPU older than Ampere, float16 on a CPU): then the device's own choice, or
+    the explicit ``cfg.amp``'s, takes over, and the note says the run is no longer bit-exact."""
     dtype, nhwc = amp_dtype(device, cfg.amp), use_channels_last(device, cfg.channels_last)
     if ckpt is None:
         return dtype, nhwc, ""
     saved, saved_nhwc = saved_precision(ckpt)
     layout = {True: "NHWC (channels-last)", False: "NCHW"}
+    if cfg.channels_last is None:
+        nhwc = saved_nhwc
+    if not runs_well(saved, device):
+        return dtype, nhwc, (f"The run trained in {saved}, which {device_name(device)} does not "
+                             f"run well; it goes on in {precision_name(dtype)}, so it is no longer "
+                             "bit-exact with an unbroken run.")
     problems = []
     if cfg.amp is not None and precision_name(dtype) != saved:
         problems.append(f"amp={cfg.amp} means {precision_name(dtype)} on {device}, but the run "
                         f"trained in {saved}")
-    if cfg.channels_last is not None and nhwc != saved_nhwc:
+    if nhwc != saved_nhwc:
         problems.append(f"channels_last={cfg.channels_last} means {layout[nhwc]}, but the run "
                         f"trained in {layout[saved_nhwc]}")
     if problems:
@@ -457,10 +467,22 @@ def run_precision(device: torch.device, cfg: TrainConfig, ckpt: dict | None,
                               "one precision and layout from start to end. Fix: leave amp and "
                               "channels_last at None (the checkpoint's are kept), or start a new run.")
     kept = ""
-    if (precision_name(dtype), nhwc) != (saved, saved_nhwc):
+    fresh = use_channels_last(device, None)
+    if (precision_name(dtype), fresh) != (saved, saved_nhwc):
         kept = (f"Kept the run's {saved}, {layout[saved_nhwc]} (a new run here would train in "
-                f"{precision_name(dtype)}, {layout[nhwc]}), so every epoch has the same arithmetic.")
+                f"{precision_name(dtype)}, {layout[fresh]}), so every epoch has the same arithmetic.")
     return None if saved == "float32" else getattr(torch, saved), saved_nhwc, kept
+
+
+def runs_well(precision: str, device: torch.device) -> bool:
+    """Whether ``device`` runs a resumed run's precision natively: bfloat16 needs a GPU of compute
+    capability 8.0 (a T4 emulates it, slower than float32) and is a CPU's (AMX, AVX-512 BF16, or
+    slower emulation); float16 is a GPU's (a CPU's convolutions have no fast float16 path)."""
+    if precision == "bfloat16" and device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if precision == "float16":
+        return device.type in ("cuda", "mps")
+    return precision == "float32" or device.type == "cpu"
 
 
 def _duration(seconds: float) -> str:
@@ -524,9 +546,13 @@ def train_epoch(run: Run, loader, cfg: TrainConfig, device: torch.device, epoch:
             if cfg.grad_clip:
                 run.scaler.unscale_(run.optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            # float16 (a T4): the scaler skips a step whose gradients overflowed, and lowers its
+            # scale; the schedule then waits for a real step. (get_scale reads nothing back when
+            # the scaler is off; when on, scaler.step has already waited for the GPU.)
+            scale = run.scaler.get_scale()
             run.scaler.step(run.optimizer)
             run.scaler.update()
-            if run.step_every == "batch":
+            if run.step_every == "batch" and run.scaler.get_scale() >= scale:
                 run.scheduler.step()
             if run.ema is not None:
                 run.ema.update()

@@ -294,6 +294,85 @@ def test_a_resumed_run_keeps_its_precision_and_layout_on_another_processor(monke
     assert eva.load_checkpoint(tmp_path / "last.pt")["precision"] == "float32"
 
 
+@pytest.mark.parametrize("saved, gpu, amx, amp, want", [
+    ("bfloat16", (7, 5), False, None, torch.float16),  # begun on an A100 or L4, resumed on a T4
+    ("bfloat16", (7, 5), False, False, None),          # ... where an explicit setting decides
+    ("float16", None, False, None, None),              # a T4 run resumed on a laptop
+    ("float16", None, True, None, torch.bfloat16),     # ... on an AMX Xeon
+])
+def test_a_resumed_run_leaves_a_precision_the_device_cannot_run(monkeypatch, saved, gpu, amx, amp,
+                                                                want):
+    """bfloat16 below compute capability 8.0 is emulated (slower than float32), float16 on a CPU
+    has no fast convolutions: the device's own choice (or an explicit amp) takes over, in one line
+    that says the run is no longer bit-exact. The layout is kept."""
+    from eva_utils.train import run_precision
+    mock_amx(monkeypatch, amx)
+    if gpu:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    device = torch.device("cuda" if gpu else "cpu")
+    ckpt = {"precision": saved, "channels_last": False}
+    dtype, nhwc, note = run_precision(device, cfg(amp=amp), ckpt, "last.pt")
+    assert (dtype, nhwc) == (want, False)
+    assert note.startswith(f"The run trained in {saved}, which {'Tesla T4' if gpu else 'cpu: '}")
+    assert note.endswith(f"goes on in {eva.runtime.precision_name(want)}, so it is no longer "
+                         "bit-exact with an unbroken run.")
+
+
+def test_a_resumed_run_keeps_a_precision_the_device_runs(monkeypatch):
+    from eva_utils.train import run_precision
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    ckpt = {"precision": "bfloat16", "channels_last": True}
+    assert run_precision(torch.device("cuda"), cfg(), ckpt) == (torch.bfloat16, True, "")
+    mock_amx(monkeypatch, False)  # an AMD EPYC: bfloat16 runs (AVX-512 BF16), the run keeps it
+    dtype, nhwc, note = run_precision(torch.device("cpu"), cfg(), ckpt)
+    assert (dtype, nhwc) == (torch.bfloat16, True) and note.startswith("Kept the run's bfloat16")
+
+
+def test_a_skipped_float16_step_does_not_step_the_schedule(monkeypatch, tiny, tmp_path, recwarn):
+    """float16 with a loss scaler, as on a T4: a step whose scaled gradients overflow is skipped
+    (the scaler halves its scale), and the one-cycle schedule waits for the next real step. It
+    stepped anyway, and torch warned "Detected call of lr_scheduler.step() before
+    optimizer.step()" whenever the first step overflowed."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    monkeypatch.setattr(eva.train, "amp_dtype", lambda device, amp: torch.float16)  # a T4's choice
+
+    class Overflowing(torch.amp.GradScaler):
+        """torch's scaler, whose first two steps find an overflowed (infinite) gradient."""
+        overflows = 2
+
+        def step(self, optimizer, *args, **kwargs):
+            if self.overflows:
+                self.overflows -= 1
+                next(iter(optimizer.param_groups[0]["params"])).grad.fill_(float("inf"))
+            return super().step(optimizer, *args, **kwargs)
+    monkeypatch.setattr(torch.amp, "GradScaler", Overflowing)
+    steps = []
+    hook = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: steps.append(1))
+    try:
+        eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), progress=False)
+    finally:
+        hook.remove()
+    ckpt = eva.load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["precision"] == "float16" and ckpt["scaler"]["scale"] == 2.0 ** 14  # 2 halvings
+    assert len(steps) == ckpt["steps_per_epoch"] - 2
+    assert ckpt["scheduler"]["last_epoch"] == len(steps)  # one schedule step per real step
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+
+
+def test_cudnn_picks_its_fastest_convolutions_unless_determinism_is_asked(monkeypatch):
+    from eva_utils.runtime import tune_convolutions
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    tune_convolutions(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    tune_convolutions(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is False
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    tune_convolutions(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True
+
+
 @pytest.mark.parametrize("config, scaler, devices, want", [
     ({"amp": None, "channels_last": None}, {}, ["cpu: AMD EPYC, 2 threads"], ("float32", False)),
     ({"amp": True, "channels_last": True}, {}, ["cpu: AMD EPYC, 2 threads"], ("float32", True)),
