@@ -18,17 +18,6 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("!", "notebooks ran on SYNTHETIC stand-in data", yellow=True)
     terminalreporter.write_line(
         f"No CIFAR-10 under {root}, so the notebook tests used a small synthetic data set. To test "
-        "on the real images: mkdir -p data && tar xJf ../shared/data/cifar10-jpeg.tar.xz -C data "
-        "(see the README's Data section), or set EVA_DATA_DIR.", yellow=True)
+        "on the real images, put CIFAR-10 in data/ as the README's Data section says, or set "
+        "EVA_DATA_DIR.", yellow=True)
 
-
-def pytest_collection_modifyitems(config, items):
-    """Leave out the cell papermill injected into a committed full run (tagged `injected-parameters`):
-    it names that run's checkpoint, figure and record paths, so executing it here would write a smoke
-    run into them (and resume the next test from it). Papermill drops the cell the same way when it runs
-    a notebook with new parameters; the smoke run starts from the notebook's own settings."""
-    injected = [item for item in items
-                if "injected-parameters" in getattr(item, "cell", {}).get("metadata", {}).get("tags", [])]
-    if injected:
-        config.hook.pytest_deselected(items=injected)
-        items[:] = [item for item in items if item not in injected]

@@ -47,14 +47,15 @@ class Unfinished(Exception):
 
 
 def clean(path: Path) -> None:
-    """Tidy an executed notebook: keep papermill's injected-parameters cell (a reader sees what the
-    run was given: seed, where figures, records and checkpoints went, the last stretch's budget),
-    drop its timing metadata, the progress bars (tqdm's notebook widgets, whose state is not saved, so
-    a reader would see "model not found" where they were; the epoch lines stay), and the machine's
-    path to the repository in printed text (data and checkpoint paths print relative to it)."""
+    """Tidy an executed notebook: show papermill's injected-parameters cell as markdown
+    (``show_parameters``), drop its timing metadata, the progress bars (tqdm's notebook widgets,
+    whose state is not saved, so a reader would see "model not found" where they were; the epoch
+    lines stay), and the machine's path to the repository in printed text (data and checkpoint
+    paths print relative to it)."""
     nb = nbformat.read(path, as_version=4)
     nb.metadata.pop("papermill", None)
     nb.metadata.pop("widgets", None)
+    show_parameters(nb)
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
@@ -65,6 +66,30 @@ def clean(path: Path) -> None:
                 if "text" in o:
                     o.text = o.text.replace(f"{ROOT}/", "")
     nbformat.write(nb, path)
+
+
+SHOWN = "run-parameters"  # the tag of the markdown cell that shows a committed run's parameters
+
+
+def show_parameters(nb: nbformat.NotebookNode) -> None:
+    """Turn papermill's injected-parameters cell into markdown that shows what the committed run
+    was given (seed, record, checkpoint folder, figure folder, the last stretch's budget), and drop
+    an earlier run's. Never code: Run all in the committed notebook would continue that run from
+    its checkpoint folder, under its budget, writing over its figures."""
+    cells = []
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if SHOWN in tags:
+            continue  # the run this notebook held before
+        if cell.cell_type == "code" and "injected-parameters" in tags:
+            given = [line for line in cell.source.splitlines()
+                     if line.strip() and not line.startswith("#")]
+            cell = nbformat.v4.new_markdown_cell(
+                "The committed run below was given these parameters by `scripts/full_runs.py` "
+                "(shown, not run: Run all starts a new run from the settings above):\n"
+                "```python\n" + "\n".join(given) + "\n```", metadata={"tags": [SHOWN]})
+        cells.append(cell)
+    nb.cells = cells
 
 
 def run_notebook(key: str, out: Path, smoke: bool, command: str, seeds: list[int] | None,

@@ -187,7 +187,7 @@ def test_version():
 def test_gpu_runbook_smoke(tmp_path):
     """The full-run script as the README's GPU command uses it (--gpu is 03, 04 and the benchmark;
     03 is left out here, nbval runs it), smoke-sized on the CPU with one seed, so it cannot rot:
-    executed notebooks (the parameters cell kept), figures, run records and a results table, all
+    executed notebooks (the run's parameters shown), figures, run records and a results table, all
     under --out; nothing tracked is touched. 04 and the benchmark run side by side, a process and
     a thread each (two cores). The seed loop and the budget's exit are tested without training
     below; a notebook stopped by its budget and resumed is test_resume's."""
@@ -216,9 +216,9 @@ def test_gpu_runbook_smoke(tmp_path):
     assert "| 01 |  | CNN 74.2 %, ResNet 73.8 %, 25 | not run yet |" in table  # rows without a run say so
     executed = json.loads((tmp_path / "notebooks" / "04_custom_resnet.ipynb").read_text())
     assert "widgets" not in executed["metadata"] and "papermill" not in executed["metadata"]
-    injected = [c for c in executed["cells"]
-                if "injected-parameters" in c["metadata"].get("tags", [])]
-    assert len(injected) == 1 and "CHECKPOINT_DIR" in "".join(injected[0]["source"])
+    tags = [c["metadata"].get("tags", []) for c in executed["cells"]]
+    assert not any("injected-parameters" in t for t in tags)  # shown as markdown, never run
+    assert sum("run-parameters" in t for t in tags) == 1
 
 
 def test_full_runs_exits_75_when_the_budget_is_spent(tmp_path, monkeypatch, capsys):
@@ -290,20 +290,38 @@ def test_committed_notebook_hygiene(path):
             assert "SMOKE" not in text and "SYNTHETIC" not in text  # smoke output is not a result
 
 
-def test_notebook_tests_leave_out_a_full_runs_injected_parameters():
-    """A committed full run keeps papermill's parameters cell, with the paths of that run's checkpoints,
-    figures and record; `pytest --nbval-lax notebooks` must not execute it, or its smoke run would write
-    into those paths (and the next test would resume from the smoke checkpoint)."""
-    expected, injected = set(), set()
+def test_committed_runs_show_their_parameters_and_never_execute_them():
+    """Run all in a committed notebook starts a new run: papermill's injected cell (the committed
+    run's checkpoint folder, budget, figure and record paths) would continue that run, under its
+    budget, writing over its figures. So a committed notebook shows those parameters as markdown,
+    right after its own parameters cell, and holds no injected code cell."""
     for path in NOTEBOOKS:
-        for number, cell in enumerate(cells(path)):
-            node = f"notebooks/{path.name}::Cell {number}"
-            tags = cell["metadata"].get("tags", [])
-            (injected if "injected-parameters" in tags else expected).add(node)
-    assert injected, "no committed notebook has an injected-parameters cell to leave out"
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "--nbval-lax",
-                          "notebooks"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-    collected = {line for line in out.stdout.splitlines() if "::Cell " in line}
-    assert collected == expected
-    assert f"{len(injected)} deselected" in out.stdout
+        nb = json.loads(path.read_text())["cells"]
+        tags = [c["metadata"].get("tags", []) for c in nb]
+        assert not any("injected-parameters" in t for t in tags), path.name
+        shown = [i for i, t in enumerate(tags) if "run-parameters" in t]
+        assert shown == [tags.index(["parameters"]) + 1], path.name
+        cell = nb[shown[0]]
+        assert cell["cell_type"] == "markdown" and "CHECKPOINT_DIR = " in "".join(cell["source"])
+
+
+def test_full_runs_shows_the_injected_parameters_as_markdown(tmp_path):
+    """What papermill wrote (the notebook as committed, with the run it held before shown as
+    markdown, and its new injected code cell) becomes one markdown cell of the new run's."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import full_runs
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("SEED = 1", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell('# Parameters\nSEED = 0\nCHECKPOINT_DIR = "ckpt/new"\n',
+                                          metadata={"tags": ["injected-parameters"]}),
+                nbformat.v4.new_markdown_cell('```python\nCHECKPOINT_DIR = "ckpt/old"\n```',
+                                              metadata={"tags": ["run-parameters"]}),
+                nbformat.v4.new_code_cell("print(SEED)")]
+    path = tmp_path / "executed.ipynb"
+    nbformat.write(nb, path)
+    full_runs.clean(path)
+    kinds = [(c.cell_type, c.metadata.get("tags", [])) for c in nbformat.read(path, as_version=4).cells]
+    assert kinds == [("code", ["parameters"]), ("markdown", ["run-parameters"]), ("code", [])]
+    shown = nbformat.read(path, as_version=4).cells[1].source
+    assert 'SEED = 0\nCHECKPOINT_DIR = "ckpt/new"\n```' in shown and "# Parameters" not in shown
