@@ -146,6 +146,11 @@ class BudgetSpent(Exception):
     """``fit`` stopped at an epoch boundary because its ``time_budget`` would not fit another epoch.
     The checkpoint is written; calling ``fit`` again with ``resume=True`` continues the run."""
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython (Jupyter, Colab, papermill) shows instead of a red traceback: the one
+        line that says where the run stopped and how to go on. It is a planned stop, not a bug."""
+        return [f"BudgetSpent: {self}"]
+
 
 class Budget:
     """``fit``'s ``time_budget``: seconds of this call, spent an epoch at a time."""

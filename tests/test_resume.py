@@ -195,6 +195,28 @@ def test_an_interrupted_notebook_resumes_to_the_same_run(tmp_path, monkeypatch):
         same_run(load_checkpoint(cut / name), load_checkpoint(whole / name))
 
 
+def test_a_budget_stop_in_a_notebook_is_one_line_not_a_traceback(tmp_path):
+    """In Jupyter, Colab and papermill a stop at TIME_BUDGET showed a red traceback through fit's
+    internals; it is one line that says where the run stopped and how to go on."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import eva_utils as eva\n"
+        "data = eva.synthetic_data(train=200, test=100, seed=1)\n"
+        "loaders = [eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std, 20,\n"
+        "                            train=t) for t in (True, False)]\n"
+        f"config = eva.TrainConfig(epochs=2, checkpoint_dir={str(tmp_path / 'run')!r})\n"
+        "eva.fit(eva.PlainCNN(num_classes=10), *loaders, config, resume=True, time_budget=1e-9)")]
+    nbformat.write(nb, tmp_path / "stretch.ipynb")
+    with pytest.raises(papermill.PapermillExecutionError) as stopped:
+        execute(tmp_path / "stretch.ipynb", tmp_path / "out.ipynb")
+    assert stopped.value.ename == "BudgetSpent"
+    error = [o for c in nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+             if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert len(error) == 1 and len(error[0].traceback) == 1
+    assert error[0].traceback[0].startswith("BudgetSpent: Time budget spent:")
+    assert error[0].traceback[0].endswith("(a notebook: run it again).")
+
+
 def test_one_slow_epoch_does_not_cut_every_later_stretch_short(tiny, tmp_path):
     """The budget guesses an epoch from the median of those trained before, not the slowest."""
     run = cfg(epochs=4, checkpoint_dir=str(tmp_path))
