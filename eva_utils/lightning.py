@@ -94,9 +94,11 @@ class EvaModule(L.LightningModule):
         logits = self.model(x)
         if self.cfg.tta:
             logits = (logits + self.model(x.flip(3))) / 2
-        self.log("val_loss", F.cross_entropy(logits.float(), y), prog_bar=True, batch_size=len(y))
+        # Averaged over every process (sync_dist): a plateau schedule then steps alike on all.
+        self.log("val_loss", F.cross_entropy(logits.float(), y), prog_bar=True, batch_size=len(y),
+                 sync_dist=True)
         self.log("val_acc", 100.0 * (logits.argmax(1) == y).float().mean(), prog_bar=True,
-                 batch_size=len(y))
+                 batch_size=len(y), sync_dist=True)
 
     def configure_optimizers(self):
         epochs = self.trainer.max_epochs

@@ -91,3 +91,15 @@ def test_what_lightning_does_its_own_way_is_refused_with_the_fix(tiny, tmp_path)
 def test_trainer_precision_follows_fits_rule_on_the_cpu(monkeypatch, amx, amp, expected):
     monkeypatch.setattr(eva.runtime, "cpu_has_amx", lambda: amx)
     assert trainer_precision(eva.TrainConfig(epochs=1, lr=0.1, amp=amp), "cpu") == expected
+
+
+def test_validation_metrics_are_averaged_over_every_process(tiny, monkeypatch):
+    """Under DDP each process validates its share; a plateau schedule watching val_loss must see
+    the same number on every rank, so both metrics are logged with sync_dist=True."""
+    logged = {}
+    module = EvaModule(eva.SmallResNet(num_classes=10, repeats=1), eva.TrainConfig(tta=True))
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.update({name: kw}))
+    _, test = data_loaders(tiny)
+    module.validation_step(next(iter(test)), 0)
+    assert {name: kw.get("sync_dist") for name, kw in logged.items()} == {"val_loss": True,
+                                                                         "val_acc": True}

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from .common import check_input_size
+from .common import AdaptiveAvgPool2d, check_input_size
 
 
 class PlainCNN(nn.Module):
@@ -26,7 +26,7 @@ class PlainCNN(nn.Module):
             nn.Conv2d(3, 32, 3), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),  # 32->30->28->14
             nn.Conv2d(32, 64, 3), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),  # 14->12->10->5
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(5), nn.Flatten(), nn.Linear(64 * 5 * 5, num_classes))
+        self.head = nn.Sequential(AdaptiveAvgPool2d(5), nn.Flatten(), nn.Linear(64 * 5 * 5, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(self, x)

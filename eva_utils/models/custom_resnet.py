@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from .common import check_input_size
+from .common import AdaptiveMaxPool2d, check_input_size
 
 
 def conv_pool_bn_relu(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
@@ -45,7 +45,7 @@ class CustomResNet(nn.Module):
         self.layer1 = nn.Sequential(conv_pool_bn_relu(64, 128, pool=True), Residual(128))
         self.layer2 = conv_pool_bn_relu(128, 256, pool=True)
         self.layer3 = nn.Sequential(conv_pool_bn_relu(256, 512, pool=True), Residual(512))
-        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.pool = AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(512, num_classes, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from .common import check_input_size
+from .common import AdaptiveAvgPool2d, check_input_size
 
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
@@ -44,7 +44,7 @@ class SmallResNet(nn.Module):
         self.block2 = ResBlock(64)
         self.down3 = conv_bn_relu(64, 128, stride=2)
         self.block3 = ResBlock(128)
-        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.pool = AdaptiveAvgPool2d(2)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(128 * 2 * 2, num_classes))
 
     def _repeat(self, block: ResBlock, x: torch.Tensor) -> torch.Tensor:
