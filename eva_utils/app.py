@@ -19,7 +19,12 @@ from .classifier import MAX_TOP, Classifier
 from .images import DataError
 
 MAX_UPLOAD = "10mb"    # larger uploads are refused by the server before anything is decoded
+# Larger pictures are refused before they are decoded: a 6 KB PNG can hold 7000x7000 pixels (5.7 s
+# and 860 MB a request). 16 megapixels takes a phone photo (12) and is plenty for a 32-64 px model.
+MAX_PIXELS = 16_000_000
 SHOWN = 224            # pictures smaller than this are enlarged (whole pixels) to be seen
+LONGEST = 2048         # ... and larger ones shrunk to this long side (the page's WebP stops at 16383)
+CACHE = (3600, 3600)   # seconds: Gradio deletes uploads and answers older than an hour, hourly
 
 
 def gradio():
@@ -33,10 +38,16 @@ def gradio():
 
 
 def enlarged(picture: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) repeated to at least ``SHOWN`` pixels on its short side (a 32x32 picture
-    becomes 224x224 in sharp blocks: the pixels the model saw, not a browser's blur)."""
+    """uint8 (H, W, 3) as the page shows it: repeated to at least ``SHOWN`` pixels on its short
+    side (a 32x32 picture becomes 224x224 in sharp blocks: the pixels the model saw, not a
+    browser's blur), or shrunk to ``LONGEST`` pixels on its long side (a 20000x20 strip)."""
     short, long = sorted(picture.shape[:2])
-    times = max(1, min(-(-SHOWN // short), 2048 // long))  # a 1x4000 strip stays 1x4000
+    if long > LONGEST:
+        from PIL import Image
+        small = Image.fromarray(picture)
+        small.thumbnail((LONGEST, LONGEST))
+        return np.asarray(small)
+    times = max(1, min(-(-SHOWN // short), LONGEST // long))  # a 1x2000 strip stays 1x2000
     return picture.repeat(times, 0).repeat(times, 1)
 
 
@@ -65,7 +76,7 @@ def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image 
         if path is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
-            original, seen = clf.pictures(path)
+            original, seen = clf.pictures(path, max_pixels=MAX_PIXELS)
         except DataError as exc:  # said in the page, naming the file as the user knows it
             raise gr.Error(upload_problem(exc, path), print_exception=False) from None
         try:
@@ -97,7 +108,7 @@ def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image 
             raise gr.Error(str(exc), print_exception=False) from None
         return gr.update(value=shown, visible=True)
 
-    with gr.Blocks(title=title) as page:
+    with gr.Blocks(title=title, delete_cache=CACHE) as page:
         gr.Markdown(f"# {title}\n{about}")
         chosen = gr.State(None)  # the image file now shown: an upload or an example
         with gr.Row():
@@ -146,13 +157,32 @@ def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image 
 
 
 def load_app(folder: str | Path):
-    """The page for a folder ``export_app`` wrote (model, examples, mistakes, README's title)."""
+    """The page for a folder ``export_app`` wrote (model, examples, mistakes, README's title). Only
+    regular files inside the folder are shown: an example or mistake of ``app.json`` that names a
+    path outside it (``/etc/hostname``, ``../secret.txt``), or a link that leads out of it (a Space's
+    git repository can carry one), is left out, in one line naming them all."""
     folder = Path(folder)
     clf = Classifier.load(folder)
     about = json.loads((folder / "app.json").read_text())
-    examples = [folder / p for p in about["examples"]]
-    mistakes = [{**m, "path": folder / m["path"]} for m in about["mistakes"]]
-    return build_app(clf, examples, mistakes, title=about["title"], about=about["about"])
+    examples = [p for p in about["examples"] if _inside(folder, p)]
+    mistakes = [{**m, "path": folder / m["path"]} for m in about["mistakes"]
+                if _inside(folder, m["path"])]
+    left_out = ([p for p in about["examples"] if p not in examples]
+                + [m["path"] for m in about["mistakes"] if not _inside(folder, m["path"])])
+    if left_out:
+        print(f"Not served (not a file inside {folder}): {', '.join(map(str, left_out))}",
+              flush=True)
+    return build_app(clf, [folder / p for p in examples], mistakes, title=about["title"],
+                     about=about["about"])
+
+
+def _inside(folder: Path, name) -> bool:
+    """Whether ``name`` (a path from app.json) is a regular file inside ``folder``, links followed."""
+    try:
+        path = (folder / name).resolve(strict=True)
+    except (OSError, RuntimeError, TypeError):  # missing, a loop of links, not a path
+        return False
+    return path.is_relative_to(folder.resolve()) and path.is_file()
 
 
 def launch(folder: str | Path, **options) -> None:

@@ -54,10 +54,13 @@ class Classifier:
         """The layers the model names for Grad-CAM, earliest first."""
         return gradcam_layers(self.model)
 
-    def pictures(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    def pictures(self, path: str | Path,
+                 max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(the file as a viewer shows it, uint8 (H0, W0, 3); the same resized to the model's input,
-        uint8 (H, W, 3)). One ``images.DataError`` saying what is wrong with the file otherwise."""
-        original = read_image(path)  # decoded once
+        uint8 (H, W, 3)). One ``images.DataError`` saying what is wrong with the file otherwise, or
+        that it holds more than ``max_pixels`` pixels (read from its header, before decoding; None:
+        ``images.MAX_PIXELS``)."""
+        original = read_image(path, max_pixels=max_pixels)  # decoded once
         return original, resized(original, self.image_size)
 
     def probabilities(self, seen: np.ndarray) -> np.ndarray:

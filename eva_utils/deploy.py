@@ -48,8 +48,8 @@ PACKAGE = Path(__file__).resolve().parent
 
 def export_app(model: nn.Module, data, predictions, folder: str | Path, *,
                title: str | None = None, mistakes: int = 20) -> Path:
-    """Write the app for ``model`` into ``folder`` (created; an earlier export there is replaced,
-    any other non-empty folder refused) and return its path. ``data``: the ``ImageData`` the model
+    """Write the app for ``model`` into ``folder`` (created; an earlier export's files there are
+    replaced and the rest kept, any other non-empty folder refused) and return its path. ``data``: the ``ImageData`` the model
     trained on (classes, mean, std, size and the test images the examples come from);
     ``predictions``: ``eva.predict`` on its test split (the ``mistakes`` most confident wrong
     answers are shown in the app)."""
@@ -85,7 +85,9 @@ def examples(images: np.ndarray, labels: np.ndarray, classes) -> list[tuple[str,
 
 def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: str) -> Path:
     """The export folder: weights, pictures, app.json, the app's modules, requirements, README.
-    Written beside it first and renamed into place, so a failed export leaves the folder as it was."""
+    Written beside it first, then moved in entry by entry: an earlier export's entries are
+    replaced, and nothing else in the folder is touched (a Space clone's .git, .gitattributes, your
+    notes). A failed export leaves the folder as it was."""
     folder = Path(folder).expanduser()
     if folder.exists() and any(folder.iterdir()) and not (folder / "app.json").is_file():
         raise FileExistsError(f"{folder} holds files and no earlier export (no app.json). Fix: "
@@ -94,9 +96,14 @@ def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: st
     shutil.rmtree(draft, ignore_errors=True)
     try:
         _write(draft, clf, pictures, mistakes, title, about)
-        if folder.exists():
-            shutil.rmtree(folder)
-        draft.rename(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(draft.iterdir()):
+            old = folder / entry.name
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink(missing_ok=True)
+            entry.rename(old)
     finally:
         shutil.rmtree(draft, ignore_errors=True)
     return folder
@@ -118,7 +125,9 @@ def _write(folder: Path, clf: Classifier, pictures, mistakes, title: str, about:
     (folder / "app.json").write_text(json.dumps({"title": title, "about": about, "examples": names,
                                                  "mistakes": wrong}, indent=1) + "\n")
     _carry_modules(folder / "eva_utils")
-    (folder / "app.py").write_text(f'"""{title}: a web app (Gradio) made by eva_utils.export_app.\n\n'
+    # The same app.py for every export: the title and texts are data (app.json), never code.
+    (folder / "app.py").write_text('"""A web app (Gradio) made by eva_utils.export_app; its title '
+                                   'and texts are in app.json.\n\n'
                                    '    pip install -r requirements.txt && python app.py\n"""\n'
                                    "from pathlib import Path\n\nfrom eva_utils.app import launch\n\n"
                                    'if __name__ == "__main__":\n    launch(Path(__file__).parent)\n')

@@ -21,17 +21,20 @@ class DataError(RuntimeError):
     """The data set could not be found or read; the message says where and how to fix it."""
 
 
-def read_image(path: str | Path, image_size: tuple[int, int] | None = None) -> np.ndarray:
+def read_image(path: str | Path, image_size: tuple[int, int] | None = None, *,
+               max_pixels: int | None = None) -> np.ndarray:
     """One file as uint8 RGB (H, W, 3), resized to ``image_size`` (H, W) if given; one DataError
-    naming the file if it cannot be read or holds more than ``MAX_PIXELS`` pixels."""
+    naming the file if it cannot be read or holds more than ``max_pixels`` pixels (None:
+    ``MAX_PIXELS``)."""
     from PIL import Image
 
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with Image.open(path) as im:
             width, height = im.size  # read from the header: nothing decoded yet
-            if width * height > MAX_PIXELS:
+            if width * height > max_pixels:
                 raise DataError(f"Image {path} is {width}x{height} pixels ({width * height / 1e6:.0f} "
-                                f"megapixels), more than the {MAX_PIXELS / 1e6:.0f} eva decodes. "
+                                f"megapixels), more than the {max_pixels / 1e6:.0f} this decodes. "
                                 "Fix: shrink it first (any image editor).")
             picture = np.asarray(viewer_rgb(im))
             return picture if image_size is None else resized(picture, image_size)

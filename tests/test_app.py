@@ -392,3 +392,82 @@ def test_the_app_is_launched_with_an_upload_limit(trained, monkeypatch):
     monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **kw: seen.update(kw))
     eva_utils.app.launch(trained["folder"], server_port=1234)
     assert seen == {"max_file_size": "10mb", "server_port": 1234}
+
+
+def test_the_app_serves_only_files_inside_its_folder(trained, tmp_path, monkeypatch, capsys):
+    """An app.json example or mistake that names a path outside the folder, or a link out of it
+    (a Space's git repository can carry one), would be copied into Gradio's cache and downloadable
+    by any client: it is left out, in one line naming them."""
+    import eva_utils.app
+    folder = tmp_path / "space"
+    shutil.copytree(trained["folder"], folder)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the web")
+    (folder / "examples" / "link.png").symlink_to(secret)
+    about = json.loads((folder / "app.json").read_text())
+    honest = len(about["examples"]), len(about["mistakes"])
+    about["examples"] += ["examples/link.png", "/etc/hostname", "../secret.txt"]
+    about["mistakes"].append({**about["mistakes"][0], "path": "../secret.txt"})
+    (folder / "app.json").write_text(json.dumps(about))
+    seen = {}
+    monkeypatch.setattr(eva_utils.app, "build_app", lambda clf, examples, mistakes, **kw:
+                        seen.update(examples=examples, mistakes=mistakes))
+    eva_utils.app.load_app(folder)
+    assert (len(seen["examples"]), len(seen["mistakes"])) == honest
+    served = [Path(p) for p in seen["examples"]] + [Path(m["path"]) for m in seen["mistakes"]]
+    assert all(p.resolve().parent.parent == folder.resolve() and p.is_file() for p in served)
+    assert capsys.readouterr().out == (f"Not served (not a file inside {folder}): examples/link.png, "
+                                       "/etc/hostname, ../secret.txt, ../secret.txt\n")
+
+
+def test_re_export_replaces_only_what_export_app_writes(trained, tmp_path):
+    """Exporting again into a Space's clone keeps its .git, .gitattributes and the user's notes;
+    the earlier export's own files (a stale example too) are replaced."""
+    folder = tmp_path / "space"
+    export = lambda title: eva.export_app(trained["model"], trained["data"], trained["predictions"],
+                                          folder, title=title)
+    export("first")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "config").write_text("[core]\n")
+    (folder / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    (folder / "notes.md").write_text("mine")
+    (folder / "examples" / "stale.png").write_bytes(b"an earlier export's")
+    export("second")
+    assert (folder / ".git" / "config").read_text() == "[core]\n"
+    assert (folder / ".gitattributes").exists() and (folder / "notes.md").read_text() == "mine"
+    assert not (folder / "examples" / "stale.png").exists()
+    assert json.loads((folder / "app.json").read_text())["title"] == "second"
+    assert not list(tmp_path.glob(".space.*"))  # no draft left beside it
+
+
+@pytest.mark.parametrize("title", ['Say """hi"""', "\\N{no such name}",
+                                   '"""\nimport pathlib; pathlib.Path("pwned").touch()\n"""'])
+def test_a_title_is_data_never_code(trained, tmp_path, title):
+    """A title was pasted into app.py's docstring: triple quotes or \\N made a SyntaxError, and a
+    crafted one ran code when app.py was imported. app.py is now the same for every export."""
+    folder = eva.export_app(trained["model"], trained["data"], trained["predictions"],
+                            tmp_path / "space", title=title)
+    code = (folder / "app.py").read_text()
+    ast.parse(code)
+    assert code == (trained["folder"] / "app.py").read_text()
+    assert json.loads((folder / "app.json").read_text())["title"] == title
+
+
+def test_the_app_refuses_a_picture_too_large_from_its_header(trained, tmp_path):
+    """A 6 KB PNG of 7000x7000 pixels cost 5.7 s and 860 MB a request: the app refuses more than
+    16 megapixels before decoding, naming the limit; Gradio deletes its cache of uploads hourly."""
+    import eva_utils.app
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (7000, 7000)).save(bomb)
+    assert bomb.stat().st_size < 20_000
+    page = eva_utils.app.load_app(trained["folder"])
+    upload = page.fns[0].fn  # what an upload runs
+    layer = eva.Classifier.load(trained["folder"]).layers[-1]
+    with pytest.raises(gradio.Error, match=r"Image bomb.png is 7000x7000 pixels \(49 megapixels\), "
+                                           r"more than the 16 this decodes\. Fix: shrink it"):
+        upload(str(bomb), 3, False, layer, 0.5)
+    assert page.delete_cache == (3600, 3600)
+    strip = tmp_path / "strip.png"  # 0.4 megapixels, but wider than the page's WebP can hold
+    Image.new("RGB", (20000, 20)).save(strip)
+    _, shown, seen, top, heat = upload(str(strip), 3, False, layer, 0.5)
+    assert max(shown.shape[:2]) <= 2048 and seen.shape == (224, 224, 3)
