@@ -12,7 +12,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
+import eva_utils as eva
 from eva_utils.checkpoint import RunFolder, load_checkpoint
+from eva_utils.serve import main as serve
 from test_resume import ROOT, same_run, up_to_the_record
 
 AS_COLAB = '''
@@ -91,3 +93,11 @@ def test_colab_disconnect_then_run_all_again(tmp_path, monkeypatch):
     assert "LR range test: loaded from" in text and "after epoch 1 of 2" in text
     assert not lock.exists()
     same_run(load_checkpoint(drive / "last.pt"), load_checkpoint(whole / "last.pt"))
+    # The README's command serves a notebook's checkpoint (whose loaders name no classes: they
+    # come from --data).
+    if not (Path(os.environ["EVA_DATA_DIR"]) / "train").is_dir():
+        pytest.skip("the notebook ran on stand-in data: serving its checkpoint needs CIFAR-10")
+    serve([str(drive / "last.pt"), "--data", os.environ["EVA_DATA_DIR"], "--out",
+           str(tmp_path / "space"), "--no-launch"])
+    app = json.loads((tmp_path / "space" / "model.json").read_text())
+    assert app["classes"] == list(eva.data.CIFAR10_CLASSES)
