@@ -241,6 +241,11 @@ class RunFolder:
                     f"{self.lock}.") from None
             os.close(fd)
             self._write()
+            # The folder is ours now: a temporary another process left (a kill during a save: a
+            # whole checkpoint under a .tmp name) would otherwise stay for ever.
+            for stale in self.path.glob("*.tmp"):
+                if not stale.name.endswith(f".{os.getpid()}.tmp"):
+                    stale.unlink(missing_ok=True)
             return self
 
     def __exit__(self, *exc) -> None:

@@ -167,6 +167,12 @@ def class_folders(split: Path) -> dict[str, Path]:
     if skipped:
         warnings.warn(f"Skipped {', '.join(skipped)} in {split}: hidden or system folders are not "
                       "classes.", stacklevel=3)
+    # A file here (bird.zip) or a link to no folder (one to itself) is no class: said, not dropped.
+    others = sorted(p.name for p in split.iterdir() if not p.is_dir() and not hidden(p.name))
+    if others:
+        warnings.warn(f"Skipped {', '.join(others)} in {split}: only folders are classes (a "
+                      "file, or a link that leads to no folder). Fix: unpack an archive into a "
+                      "folder named after its class, or remove the entry.", stacklevel=3)
     names = {}
     for p in sorted(folders):
         if hidden(p.name):

@@ -8,6 +8,7 @@ the web app (``deploy.export_checkpoint``), served on 127.0.0.1:7860 or kept as 
 """
 import argparse
 import tempfile
+from pathlib import Path
 
 from .app import gradio, launch
 from .checkpoint import CheckpointError
@@ -25,15 +26,19 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--no-launch", action="store_true", help="export only, do not serve")
     args = parser.parse_args(argv)
-    try:
-        gradio()  # the missing extra, said before minutes of exporting
-        folder = export_checkpoint(args.checkpoint, args.out or tempfile.mkdtemp(prefix="eva-app-"),
-                                   args.data)
-    except (ImportError, CheckpointError, DataError, FileExistsError, ValueError) as exc:
-        parser.exit(2, f"error: {exc}\n")  # the message is the whole story: no traceback
-    print(f"App written to {folder}")
-    if not args.no_launch:
-        launch(folder, server_port=args.port)
+    if args.no_launch and not args.out:
+        parser.error("--no-launch keeps only the app folder: say where with --out FOLDER")
+    # Without --out the app lives in a temporary folder, removed when the server stops.
+    with tempfile.TemporaryDirectory(prefix="eva-app-") as scratch:
+        try:
+            gradio()  # the missing extra, said before minutes of exporting
+            folder = export_checkpoint(args.checkpoint, args.out or Path(scratch) / "app",
+                                       args.data)
+        except (ImportError, CheckpointError, DataError, FileExistsError, ValueError) as exc:
+            parser.exit(2, f"error: {exc}\n")  # the message is the whole story: no traceback
+        print(f"App written to {folder}", flush=True)  # flushed: a log file gets it now
+        if not args.no_launch:
+            launch(folder, server_port=args.port)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ RULES = {
     "channels_last": (_optional_flag, "None, True or False"),
     "compile": (lambda v: isinstance(v, bool), "True or False"),
     "seed": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
-    "checkpoint_dir": (lambda v: v is None or isinstance(v, str), "None or a folder path"),
+    "checkpoint_dir": (lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+                       "None or a folder path (\"\" would train without checkpoints)"),
     "log_every": (lambda v: _whole(v) and v >= 1, "a whole number of steps >= 1"),
 }
 

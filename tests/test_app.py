@@ -266,7 +266,7 @@ def test_the_serve_command_exports_a_checkpoint(trained, tmp_path, capsys):
     assert said.startswith("error: ") and "does not record the classes" in said and "export_app" in said
     assert "Traceback" not in said
     with pytest.raises(SystemExit):
-        serve([str(tmp_path / "missing.pt"), "--no-launch"])
+        serve([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "none"), "--no-launch"])
     assert "No checkpoint at" in capsys.readouterr().err
 
 

@@ -5,6 +5,7 @@ import re
 import shutil
 import unicodedata
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -498,3 +499,49 @@ def test_a_kept_range_test_is_swept_again_for_other_data(tiny, tmp_path):
     sweep(tiny.train_images)
     with pytest.warns(UserWarning, match="another model, loader or sweep"):
         sweep(tiny.train_images[::-1].copy())
+
+
+def test_entries_that_are_not_class_folders_are_named(tmp_path, make_folder):
+    """A class that is a file (an archive not unpacked) or a link to itself was dropped without a
+    word."""
+    make_folder(tmp_path, per_class=1, classes=("cat", "dog"))
+    (tmp_path / "train" / "bird.zip").write_bytes(b"PK")
+    (tmp_path / "test" / "loop").symlink_to(tmp_path / "test" / "loop")
+    with pytest.warns(UserWarning, match=r"Skipped bird.zip in .*train: only folders are classes"), \
+            pytest.warns(UserWarning, match=r"Skipped loop in .*test: only folders are classes"):
+        data = eva.load_image_folder(tmp_path)
+    assert data.classes == ("cat", "dog")
+
+
+def test_an_empty_checkpoint_dir_is_refused(tiny):
+    """checkpoint_dir="" trained without checkpoints, silently (a folder was meant)."""
+    with pytest.raises(ValueError, match=r"checkpoint_dir='': must be None or a folder path"):
+        cfg(checkpoint_dir="")
+
+
+def test_a_temporary_left_by_a_killed_save_is_removed(tiny, tmp_path):
+    """A SIGKILL during a checkpoint write leaves last.pt.<pid>.tmp (a whole checkpoint) behind:
+    the next run that takes the folder removes it."""
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "last.pt.4242.tmp").write_bytes(b"x" * 1000)
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_serve_without_out_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    """Without --out the app lived in /tmp/eva-app-* for ever; --no-launch without --out kept
+    nothing anyone could find."""
+    pytest.importorskip("gradio", reason="the app needs the optional extra: pip install gradio")
+    import tempfile
+    from eva_utils import serve
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(serve, "export_checkpoint", lambda ckpt, folder, data:
+                        Path(folder).mkdir() or Path(folder))
+    served = []
+    monkeypatch.setattr(serve, "launch", lambda folder, **kw: served.append(folder.exists()))
+    serve.main(["last.pt"])
+    assert served == [True] and not list(tmp_path.iterdir())  # served, then removed
+    assert capsys.readouterr().out.startswith("App written to ")
+    with pytest.raises(SystemExit):
+        serve.main(["last.pt", "--no-launch"])
+    assert "--no-launch keeps only the app folder: say where with --out" in capsys.readouterr().err
