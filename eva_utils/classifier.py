@@ -94,8 +94,9 @@ class Classifier:
         device = next(self.model.parameters()).device
         x = model_input(seen, self.mean, self.std).to(device)
         with self.lock:
-            mask = gradcam(self.model, x, layer,
-                           None if class_index is None else torch.tensor([class_index]))[0]
+            mask = gradcam(self.model, x, layer,  # x is model_input's: normalised
+                           None if class_index is None else torch.tensor([class_index]),
+                           check=False)[0]
         # The colour map alone, blended here: show_cam_on_image divides its blend by the blend's
         # maximum, which brightens a dark picture and would show it changed even at opacity 0.
         heat = show_cam_on_image(seen.astype(np.float32) / 255, mask, use_rgb=True, image_weight=0)

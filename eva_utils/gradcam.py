@@ -93,10 +93,13 @@ def _untouched(model: nn.Module):
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, layer: str | nn.Module,
-            classes: torch.Tensor | None = None) -> np.ndarray:
+            classes: torch.Tensor | None = None, *, check: bool = True) -> np.ndarray:
     """Grad-CAM masks float32 (B, H, W) in [0, 1], the size of ``images`` (B, 3, H, W, normalised).
 
     ``classes`` (B,) are the class indices explained; None explains the model's own prediction.
+    ``check=False`` skips the guess whether ``images`` are normalised, for a caller that
+    normalised them itself (the app: a plain light-grey picture normalises to values in [0, 1],
+    which raw pixels also have).
     """
     # Imported here, not at the top: pytorch_grad_cam loads scikit-learn and SciPy, about half a
     # second that every `import eva_utils` (each test process, each training script) would pay.
@@ -106,7 +109,8 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: str | nn.Module,
     if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
         raise RuntimeError("Grad-CAM needs gradients, but it was called inside torch.no_grad() or "
                            "torch.inference_mode(). Fix: call it outside that block.")
-    check_normalised(images)
+    if check:
+        check_normalised(images)
     module = find_layer(model, layer)
     device = next(model.parameters()).device
     images = images.to(device)

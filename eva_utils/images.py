@@ -84,11 +84,17 @@ def model_input(pictures: np.ndarray, mean, std) -> torch.Tensor:
 
 def check_normalised(images: torch.Tensor) -> None:
     """Raise if ``images`` (B, 3, H, W) look like raw pixels instead of the loaders' normalised
-    tensors (which have roughly zero mean, so negative values)."""
+    tensors. Raw pixels are never negative and are either fractions up to 1 or whole numbers up
+    to 255; normalised ones, (x - mean) / std, are negative wherever a pixel is darker than the
+    mean, and a bright picture with no such pixel has fractions above 1 (white is about 2 with
+    CIFAR-10's statistics), so it passes."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"Expected images of shape (B, 3, H, W); got {tuple(images.shape)}.")
-    if len(images) and images.min() >= 0:
+    if not len(images) or images.min() < 0:
+        return
+    top = images.max()
+    if top <= 1 or torch.equal(images, images.round()):
         raise ValueError(
-            f"These images look unnormalised (values in [{images.min():.3g}, {images.max():.3g}]). "
+            f"These images look unnormalised (values in [{images.min():.3g}, {top:.3g}]). "
             "Pass them as the loaders yield them: normalised with the data set's mean and std "
             "(data.mean, data.std), e.g. from eva.predict(...).images.")

@@ -342,3 +342,21 @@ def test_steepest_never_lies_past_the_loss_minimum():
                         np.linspace(1.6, 1.3, 5), np.linspace(1.4, 3.0, 10)])
     result = picks(lrs, losses)
     assert result.steepest <= result.minimum == pytest.approx(lrs[29])
+
+
+def test_grad_cam_explains_bright_pictures(tiny):
+    """White, light-grey and sky pictures, correctly normalised, were refused as "unnormalised"
+    (no negative value), in eva.gradcam, plot_gradcam and the app (whose top classes vanished)."""
+    model = eva.CustomResNet(num_classes=10)
+    colours = {"white": (1.0, 1.0, 1.0), "light grey": (0.7, 0.7, 0.7), "sky": (0.6, 0.75, 0.95)}
+    mean, std = torch.tensor(tiny.mean).view(1, 3, 1, 1), torch.tensor(tiny.std).view(1, 3, 1, 1)
+    for name, rgb in colours.items():
+        picture = torch.tensor(rgb).view(1, 3, 1, 1).expand(1, 3, 32, 32)
+        normalised = (picture - mean) / std
+        if normalised.max() > 1:  # white and sky: the check itself lets them through
+            assert eva.gradcam(model, normalised, "layer3").shape == (1, 32, 32), name
+        clf = eva.Classifier(model, tiny.classes, tiny.mean, tiny.std, (32, 32))
+        seen = (picture[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        assert clf.heatmap(seen, "layer3", 0.5).shape == (32, 32, 3), name  # the app: every one
+    with pytest.raises(ValueError, match="look unnormalised"):  # raw pixels as fractions
+        eva.gradcam(model, torch.rand(2, 3, 32, 32), "layer3")
