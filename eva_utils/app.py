@@ -164,6 +164,10 @@ def load_app(folder: str | Path):
     folder = Path(folder)
     clf = Classifier.load(folder)
     about = json.loads((folder / "app.json").read_text())
+    damaged = app_json_problem(about)
+    if damaged:
+        raise ValueError(f"{folder / 'app.json'} is damaged: {damaged}. Fix: export the app again "
+                         "(eva.export_app).")
     examples = [p for p in about["examples"] if _inside(folder, p)]
     mistakes = [{**m, "path": folder / m["path"]} for m in about["mistakes"]
                 if _inside(folder, m["path"])]
@@ -174,6 +178,24 @@ def load_app(folder: str | Path):
               flush=True)
     return build_app(clf, [folder / p for p in examples], mistakes, title=about["title"],
                      about=about["about"])
+
+
+def app_json_problem(about) -> str:
+    """What makes an ``app.json`` unusable, in words, or ""."""
+    if not isinstance(about, dict):
+        return "it holds no settings"
+    for key in ("title", "about"):
+        if not isinstance(about.get(key), str):
+            return f"{key} is not text"
+    if not (isinstance(about.get("examples"), list)
+            and all(isinstance(p, str) for p in about["examples"])):
+        return "examples is not a list of file names"
+    keys = {"path", "true", "predicted", "confidence"}
+    if not (isinstance(about.get("mistakes"), list)
+            and all(isinstance(m, dict) and keys <= set(m) and isinstance(m["path"], str)
+                    and isinstance(m["confidence"], (int, float)) for m in about["mistakes"])):
+        return f"mistakes is not a list of {{{', '.join(sorted(keys))}}}"
+    return ""
 
 
 def _inside(folder: Path, name) -> bool:

@@ -131,10 +131,46 @@ class Classifier:
 
         folder = Path(folder)
         about = json.loads((folder / "model.json").read_text())
+        damaged = model_json_problem(about)
+        if damaged:
+            raise ValueError(f"{folder / 'model.json'} is damaged: {damaged}. Fix: export the app "
+                             "again (eva.export_app, or python -m eva_utils.serve ... --out).")
         model = build_model(about["architecture"], about["arguments"])
         load_model(model, str(folder / "model.safetensors"), device=str(device))
+        with torch.no_grad(), eval_mode(model):  # every request would fail otherwise
+            outputs = model(torch.zeros(1, 3, *about["image_size"], device=device)).shape[1]
+        if outputs != len(about["classes"]):
+            raise ValueError(f"{folder / 'model.json'} names {len(about['classes'])} classes for a "
+                             f"model with {outputs} outputs. Fix: export the app again.")
         return cls(model.to(device), about["classes"], tuple(about["mean"]), tuple(about["std"]),
                    tuple(about["image_size"]))
+
+
+LARGEST = 4096  # pixels a side of a model's input that an app serves (beyond: out of memory)
+
+
+def model_json_problem(about) -> str:
+    """What makes a ``model.json`` unusable, in words, or "" (a hand edit or a damaged copy: std 0
+    would answer NaN, image size 0 or 100000 fail or exhaust memory on every request)."""
+    def numbers(v, n):
+        return (isinstance(v, list) and len(v) == n and
+                all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+                    for x in v))
+    if not isinstance(about, dict):
+        return "it holds no settings"
+    if not isinstance(about.get("architecture"), str) or not isinstance(about.get("arguments"), dict):
+        return "architecture and arguments are missing"
+    classes = about.get("classes")
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+        return f"classes={classes!r}: give two class names or more"
+    if not numbers(about.get("mean"), 3):
+        return f"mean={about.get('mean')!r}: give three numbers"
+    if not (numbers(about.get("std"), 3) and all(x > 0 for x in about["std"])):
+        return f"std={about.get('std')!r}: give three numbers > 0"
+    size = about.get("image_size")
+    if not (numbers(size, 2) and all(isinstance(x, int) and 1 <= x <= LARGEST for x in size)):
+        return f"image_size={size!r}: give [height, width], whole numbers from 1 to {LARGEST}"
+    return ""
 
 
 def safetensors():

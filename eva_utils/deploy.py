@@ -34,7 +34,7 @@ from torch import nn
 from .checkpoint import CheckpointError, load_checkpoint
 from .classifier import Classifier
 from .data import CIFAR10_CLASSES, load_cifar10, load_image_folder
-from .images import DataError
+from .images import DataError, resized
 from .inference import misclassified, predict
 from .loaders import TensorLoader
 from .models import build_model, count_parameters
@@ -61,6 +61,12 @@ def export_app(model: nn.Module, data, predictions, folder: str | Path, *,
                          "data.classes.")
     if isinstance(mistakes, bool) or not isinstance(mistakes, int) or mistakes < 0:
         raise ValueError(f"mistakes={mistakes!r}: give how many wrong answers to show (0 or more).")
+    scored = tuple(predictions.images.shape[-2:])
+    if scored != tuple(data.image_size):
+        raise ValueError(f"The predictions were made on {scored[1]}x{scored[0]} images, but the data "
+                         f"is {data.image_size[1]}x{data.image_size[0]}: the app would resize uploads "
+                         "to a size the model was not scored at. Fix: load the data at the size the "
+                         "model trained on (image_size=...), and predict on it.")
     clf = Classifier(model, classes, tuple(data.mean), tuple(data.std), data.image_size)
     wrong = misclassified(predictions)
     pictures = (denormalize(wrong.images[:mistakes], data.mean, data.std) * 255).round()
@@ -97,6 +103,7 @@ def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: st
     shutil.rmtree(draft, ignore_errors=True)
     try:
         _write(draft, clf, pictures, mistakes, title, about)
+        _same_answers(draft, clf, [p for _, p in pictures])
         folder.mkdir(parents=True, exist_ok=True)
         for entry in sorted(draft.iterdir()):
             old = folder / entry.name
@@ -108,6 +115,30 @@ def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: st
     finally:
         shutil.rmtree(draft, ignore_errors=True)
     return folder
+
+
+def _same_answers(folder: Path, clf: Classifier, pictures: list[np.ndarray]) -> None:
+    """The app rebuilds its model from the folder (class and arguments, then weights): refuse an
+    export whose rebuilt model answers otherwise than the model given, on the examples (or one
+    drawn picture), e.g. a model changed after it was built (an activation swapped: the same
+    weights in another network), or one with more outputs than the data has classes."""
+    drawn = np.random.default_rng(0).integers(0, 256, (*clf.image_size, 3), dtype=np.uint8)
+    outputs = len(clf.probabilities(drawn))
+    if outputs != len(clf.classes):
+        raise ValueError(f"The model has {outputs} outputs, but the data names {len(clf.classes)} "
+                         f"classes ({', '.join(clf.classes)}): every request would fail. Fix: "
+                         "export with the data the model trained on (num_classes=data.num_classes).")
+    rebuilt = Classifier.load(folder)  # as the app will: model.json checked, weights loaded
+    for picture in pictures or [drawn]:
+        seen = resized(picture, clf.image_size)
+        want, got = clf.probabilities(seen), rebuilt.probabilities(seen)
+        if np.abs(want - got).max() > 1e-3:
+            raise ValueError(f"The app would answer otherwise than this {type(clf.model).__name__}: "
+                             f"rebuilt from its class and arguments {dict(clf.model.init_args)} with "
+                             f"its weights, it gives probabilities up to {np.abs(want - got).max():.3f} "
+                             "apart. The model was changed after it was built (a layer replaced?), "
+                             "which the app cannot repeat. Fix: build the model you train from its "
+                             "class's arguments only, or serve it with your own code.")
 
 
 def _write(folder: Path, clf: Classifier, pictures, mistakes, title: str, about: str) -> None:

@@ -471,3 +471,47 @@ def test_the_app_refuses_a_picture_too_large_from_its_header(trained, tmp_path):
     Image.new("RGB", (20000, 20)).save(strip)
     _, shown, seen, top, heat = upload(str(strip), 3, False, layer, 0.5)
     assert max(shown.shape[:2]) <= 2048 and seen.shape == (224, 224, 3)
+
+
+def test_export_refuses_a_model_the_app_cannot_repeat(trained, tmp_path):
+    """The app rebuilds its model from class and arguments: a model changed after it was built
+    (GELU swapped in for ReLU: the same weight names) answered 0.9 apart in logits; a 10-output
+    model exported with 4 classes failed every request; data loaded at 64x64 for a model scored
+    at 32x32 exported the wrong size. Each is refused, with the reason; nothing is written."""
+    import copy
+    data, predictions = trained["data"], trained["predictions"]
+    swapped = copy.deepcopy(trained["model"])
+    for name, module in list(swapped.named_modules()):
+        for child, layer in list(module.named_children()):
+            if isinstance(layer, torch.nn.ReLU):
+                setattr(module, child, torch.nn.GELU())
+    with pytest.raises(ValueError, match=r"would answer otherwise than this SmallResNet.*changed "
+                                         r"after it was built"):
+        eva.export_app(swapped, data, predictions, tmp_path / "a")
+    ten = eva.SmallResNet(num_classes=10, repeats=1)
+    with pytest.raises(ValueError, match=r"has 10 outputs, but the data names 4 classes"):
+        eva.export_app(ten, data, predictions, tmp_path / "b")
+    bigger = eva.load_image_folder(trained["root"] / "shapes", image_size=64)
+    with pytest.raises(ValueError, match=r"predictions were made on 32x32 images, but the data is "
+                                         r"64x64"):
+        eva.export_app(trained["model"], bigger, predictions, tmp_path / "c")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("file, change, words", [
+    ("model.json", {"std": [0.2, 0.0, 0.2]}, r"std=\[0.2, 0.0, 0.2\]: give three numbers > 0"),
+    ("model.json", {"classes": ["a", "b", "c"]}, r"names 3 classes for a model with 4 outputs"),
+    ("model.json", {"image_size": [0, 32]}, r"image_size=\[0, 32\]: give \[height, width\]"),
+    ("model.json", {"image_size": [100000, 100000]}, r"whole numbers from 1 to 4096"),
+    ("app.json", {"examples": "examples/00.png"}, r"examples is not a list of file names"),
+])
+def test_a_damaged_export_is_named_when_the_app_starts(trained, tmp_path, file, change, words):
+    """A hand-edited or damaged folder started a server whose every request failed, answered NaN
+    (std 0), or ran out of memory (image size 100000): one message at start instead."""
+    import eva_utils.app
+    folder = tmp_path / "space"
+    shutil.copytree(trained["folder"], folder)
+    about = json.loads((folder / file).read_text())
+    (folder / file).write_text(json.dumps({**about, **change}))
+    with pytest.raises(ValueError, match=rf"{file} (is damaged: .*)?{words}"):
+        eva_utils.app.load_app(folder)
