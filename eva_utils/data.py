@@ -177,6 +177,11 @@ def class_folders(split: Path) -> dict[str, Path]:
     for p in sorted(folders):
         if hidden(p.name):
             continue
+        try:  # a class name is shown, printed and saved: it must be text
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"The class folder {os.fsencode(p)!r} has a name that is not UTF-8 text "
+                            "(made on a system with another encoding?). Fix: rename it.") from None
         name = unicodedata.normalize("NFC", p.name)
         if name in names:
             raise DataError(f"{names[name]} and {p} are the same class name in two Unicode forms. "
@@ -255,7 +260,10 @@ def _signature(files: list[tuple[Path, int]], image_size) -> str:
     h = hashlib.sha256(f"{DECODER}:{image_size}\n".encode())
     for path, label in files:
         st = path.stat()
-        h.update(f"{path.parent.name}/{path.name}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 (written on another system) hashes as
+        # its bytes; a valid one as before
+        h.update(f"{path.parent.name}/{path.name}:{label}:{st.st_size}:{st.st_mtime_ns}\n"
+                 .encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 

@@ -29,6 +29,11 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
         raise ValueError("This loader was built with train=True: it augments and reshuffles, and "
                          "drops the last partial batch, so answers would change every call and "
                          "images would be missing. Fix: a loader built with train=False.")
+    weights = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weights is not None and weights.dtype != torch.float32:
+        raise TypeError(f"The model's weights are {weights.dtype}; the loaders' images are float32. "
+                        "Fix: model.float() (mixed precision is amp=..., not model.half() or "
+                        "model.double()).")
     device = torch.device(device) if device else next(model.parameters()).device
     dtype = amp_dtype(device, amp)
     nhwc = use_channels_last(device, channels_last)

@@ -545,3 +545,24 @@ def test_serve_without_out_leaves_no_folder_behind(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit):
         serve.main(["last.pt", "--no-launch"])
     assert "--no-launch keeps only the app folder: say where with --out" in capsys.readouterr().err
+
+
+def test_names_that_are_not_utf8(tmp_path, make_folder):
+    """A file or class folder whose name is not UTF-8 (from another system's archive) raised
+    "UnicodeEncodeError ... surrogates not allowed" from deep in data.py, naming no file."""
+    make_folder(tmp_path, per_class=1, classes=("cat", "dog"))
+    odd = tmp_path / "train" / "cat" / os.fsdecode(b"caf\xe9.png")  # Latin-1, not UTF-8
+    shutil.copy(tmp_path / "train" / "cat" / "0000.png", odd)
+    assert len(eva.load_image_folder(tmp_path).train_labels) == 3  # the file loads
+    (tmp_path / "train" / os.fsdecode(b"b\xe9te")).mkdir()
+    with pytest.raises(eva.DataError, match=r"class folder b'.*b\\xe9te' has a name that is not "
+                                            r"UTF-8 text.*Fix: rename it"):
+        eva.load_image_folder(tmp_path)
+
+
+def test_predict_names_a_model_in_another_precision(tiny):
+    """A float64 model failed deep inside torch ("expected scalar type Double")."""
+    _, test = loaders(tiny)
+    with pytest.raises(TypeError, match=r"weights are torch.float64; the loaders' images are float32"
+                                        r"\. Fix: model.float\(\)"):
+        eva.predict(Tiny().double(), test, tiny.classes)
