@@ -71,10 +71,17 @@ def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image 
     mistakes = list(mistakes)
     layers = list(clf.layers)
 
+    def switch(value, name: str) -> bool:
+        """A checkbox's value; the API can send anything (a string, null): said, not guessed."""
+        if not isinstance(value, bool):
+            raise gr.Error(f"{name}: send true or false, not {value!r}.", print_exception=False)
+        return value
+
     def answer(path, k, show_cam, layer, opacity):
         """(picture as uploaded, the model's view, top classes, Grad-CAM or hidden)."""
         if path is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        show_cam = switch(show_cam, "Show Grad-CAM")
         try:
             original, seen = clf.pictures(path, max_pixels=MAX_PIXELS)
         except DataError as exc:  # said in the page, naming the file as the user knows it
@@ -91,12 +98,21 @@ def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image 
         return (path, *answer(path, *controls))
 
     def pick(k, show_cam, layer, opacity, evt: gr.SelectData):  # gradio fills in evt by its type
-        return upload(examples[evt.index], k, show_cam, layer, opacity)
+        i = evt.index
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(examples):
+            raise gr.Error(f"There is no example {i!r}: pick one of the {len(examples)} shown.",
+                           print_exception=False)
+        return upload(examples[i], k, show_cam, layer, opacity)
 
     def wrong(show, n, show_cam, layer, opacity):
         """The first ``n`` mistakes (most confident first), with Grad-CAM when it is switched on."""
-        if not show:
+        if not switch(show, "Show misclassified test images"):
             return gr.update(visible=False)
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n) \
+                or not 1 <= n <= len(mistakes):
+            raise gr.Error(f"How many: {n!r}; choose a whole number from 1 to {len(mistakes)}.",
+                           print_exception=False)
+        show_cam = switch(show_cam, "Show Grad-CAM")
         shown = []
         try:
             for m in mistakes[:int(n)]:

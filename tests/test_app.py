@@ -515,3 +515,25 @@ def test_a_damaged_export_is_named_when_the_app_starts(trained, tmp_path, file, 
     (folder / file).write_text(json.dumps({**about, **change}))
     with pytest.raises(ValueError, match=rf"{file} (is damaged: .*)?{words}"):
         eva_utils.app.load_app(folder)
+
+
+def test_settings_sent_around_the_page_get_one_message_each(trained):
+    """Through the API a setting can be a string or null, and a gallery index anything: each gets a
+    message that names it (a blank "Error" before)."""
+    import eva_utils.app
+    page = eva_utils.app.load_app(trained["folder"])
+    handler = {f.fn.__name__: f.fn for f in page.fns.values()}
+    picture = str(trained["folder"] / json.loads((trained["folder"] / "app.json").read_text())
+                  ["examples"][0])
+    layer = eva.Classifier.load(trained["folder"]).layers[-1]
+    cases = [(lambda: handler["answer"](picture, 3, "yes", layer, 0.5), r"Show Grad-CAM: send true"),
+             (lambda: handler["answer"](picture, None, False, layer, 0.5), r"whole number from 1"),
+             (lambda: handler["answer"](picture, 3, True, layer, "0.5"), r"from 0 to 1"),
+             (lambda: handler["wrong"](True, None, False, layer, 0.5), r"How many: None; choose"),
+             (lambda: handler["wrong"](True, 2.5, False, layer, 0.5), r"How many: 2.5; choose"),
+             (lambda: handler["wrong"](None, 3, False, layer, 0.5), r"Show misclassified .*: send"),
+             (lambda: handler["pick"](3, False, layer, 0.5, gradio.SelectData(
+                 None, {"index": 99, "value": None})), r"There is no example 99: pick one of the 10")]
+    for call, words in cases:
+        with pytest.raises(gradio.Error, match=words):
+            call()
