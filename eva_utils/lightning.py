@@ -69,6 +69,43 @@ class EvaModule(L.LightningModule):
         if self.nhwc:
             self.model.to(memory_format=torch.channels_last)
 
+    def _check_the_trainer(self) -> None:
+        """Refuse, naming each, what Lightning would silently do otherwise than the TrainConfig
+        says: a setting changed after the module was built, clipping or precision the Trainer does
+        not apply, or a model whose outputs are not the data's classes (fit refuses those too)."""
+        cfg, trainer = self.cfg, self.trainer
+        cfg.validate()  # a field changed after EvaModule(...) (lr=-1), checked again as fit does
+        problems = []
+        if cfg.ema_decay or cfg.compile:
+            problems.append("TrainConfig(ema_decay=..., compile=True) are fit's own (Lightning's "
+                            "WeightAveraging callback and torch.compile(module) do the same here)")
+        clip = trainer.gradient_clip_val or None
+        if (cfg.grad_clip or None) != clip:
+            problems.append(f"TrainConfig(grad_clip={cfg.grad_clip}) but Trainer(gradient_clip_val="
+                            f"{clip}): Lightning clips only as its Trainer says. Fix: "
+                            "Trainer(gradient_clip_val=cfg.grad_clip)")
+        have, want = str(trainer.precision), trainer_precision(cfg, self.device)
+        if have not in ("32-true", "16-mixed", "bf16-mixed"):
+            problems.append(f"Trainer(precision={have!r}): eva trains float32 weights, with mixed "
+                            "precision at most. Fix: Trainer(precision=trainer_precision(cfg))")
+        elif cfg.amp is not None and have != want:
+            problems.append(f"TrainConfig(amp={cfg.amp}) means {want!r} here, but Trainer(precision="
+                            f"{have!r}). Fix: Trainer(precision=trainer_precision(cfg))")
+        data = trainer.datamodule
+        loader = getattr(data, "train_loader", None)
+        size = (getattr(loader, "fingerprint", None) or {}).get("image_size")
+        classes = getattr(loader, "num_classes", None)
+        if size and classes and not problems:
+            with torch.no_grad():
+                outputs = self.model.eval()(torch.zeros(1, 3, *size, device=self.device)).shape[1]
+            self.model.train()
+            if outputs != classes:
+                problems.append(f"the model has {outputs} outputs but the data has {classes} "
+                                f"classes. Fix: build it with num_classes={classes}")
+        if problems:
+            raise ValueError("EvaModule cannot train as its TrainConfig says:\n  "
+                             + "\n  ".join(problems))
+
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         nhwc = getattr(self, "nhwc", False)
         return x.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
@@ -101,6 +138,7 @@ class EvaModule(L.LightningModule):
                  batch_size=len(y), sync_dist=True)
 
     def configure_optimizers(self):
+        self._check_the_trainer()  # before the optimizer is built from the config
         epochs = self.trainer.max_epochs
         if self.cfg.schedule == "onecycle" and epochs != self.cfg.epochs:
             raise ValueError(f"Trainer(max_epochs={epochs}) but TrainConfig(epochs={self.cfg.epochs}"

@@ -103,3 +103,27 @@ def test_validation_metrics_are_averaged_over_every_process(tiny, monkeypatch):
     module.validation_step(next(iter(test)), 0)
     assert {name: kw.get("sync_dist") for name, kw in logged.items()} == {"val_loss": True,
                                                                          "val_acc": True}
+
+
+@pytest.mark.parametrize("change, trainer_kw, words", [
+    ({"grad_clip": 1e-9}, {}, r"grad_clip=1e-09\) but Trainer\(gradient_clip_val=None\)"),
+    ({"amp": False}, {"precision": "bf16-mixed"}, r"amp=False\) means '32-true' here, but "
+                                                  r"Trainer\(precision='bf16-mixed'\)"),
+    ({"ema_decay": 0.99}, {}, r"ema_decay=..., compile=True\) are fit's own"),
+    ({"lr": -1}, {}, r"lr=-1: must be a finite number > 0"),
+    ({}, {"precision": "64-true"}, r"Trainer\(precision='64-true'\): eva trains float32 weights"),
+    ("4 outputs", {}, r"the model has 4 outputs but the data has 10 classes"),
+])
+def test_lightning_refuses_what_would_contradict_the_config(tiny, tmp_path, change, trainer_kw,
+                                                            words):
+    """Lightning ignored grad_clip, autocast despite amp=False, dropped an ema_decay or lr set after
+    the module was built, trained a 4-output model on 10 classes and trained in float64."""
+    cfg = eva.TrainConfig(epochs=1, lr=0.05)
+    model = eva.SmallResNet(num_classes=4 if change == "4 outputs" else 10, repeats=1)
+    module = EvaModule(model, cfg)
+    for key, value in (change if isinstance(change, dict) else {}).items():
+        setattr(cfg, key, value)  # after EvaModule(...): a student's later edit
+    run = trainer(tmp_path, 1, enable_checkpointing=False, **trainer_kw)
+    with pytest.raises(ValueError, match=words), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run.fit(module, EvaDataModule(*data_loaders(tiny)))
