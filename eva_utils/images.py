@@ -40,6 +40,10 @@ def read_image(path: str | Path, image_size: tuple[int, int] | None = None, *,
             return picture if image_size is None else resized(picture, image_size)
     except DataError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow refuses at open what we would at the size
+        raise DataError(f"Image {path} claims more pixels than Pillow will open ({exc}), more than "
+                        f"the {max_pixels / 1e6:.0f} megapixels this decodes. Fix: shrink it first "
+                        "(any image editor), or do not use it.") from None
     except Exception as exc:
         raise DataError(f"Cannot read image {path} ({exc}). Fix: delete or replace that "
                         "file.") from exc

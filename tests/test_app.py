@@ -537,3 +537,15 @@ def test_settings_sent_around_the_page_get_one_message_each(trained):
     for call, words in cases:
         with pytest.raises(gradio.Error, match=words):
             call()
+
+
+def test_a_decompression_bomb_is_called_one(trained, tmp_path):
+    """A PNG whose header claims 200 megapixels was called "not an image ... a truncated file"."""
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 10000)).save(bomb)
+    clf = eva.Classifier.load(trained["folder"])
+    with pytest.raises(eva.DataError) as caught:
+        clf.pictures(bomb)
+    said = upload_problem(caught.value, bomb)
+    assert said.startswith("Image bomb.png claims more pixels than Pillow will open")
+    assert "megapixels this decodes" in said and "truncated" not in said
