@@ -537,6 +537,7 @@ def train_epoch(run: Run, loader, cfg: TrainConfig, device: torch.device, epoch:
                leave=False)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    scale = run.scaler.get_scale()  # the loss scale before each step (1.0 without a scaler)
     t0 = time.perf_counter()
     try:
         for i, (x, y) in enumerate(bar):
@@ -552,13 +553,14 @@ def train_epoch(run: Run, loader, cfg: TrainConfig, device: torch.device, epoch:
             if cfg.grad_clip:
                 run.scaler.unscale_(run.optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            # float16 (a T4): the scaler skips a step whose gradients overflowed, and lowers its
-            # scale; the schedule then waits for a real step. (get_scale reads nothing back when
-            # the scaler is off; when on, scaler.step has already waited for the GPU.)
-            scale = run.scaler.get_scale()
             run.scaler.step(run.optimizer)
             run.scaler.update()
-            if run.step_every == "batch" and run.scaler.get_scale() >= scale:
+            # float16 (a T4): the scaler skipped a step whose gradients overflowed and lowered its
+            # scale; the schedule waits for a real step. (Off, get_scale reads nothing back; on,
+            # scaler.step has just waited for the GPU anyway.)
+            stepped = (after := run.scaler.get_scale()) >= scale
+            scale = after
+            if run.step_every == "batch" and stepped:
                 run.scheduler.step()
             if run.ema is not None:
                 run.ema.update()
