@@ -231,14 +231,17 @@ class RunFolder:
                           "(a disconnected machine, gone).", flush=True)
                     self.lock.unlink(missing_ok=True)
                     continue
+                elsewhere = owner["host"] != socket.gethostname()
                 raise CheckpointError(
                     f"{self.path} is in use by another training run (process {owner['pid']} on "
                     f"{owner['host']}, last alive at {owner['seen']}, {owner['silent']:.0f} s ago): "
                     "two runs in one folder would overwrite each other's checkpoints. Fix: give "
-                    "this run its own TrainConfig(checkpoint_dir=...), or stop that run. A run "
-                    "that died (a disconnected Colab VM) is taken over once its lock has not been "
-                    f"refreshed for {owner['patience'] / 60:.0f} min; to take over sooner, delete "
-                    f"{self.lock}.") from None
+                    "this run its own TrainConfig(checkpoint_dir=...), or stop that run. "
+                    + (f"A run on another machine that died (a disconnected Colab VM) is taken "
+                       f"over once its lock has not been refreshed for "
+                       f"{owner['patience'] / 60:.0f} min; to take over sooner, delete "
+                       if elsewhere else "If no such run is going, delete ")
+                    + f"{self.lock}.") from None
             os.close(fd)
             self._write()
             # The folder is ours now: a temporary another process left (a kill during a save: a
