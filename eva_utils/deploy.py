@@ -50,10 +50,10 @@ PACKAGE = Path(__file__).resolve().parent
 def export_app(model: nn.Module, data, predictions, folder: str | Path, *,
                title: str | None = None, mistakes: int = 20) -> Path:
     """Write the app for ``model`` into ``folder`` (created; an earlier export's files there are
-    replaced and the rest kept, any other non-empty folder refused) and return its path. ``data``: the ``ImageData`` the model
-    trained on (classes, mean, std, size and the test images the examples come from);
-    ``predictions``: ``eva.predict`` on its test split (the ``mistakes`` most confident wrong
-    answers are shown in the app)."""
+    replaced and the rest kept, any other non-empty folder refused) and return its path.
+    ``data``: the ``ImageData`` the model trained on (classes, mean, std, size and the test images
+    the examples come from); ``predictions``: ``eva.predict`` on its test split (the ``mistakes``
+    most confident wrong answers are shown in the app)."""
     classes = tuple(data.classes)
     if tuple(predictions.classes) != classes:
         raise ValueError(f"The predictions name the classes {list(predictions.classes)}, the data "
@@ -94,7 +94,8 @@ def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: st
     """The export folder: weights, pictures, app.json, the app's modules, requirements, README.
     Written beside it first, then moved in entry by entry: an earlier export's entries are
     replaced, and nothing else in the folder is touched (a Space clone's .git, .gitattributes, your
-    notes). A failed export leaves the folder as it was."""
+    notes). Everything is written and checked before anything moves, so an export that fails or is
+    refused leaves the folder as it was."""
     folder = Path(folder).expanduser()
     if folder.exists() and any(folder.iterdir()) and not (folder / "app.json").is_file():
         raise FileExistsError(f"{folder} holds files and no earlier export (no app.json). Fix: "
