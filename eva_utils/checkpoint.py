@@ -269,7 +269,7 @@ class RunFolder:
         epochs can take (a reader waits that long, plus MARGIN, before calling it dead)."""
         tmp = self.lock.with_name(f"{self.LOCK}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                   "longest": round(self.longest, 1)}))
+                                   "longest": round(self.longest, 3)}))
         os.replace(tmp, self.lock)
         self._beaten = time.monotonic()
 
