@@ -97,12 +97,19 @@ def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: st
     notes). Everything is written and checked before anything moves, so an export that fails or is
     refused leaves the folder as it was."""
     folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file, not a folder. Fix: give a new or empty folder.")
     if folder.exists() and any(folder.iterdir()) and not (folder / "app.json").is_file():
         raise FileExistsError(f"{folder} holds files and no earlier export (no app.json). Fix: "
                               "give a new or empty folder.")
-    draft = folder.with_name(f".{folder.name}.{os.getpid()}.draft")
+    draft = folder.resolve().with_name(f".{folder.resolve().name}.{os.getpid()}.draft")
     shutil.rmtree(draft, ignore_errors=True)
     try:
+        try:
+            (draft / "examples").mkdir(parents=True)
+        except OSError as exc:  # a read-only or missing place
+            raise FileExistsError(f"Cannot write the app beside {folder} ({exc.strerror or exc}). "
+                                  "Fix: give a folder in a place you can write to.") from None
         _write(draft, clf, pictures, mistakes, title, about)
         _same_answers(draft, clf, [p for _, p in pictures])
         folder.mkdir(parents=True, exist_ok=True)
@@ -143,7 +150,7 @@ def _same_answers(folder: Path, clf: Classifier, pictures: list[np.ndarray]) -> 
 
 
 def _write(folder: Path, clf: Classifier, pictures, mistakes, title: str, about: str) -> None:
-    (folder / "examples").mkdir(parents=True)
+    (folder / "examples").mkdir(parents=True, exist_ok=True)
     (folder / "mistakes").mkdir()
     clf.save(folder)
     names = []

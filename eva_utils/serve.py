@@ -7,6 +7,7 @@ the web app (``deploy.export_checkpoint``), served on 127.0.0.1:7860 or kept as 
 (A module of its own, which ``import eva_utils`` does not import, so ``python -m`` runs it cleanly.)
 """
 import argparse
+import socket
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.no_launch and not args.out:
         parser.error("--no-launch keeps only the app folder: say where with --out FOLDER")
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: give a port from 1 to 65535 (default 7860)")
+    if not args.no_launch and not port_free(args.port):  # said before minutes of exporting
+        parser.exit(2, f"error: port {args.port} on 127.0.0.1 is in use (another app still "
+                       "running?). Fix: stop it, or give another --port.\n")
     # Without --out the app lives in a temporary folder, removed when the server stops.
     with tempfile.TemporaryDirectory(prefix="eva-app-") as scratch:
         try:
@@ -39,6 +45,16 @@ def main(argv=None) -> None:
         print(f"App written to {folder}", flush=True)  # flushed: a log file gets it now
         if not args.no_launch:
             launch(folder, server_port=args.port)
+
+
+def port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 if __name__ == "__main__":

@@ -566,3 +566,46 @@ def test_predict_names_a_model_in_another_precision(tiny):
     with pytest.raises(TypeError, match=r"weights are torch.float64; the loaders' images are float32"
                                         r"\. Fix: model.float\(\)"):
         eva.predict(Tiny().double(), test, tiny.classes)
+
+
+def test_serve_checks_its_port_before_exporting(monkeypatch, capsys):
+    """--port 70000 or -1, or a port another app holds, failed only after a full export."""
+    pytest.importorskip("gradio", reason="the app needs the optional extra: pip install gradio")
+    import socket
+    from eva_utils import serve
+    exported = []
+    monkeypatch.setattr(serve, "export_checkpoint", lambda *args: exported.append(args))
+    for port in ("70000", "-1"):
+        with pytest.raises(SystemExit):
+            serve.main(["last.pt", "--port", port])
+        assert f"--port {port}: give a port from 1 to 65535" in capsys.readouterr().err
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(SystemExit):
+            serve.main(["last.pt", "--port", str(port)])
+    assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+    assert not exported
+
+
+def test_export_into_a_file_or_a_read_only_place_is_named(tiny, tmp_path, monkeypatch):
+    """Exporting into a file, or under a folder one cannot write to, ended in a bare OSError."""
+    pytest.importorskip("gradio", reason="the app needs the optional extra: pip install gradio")
+    model = eva.SmallResNet(num_classes=10, repeats=1)
+    _, test = loaders(tiny)
+    predictions = eva.predict(model, test, tiny.classes)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"notes.txt is a file, not a folder"):
+        eva.export_app(model, tiny, predictions, tmp_path / "notes.txt")
+    locked = tmp_path / "locked"  # read-only, as for a user who is not root (the tests may be)
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(FileExistsError, match=r"Cannot write the app beside .*locked/app "
+                                              r"\(Permission denied\)"):
+        eva.export_app(model, tiny, predictions, locked / "app")
