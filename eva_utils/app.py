@@ -10,12 +10,11 @@ this module, ``classifier`` and what they import, and no training code.
 """
 # No "from __future__ import annotations": gradio finds the SelectData argument of a handler by
 # its annotation, which must then be the class itself, not a string.
-import json
 from pathlib import Path
 
 import numpy as np
 
-from .classifier import MAX_TOP, Classifier
+from .classifier import MAX_TOP, Classifier, read_json
 from .images import DataError
 
 MAX_UPLOAD = "10mb"    # larger uploads are refused by the server before anything is decoded
@@ -179,7 +178,7 @@ def load_app(folder: str | Path):
     git repository can carry one), is left out, in one line naming them all."""
     folder = Path(folder)
     clf = Classifier.load(folder)
-    about = json.loads((folder / "app.json").read_text())
+    about = read_json(folder / "app.json")
     damaged = app_json_problem(about)
     if damaged:
         raise ValueError(f"{folder / 'app.json'} is damaged: {damaged}. Fix: export the app again "

@@ -25,7 +25,7 @@ from torch import nn
 
 from .gradcam import gradcam, gradcam_layers
 from .images import model_input, read_image, resized
-from .models import build_model
+from .models import build_model, rebuild_problem, unwrapped
 from .runtime import eval_mode
 
 MAX_TOP = 10  # the app lists at most this many classes
@@ -109,16 +109,19 @@ class Classifier:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        name, args = type(self.model).__name__, dict(getattr(self.model, "init_args", {}))
-        if not args:
-            raise ValueError(f"{name} does not record its constructor arguments (init_args), so "
-                             "the app could not rebuild it. Fix: use an eva_utils model, or give "
-                             "yours a self.init_args = {...} of its constructor's arguments.")
+        model = unwrapped(self.model)  # torch.compile's and DataParallel's: the same weights
+        problem = rebuild_problem(model)
+        if problem:
+            raise ValueError(f"The app cannot rebuild this model: it is {problem} (model.json "
+                             "records just those). Fix: export a model built as one of them, e.g. "
+                             "eva.SmallResNet(num_classes=...), or serve yours with your own code "
+                             "(eva.Classifier(model, ...) answers one picture at a time).")
+        name, args = type(model).__name__, dict(model.init_args)
         # safetensors stores plain contiguous tensors: a channels-last model is saved as NCHW
         # (the same numbers), shared weights (SmallResNet's) once.
         cpu = build_model(name, args)
         cpu.load_state_dict({k: v.detach().cpu().contiguous()
-                             for k, v in self.model.state_dict().items()})
+                             for k, v in model.state_dict().items()})
         save_model(cpu, str(folder / "model.safetensors"))
         about = {"architecture": name, "arguments": args, "classes": list(self.classes),
                  "mean": list(self.mean), "std": list(self.std), "image_size": list(self.image_size)}
@@ -130,13 +133,18 @@ class Classifier:
         load_model = safetensors().load_model
 
         folder = Path(folder)
-        about = json.loads((folder / "model.json").read_text())
+        about = read_json(folder / "model.json")
         damaged = model_json_problem(about)
         if damaged:
-            raise ValueError(f"{folder / 'model.json'} is damaged: {damaged}. Fix: export the app "
-                             "again (eva.export_app, or python -m eva_utils.serve ... --out).")
+            raise ValueError(f"{folder / 'model.json'} is damaged: {damaged}. Fix: {AGAIN}.")
         model = build_model(about["architecture"], about["arguments"])
-        load_model(model, str(folder / "model.safetensors"), device=str(device))
+        try:
+            load_model(model, str(folder / "model.safetensors"), device=str(device))
+        except Exception as exc:  # missing, truncated, not safetensors, or another model's weights
+            said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{folder / 'model.safetensors'} cannot be loaded into the "
+                             f"{about['architecture']} that model.json names ({said[:200]}). "
+                             f"Fix: {AGAIN}.") from None
         with torch.no_grad(), eval_mode(model):  # every request would fail otherwise
             outputs = model(torch.zeros(1, 3, *about["image_size"], device=device)).shape[1]
         if outputs != len(about["classes"]):
@@ -144,6 +152,20 @@ class Classifier:
                              f"model with {outputs} outputs. Fix: export the app again.")
         return cls(model.to(device), about["classes"], tuple(about["mean"]), tuple(about["std"]),
                    tuple(about["image_size"]))
+
+
+AGAIN = "export the app again (eva.export_app, or python -m eva_utils.serve ... --out)"
+
+
+def read_json(path: Path):
+    """The settings in ``path`` (model.json or app.json), or one ValueError naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing: {path.parent} is not a folder export_app wrote, or "
+                         f"it lost a file. Fix: {AGAIN}.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is damaged: it is not JSON ({exc}). Fix: {AGAIN}.") from None
 
 
 LARGEST = 4096  # pixels a side of a model's input that an app serves (beyond: out of memory)

@@ -37,7 +37,7 @@ from .data import CIFAR10_CLASSES, load_cifar10, load_image_folder
 from .images import DataError, resized
 from .inference import misclassified, predict
 from .loaders import TensorLoader
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, unwrapped
 from .transforms import denormalize
 
 CARRIED = ("images.py", "runtime.py", "gradcam.py", "classifier.py", "app.py", "models")
@@ -54,6 +54,7 @@ def export_app(model: nn.Module, data, predictions, folder: str | Path, *,
     ``data``: the ``ImageData`` the model trained on (classes, mean, std, size and the test images
     the examples come from); ``predictions``: ``eva.predict`` on its test split (the ``mistakes``
     most confident wrong answers are shown in the app)."""
+    model = unwrapped(model)  # torch.compile's and DataParallel's wrappers: the same network
     classes = tuple(data.classes)
     if tuple(predictions.classes) != classes:
         raise ValueError(f"The predictions name the classes {list(predictions.classes)}, the data "
@@ -96,7 +97,15 @@ def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: st
     replaced, and nothing else in the folder is touched (a Space clone's .git, .gitattributes, your
     notes). Everything is written and checked before anything moves, so an export that fails or is
     refused leaves the folder as it was."""
+    if not str(folder).strip():  # Path("") would be the current folder
+        raise FileExistsError(f"folder={folder!r}: give the folder to write the app into, e.g. "
+                              '"space".')
     folder = Path(folder).expanduser()
+    if folder.is_symlink() and not folder.exists():
+        raise FileExistsError(f"{folder} is a link to {os.readlink(folder)}, which does not "
+                              "exist. Fix: give a new or empty folder (or make the link's target).")
+    if not folder.resolve().name:
+        raise FileExistsError(f"{folder} is the file system's root. Fix: give a new or empty folder.")
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} is a file, not a folder. Fix: give a new or empty folder.")
     if folder.exists() and any(folder.iterdir()) and not (folder / "app.json").is_file():
@@ -242,8 +251,16 @@ def export_checkpoint(path: str | Path, folder: str | Path, data_root: str | Pat
                               "eva did not build or without classes=). Fix: give the data it "
                               "trained on (--data), or in the notebook that trained it, "
                               "eva.export_app(model, data, predictions, folder).")
-    model = build_model(ckpt["model_class"], ckpt["model_args"])
-    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])  # the weights tested
+    try:
+        model = build_model(ckpt["model_class"], ckpt["model_args"])
+        model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])  # the weights tested
+    except (ValueError, TypeError, RuntimeError) as exc:  # another class, or arguments and weights apart
+        said = str(exc).strip().splitlines()[0][:300]
+        raise CheckpointError(f"{path} holds a {ckpt['model_class']}({ckpt['model_args']}) that "
+                              f"cannot be built again with its weights ({said}). The web app "
+                              "rebuilds the model from the class and arguments a checkpoint "
+                              "records. Fix: serve a checkpoint fit wrote for an eva_utils model, "
+                              "unchanged since.") from None
     size = tuple(inputs["image_size"])
     data = None
     if inputs.get("classes"):

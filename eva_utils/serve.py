@@ -27,6 +27,8 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--no-launch", action="store_true", help="export only, do not serve")
     args = parser.parse_args(argv)
+    if args.out is not None and not args.out.strip():
+        parser.error(f"--out {args.out!r}: give the folder to write the app into, e.g. --out space")
     if args.no_launch and not args.out:
         parser.error("--no-launch keeps only the app folder: say where with --out FOLDER")
     if not 1 <= args.port <= 65535:

@@ -242,7 +242,8 @@ def test_export_refuses_what_it_cannot_serve(trained, tmp_path):
 
     earlier = eva.export_app(model, data, p, tmp_path / "space")
     before = sorted(q.relative_to(earlier) for q in earlier.rglob("*"))
-    with pytest.raises(ValueError, match="does not record its constructor arguments.*init_args"):
+    with pytest.raises(ValueError, match=r"cannot rebuild this model: it is a Mine, not one of "
+                                         r"eva_utils' models.*serve yours with your own code"):
         eva.export_app(Mine(), data, p, tmp_path / "space")
     assert sorted(q.relative_to(earlier) for q in earlier.rglob("*")) == before  # left as it was
     assert [q.name for q in tmp_path.iterdir() if "draft" in q.name] == []
@@ -268,6 +269,79 @@ def test_the_serve_command_exports_a_checkpoint(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         serve([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "none"), "--no-launch"])
     assert "No checkpoint at" in capsys.readouterr().err
+
+
+def test_serve_names_a_checkpoint_whose_arguments_do_not_fit_its_weights(trained, tmp_path,
+                                                                           capsys):
+    """A checkpoint whose model arguments do not match its weights (edited, or another package's)
+    ended in torch's size-mismatch traceback; an empty --out served from a temporary folder."""
+    ckpt = torch.load(trained["checkpoint"], weights_only=True)
+    ckpt["model_args"] = {**ckpt["model_args"], "num_classes": 10}
+    torch.save(ckpt, tmp_path / "edited.pt")
+    data = str(trained["root"] / "shapes")
+    for argv, words in [([str(tmp_path / "edited.pt"), "--data", data, "--out",
+                          str(tmp_path / "a"), "--no-launch"],
+                         r"holds a SmallResNet\(\{.*'num_classes': 10.*\}\) that cannot be built again "
+                         r"with its weights \(Error\(s\) in loading state_dict"),
+                        ([str(trained["checkpoint"]), "--out", " "], r"--out ' ': give the folder")]:
+        with pytest.raises(SystemExit) as stopped:
+            serve(argv)
+        said = capsys.readouterr().err
+        assert stopped.value.code == 2 and re.search(words, said), said
+        assert "Traceback" not in said
+    assert not (tmp_path / "a").exists()
+
+
+def test_compiled_and_data_parallel_models_export_as_the_network_inside(trained, tmp_path):
+    """torch.compile's and DataParallel's wrappers were refused as models without arguments; a
+    subclass or a model wrapped with a new head was told to "build your model yourself", which
+    does not apply to an export. The wrappers export the network inside; the others say why not."""
+    data, model, p = trained["data"], trained["model"], trained["predictions"]
+    picture = np.asarray(Image.open(next((trained["folder"] / "examples").iterdir())))
+    want = eva.Classifier(model, data.classes, data.mean, data.std, data.image_size)
+    for name, wrapped in [("compiled", torch.compile(model)),
+                          ("parallel", torch.nn.DataParallel(model))]:
+        folder = eva.export_app(wrapped, data, p, tmp_path / name)
+        about = json.loads((folder / "model.json").read_text())
+        assert about["architecture"] == "SmallResNet", name
+        np.testing.assert_allclose(eva.Classifier.load(folder).probabilities(picture),
+                                   want.probabilities(picture), atol=1e-6)
+
+    class Mine(eva.SmallResNet):
+        pass
+    mine = Mine(num_classes=4, repeats=1)
+    for other, words in [(mine, r"it is a Mine, a subclass of SmallResNet \(whose forward may "
+                                r"differ\)"),
+                         (torch.nn.Sequential(model, torch.nn.Softmax(1)),
+                          r"it is a Sequential, not one of eva_utils' models")]:
+        with pytest.raises(ValueError, match=rf"The app cannot rebuild this model: {words}.*Fix: "
+                                             r"export a model built as one of them"):
+            eva.export_app(other, data, p, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("file, damage, words", [
+    ("model.safetensors", b"garbage", r"model.safetensors cannot be loaded into the SmallResNet "
+                                      r"that model.json names \(Error while deserializing header"),
+    ("model.safetensors", "half", r"model.safetensors cannot be loaded into the SmallResNet"),
+    ("model.safetensors", None, r"model.safetensors cannot be loaded .*No such file"),
+    ("model.json", b"{not json", r"model.json is damaged: it is not JSON"),
+    ("model.json", None, r"model.json is missing: .* is not a folder export_app wrote"),
+    ("app.json", b"\xff\xfe", r"app.json is damaged: it is not JSON"),
+])
+def test_a_damaged_file_of_an_export_is_named_when_the_app_starts(trained, tmp_path, file, damage,
+                                                                   words):
+    """Damaged weights or settings files started the app with safetensors' or json's traceback."""
+    import eva_utils.app
+    folder = tmp_path / "space"
+    shutil.copytree(trained["folder"], folder)
+    if damage is None:
+        (folder / file).unlink()
+    else:
+        whole = (folder / file).read_bytes()
+        (folder / file).write_bytes(whole[:len(whole) // 2] if damage == "half" else damage)
+    with pytest.raises(ValueError, match=rf"{words}.*Fix: export the app again"):
+        eva_utils.app.load_app(folder)
 
 
 @pytest.fixture

@@ -590,7 +590,8 @@ def test_serve_checks_its_port_before_exporting(monkeypatch, capsys):
 
 
 def test_export_into_a_file_or_a_read_only_place_is_named(tiny, tmp_path, monkeypatch):
-    """Exporting into a file, or under a folder one cannot write to, ended in a bare OSError."""
+    """Exporting into a file, under a folder one cannot write to, into "" (the current folder) or
+    a broken link ended in a bare OSError or wrote where no one asked."""
     pytest.importorskip("gradio", reason="the app needs the optional extra: pip install gradio")
     model = eva.SmallResNet(num_classes=10, repeats=1)
     _, test = loaders(tiny)
@@ -598,6 +599,16 @@ def test_export_into_a_file_or_a_read_only_place_is_named(tiny, tmp_path, monkey
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=r"notes.txt is a file, not a folder"):
         eva.export_app(model, tiny, predictions, tmp_path / "notes.txt")
+    for empty in ("", " "):  # Path("") is the current folder
+        with pytest.raises(FileExistsError, match=rf"folder='{empty}': give the folder to write"):
+            eva.export_app(model, tiny, predictions, empty)
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError, match=r"gone is a link to .*nowhere, which does not exist"):
+        eva.export_app(model, tiny, predictions, tmp_path / "gone")
+    (tmp_path / "space").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "space")  # a link to a folder: written through it
+    eva.export_app(model, tiny, predictions, tmp_path / "link")
+    assert (tmp_path / "space" / "app.json").is_file() and (tmp_path / "link").is_symlink()
     locked = tmp_path / "locked"  # read-only, as for a user who is not root (the tests may be)
     real_mkdir = Path.mkdir
 

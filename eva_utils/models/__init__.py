@@ -10,7 +10,8 @@ any image size from its ``min_input_size`` up, and names the layers worth a Grad
 | CustomResNet   | 003       | 6,573,120                                  | 04       |
 
 ``torchvision_resnet(name, num_classes=...)``: torchvision's own ResNets, for larger data.
-``build_model(name, args)``: any of them again from what a checkpoint records, to load weights into.
+``build_model(name, args)``: any of them again from what a checkpoint records, to load weights into;
+``rebuild_problem(model)`` says why it could not (a subclass, a wrapper, a model of your own).
 """
 from torch import nn
 
@@ -21,7 +22,7 @@ from .small_resnet import SmallResNet
 from .torchvision_resnet import torchvision_resnet
 
 __all__ = ["PlainCNN", "SmallResNet", "ResNet18", "CustomResNet", "torchvision_resnet",
-           "build_model", "count_parameters"]
+           "build_model", "rebuild_problem", "unwrapped", "count_parameters"]
 
 ARCHITECTURES = {"PlainCNN": PlainCNN, "SmallResNet": SmallResNet, "ResNet18": ResNet18,
                  "CustomResNet": CustomResNet}
@@ -37,6 +38,33 @@ def build_model(name: str, args: dict) -> nn.Module:
                          "and torchvision_resnet. Fix: build your model yourself and load the "
                          "checkpoint's weights into it (model.load_state_dict(ckpt['model'])).")
     return ARCHITECTURES[name](**args)
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The network inside ``torch.compile``'s and (Distributed)DataParallel's wrappers: the same
+    parameters, under the names ``build_model`` gives them."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        if inner is None:
+            return model
+        model = inner
+
+
+def rebuild_problem(model: nn.Module) -> str:
+    """Why ``build_model`` could not build ``model`` again from its class name and ``init_args``,
+    in words, or "": only the suite's classes and torchvision_resnet's ResNets rebuild as they are
+    (a subclass may change ``forward``; a wrapped or own model records no arguments)."""
+    name, args = type(model).__name__, getattr(model, "init_args", None)
+    if type(model) is ARCHITECTURES.get(name) or (name == "ResNet" and isinstance(args, dict)
+                                                  and "name" in args):
+        return ""
+    suite = [c.__name__ for c in ARCHITECTURES.values() if isinstance(model, c)]
+    what = (f"a {name}, a subclass of {suite[0]} (whose forward may differ)" if suite else
+            f"a {name}, not one of eva_utils' models")
+    return (f"{what}; eva_utils rebuilds only {', '.join(ARCHITECTURES)} and torchvision_resnet's "
+            "models from their class name and arguments")
 
 
 def count_parameters(module: nn.Module) -> int:
