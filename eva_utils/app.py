@@ -119,7 +119,9 @@ def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image 
                 picture = clf.heatmap(seen, layer, opacity) if show_cam else seen
                 shown.append((enlarged(picture), f"{m['true']} → {m['predicted']} "
                                                  f"({100 * m['confidence']:.0f}%)"))
-        except (DataError, ValueError) as exc:
+        except DataError as exc:  # a damaged file: named, but not by the server's path
+            raise gr.Error(upload_problem(exc, m["path"]), print_exception=False) from None
+        except ValueError as exc:  # a setting out of range (sent around the page's controls)
             raise gr.Error(str(exc), print_exception=False) from None
         return gr.update(value=shown, visible=True)
 

@@ -613,6 +613,21 @@ def test_settings_sent_around_the_page_get_one_message_each(trained):
             call()
 
 
+def test_a_damaged_mistake_is_named_without_the_servers_path(trained, tmp_path):
+    """The mistakes gallery answered a damaged picture with the server's absolute path to it."""
+    import eva_utils.app
+    folder = tmp_path / "space"
+    shutil.copytree(trained["folder"], folder)
+    (folder / "mistakes" / "000.png").write_bytes(b"not a picture")
+    page = eva_utils.app.load_app(folder)
+    wrong = next(f.fn for f in page.fns.values() if f.fn.__name__ == "wrong")
+    layer = eva.Classifier.load(folder).layers[-1]
+    with pytest.raises(gradio.Error) as said:
+        wrong(True, 1, False, layer, 0.5)
+    assert said.value.message.startswith("000.png is not an image this app can read")
+    assert str(tmp_path) not in said.value.message
+
+
 def test_a_decompression_bomb_is_called_one(trained, tmp_path):
     """A PNG whose header claims 200 megapixels was called "not an image ... a truncated file"."""
     bomb = tmp_path / "bomb.png"
