@@ -148,10 +148,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def check_resumable(ckpt: dict, path, model: nn.Module, cfg: dict, steps_per_epoch: int,
-                    data: dict | None = None) -> None:
+                    data: dict | None = None, *, anew: str = "without resume=") -> None:
     """Raise one CheckpointError naming everything in which this run differs from the checkpoint's:
     model, steps per epoch, config, and the training loader's ``fingerprint`` (data, class names,
-    augmentation, batch size, seed)."""
+    augmentation, batch size, seed). ``anew``: how to start a new run instead, in the message."""
     problems = []
     old_data = ckpt.get("data")
     if old_data is not None and data is not None:
@@ -190,7 +190,7 @@ def check_resumable(ckpt: dict, path, model: nn.Module, cfg: dict, steps_per_epo
             + "\n  ".join(problems)
             + "\nFix: resume with the same model, data and TrainConfig (only checkpoint_dir, "
             "log_every, compile and seed may change; epochs may grow except under one-cycle), or "
-            "start a new run without resume=.")
+            f"start a new run {anew}.")
 
 
 def _args(args: dict) -> str:

@@ -24,10 +24,13 @@ clipping (``gradient_clip_val``), several GPUs (its own DDP), logging. ``TrainCo
 """
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import CheckpointError, check_resumable, model_identity
 from .runtime import amp_dtype, get_device, use_channels_last
 from .schedule import build_optimizer, build_scheduler
 from .train import TrainConfig
@@ -52,6 +55,9 @@ class EvaModule(L.LightningModule):
 
     def __init__(self, model: nn.Module, cfg: TrainConfig):
         super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch nn.Module, e.g. eva.CustomResNet(num_classes=10)"
+                            f"; got {type(model).__name__} {model!r:.60}.")
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"cfg must be an eva.TrainConfig; got {type(cfg).__name__}.")
         if cfg.ema_decay or cfg.compile:
@@ -105,6 +111,33 @@ class EvaModule(L.LightningModule):
         if problems:
             raise ValueError("EvaModule cannot train as its TrainConfig says:\n  "
                              + "\n  ".join(problems))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # What a resume checks: the model that trained and the config it trained with.
+        name, args = model_identity(self.model)
+        checkpoint["eva"] = {"model_class": name, "model_args": args, "config": asdict(self.cfg)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Before Lightning loads the weights: refuse, naming the differences, a checkpoint of
+        another model (a torch size-mismatch traceback otherwise) and, when a Trainer resumes it
+        (``ckpt_path=``), one trained with another TrainConfig (Lightning would go on with the old
+        optimizer's learning rate under the new config's other settings)."""
+        path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        want = {k: v.shape for k, v in self.state_dict().items()}
+        have = {k: getattr(v, "shape", None) for k, v in checkpoint.get("state_dict", {}).items()}
+        apart = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if apart:
+            raise ValueError(f"{path} holds the weights of another model: {len(apart)} of them "
+                             f"differ from this {type(self.model).__name__}'s in name or shape "
+                             f"({', '.join(apart[:3])}{', ...' if len(apart) > 3 else ''}). Fix: "
+                             "build the model that trained it, or start without ckpt_path=.")
+        saved = checkpoint.get("eva")
+        if saved is not None and self._trainer is not None:  # resuming, not load_from_checkpoint
+            try:
+                check_resumable({**saved, "steps_per_epoch": 0, "epoch": checkpoint["epoch"]}, path,
+                                self.model, asdict(self.cfg), 0, anew="without ckpt_path=")
+            except CheckpointError as exc:
+                raise ValueError(str(exc)) from None
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         nhwc = getattr(self, "nhwc", False)

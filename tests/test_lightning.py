@@ -127,3 +127,33 @@ def test_lightning_refuses_what_would_contradict_the_config(tiny, tmp_path, chan
     with pytest.raises(ValueError, match=words), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run.fit(module, EvaDataModule(*data_loaders(tiny)))
+
+
+def test_resuming_another_models_or_another_configs_checkpoint_is_refused(tiny, tmp_path):
+    """A string as the model, a .ckpt of another model (torch's size-mismatch traceback before) and
+    a .ckpt resumed under another TrainConfig (the old optimizer's learning rate went on under the
+    new label smoothing, silently) each get one message; loading the weights to predict with
+    another config stays allowed."""
+    with pytest.raises(TypeError, match=r"model must be a torch nn.Module.*got str 'resnet'"):
+        EvaModule("resnet", eva.TrainConfig(epochs=1, lr=0.05))
+    cfg = eva.TrainConfig(epochs=2, lr=0.05, schedule="constant")
+    run = trainer(tmp_path / "a", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run.fit(EvaModule(eva.SmallResNet(num_classes=10, repeats=1), cfg),
+                EvaDataModule(*data_loaders(tiny)))
+    path = run.checkpoint_callback.best_model_path
+    cases = [(eva.PlainCNN(num_classes=10), cfg, r"holds the weights of another model: \d+ of them "
+              r"differ from this PlainCNN's.*start without ckpt_path="),
+             (eva.SmallResNet(num_classes=10, repeats=1), eva.TrainConfig(
+                 epochs=2, lr=0.05, schedule="constant", label_smoothing=0.1),
+              r"(?s)differs from the one that wrote it in\n  label_smoothing: checkpoint 0.0, now 0.1"
+              r".*start a new run without ckpt_path=")]
+    for model, other, words in cases:
+        with pytest.raises(ValueError, match=words), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer(tmp_path / "b", 2).fit(EvaModule(model, other), EvaDataModule(
+                *data_loaders(tiny)), ckpt_path=path)
+    module = EvaModule.load_from_checkpoint(path, model=eva.SmallResNet(num_classes=10, repeats=1),
+                                            cfg=cases[1][1])
+    assert module.cfg.label_smoothing == 0.1  # weights to predict with: the config is not checked
