@@ -1,18 +1,25 @@
-"""float32 against bfloat16 autocast on this machine's CPU: the same short training run twice, in
-one invocation, each precision in its faster memory layout; images per second and test accuracy.
+"""Which arithmetic trains each suite model fastest on this CPU, and does bfloat16 learn as well?
 
-    python benchmarks/cpu_precision.py                       # CustomResNet, 4 epochs, 10,000 images
-    python benchmarks/cpu_precision.py --models CustomResNet ResNet18 --epochs 5
+    python benchmarks/cpu_precision.py                  # speed: every suite model, 4 variants (~3 min)
+    python benchmarks/cpu_precision.py --learn CustomResNet ResNet18 --epochs 10 --seeds 0 1
     python benchmarks/cpu_precision.py --smoke --out runs/cpu_precision.json   # seconds: a check
 
-Why: ``TrainConfig(amp=None)`` trains in bfloat16 on CPUs with AMX and in float32 on the others
-(``runtime.amp_dtype``). This measures both on the machine at hand, so the choice has evidence on
-each kind of processor, and checks that bfloat16 learns as well (the same seed, data and recipe;
-it is kept as a default only where it is faster and within about a point of float32's accuracy).
-Each precision first times a few steps in both layouts and trains in the faster one.
-The record (default results/cpu_precision.json) is what README's precision table is generated
-from (scripts/results_table.py). Run it on an idle machine: a second job on the cores slows the
-two runs unevenly. Needs CIFAR-10 as the README's Data section says (or --smoke: synthetic).
+Why: ``TrainConfig(amp=None, channels_last=None)`` picks bfloat16 autocast on CPUs with AMX and
+float32 on the others, and the channels-last (NHWC) layout on every CPU (``runtime.amp_dtype``,
+``runtime.use_channels_last``). This measures the choice on the machine at hand:
+
+1. Speed. For every suite model, training steps at batch 128 on random 32x32 images in the four
+   variants (float32 or bfloat16 autocast, NCHW or NHWC), after a warm-up step; images/s of each,
+   and which one ``fit``'s default picks here.
+2. Learning (``--learn``): the same short recipe in float32 and in bfloat16 (each in its faster
+   layout), for each model and seed, scored on a held-out part of the training set
+   (``ImageData.held_out``), never on the test set. A precision is worth defaulting to only where
+   it is faster and learns as well over seeds.
+
+One record per kind of processor (results/cpu_precision-<kind>.json: amx, avx512_bf16, avx512 or
+other), from which scripts/results_table.py generates the README's tables. Run it on an idle
+machine: a second job on the cores slows the variants unevenly. --learn needs CIFAR-10 as the
+README's Data section says (or --smoke: synthetic).
 """
 import argparse
 import datetime
@@ -25,17 +32,35 @@ import torch
 import torch.nn.functional as F
 
 import eva_utils as eva
-from eva_utils.runtime import cpu_has_amx
+from eva_utils.runtime import amp_dtype, cpu_flags, use_channels_last
 
-MODELS = {"CustomResNet": lambda: eva.CustomResNet(num_classes=10),
-          "ResNet18": lambda: eva.ResNet18(num_classes=10)}  # GroupNorm(1, C), as in notebook 03
+# ----------------------------------------------------------------------------------- settings
+MODELS = {  # every model the notebooks train, for CIFAR-10's 10 classes
+    "PlainCNN": lambda: eva.PlainCNN(num_classes=10),                                   # 01
+    "SmallResNet": lambda: eva.SmallResNet(num_classes=10),                             # 01
+    "SmallResNet(repeats=2)": lambda: eva.SmallResNet(repeats=2, num_classes=10),       # 02
+    "ResNet18": lambda: eva.ResNet18(num_classes=10),  # GroupNorm(1, C)                 # 03
+    "ResNet18(norm='batch')": lambda: eva.ResNet18(norm="batch", num_classes=10),
+    "CustomResNet": lambda: eva.CustomResNet(num_classes=10),                           # 04
+}
 LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+BATCH = 128        # images a step, in the speed part and the learning part
+SPEED_STEPS = 4    # timed steps a variant, after one warm-up step
+VALID_PCT = 0.2    # the learning part holds out 20 % of the training images (10,000 of CIFAR-10's)
 
 
-def steps_per_second(model, layout, dtype, batch: int, steps: int = 4) -> float:
-    """Training steps a second on random images, after one warm-up step."""
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=layout)
-    y = torch.randint(0, 10, (batch,))
+def cpu_kind() -> str:
+    """The kind of processor, as the defaults tell them apart: AMX, bf16 without AMX, AVX-512."""
+    flags = cpu_flags()
+    return ("amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags
+            else "avx512" if "avx512f" in flags else "other")
+
+
+def images_per_second(model, layout, dtype, steps: int = SPEED_STEPS) -> float:
+    """Training images a second on random images, after one warm-up step."""
+    x = torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=layout)
+    y = torch.randint(0, 10, (BATCH,))
     model = model.to(memory_format=layout).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     for i in range(steps + 1):
@@ -46,68 +71,96 @@ def steps_per_second(model, layout, dtype, batch: int, steps: int = 4) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return steps / (time.perf_counter() - t0)
+    return steps * BATCH / (time.perf_counter() - t0)
+
+
+def speed(models, steps: int) -> list[dict]:
+    """Images/s of every variant of every model, and the variant fit's default picks here."""
+    cpu = torch.device("cpu")
+    default = (("bfloat16" if amp_dtype(cpu, None) == torch.bfloat16 else "float32")
+               + (" NHWC" if use_channels_last(cpu, None) else " NCHW"))
+    rows = []
+    for name in models:
+        measured = {}
+        for precision, dtype in PRECISIONS.items():
+            for layout, fmt in LAYOUTS.items():
+                torch.manual_seed(0)
+                measured[f"{precision} {layout}"] = images_per_second(MODELS[name](), fmt, dtype,
+                                                                      steps)
+        rows.append({"model": name, "images_per_s": {k: round(v, 1) for k, v in measured.items()},
+                     "default": default, "fastest": max(measured, key=measured.get)})
+        base = measured["float32 NCHW"]
+        print(f"{name:24s} " + "  ".join(f"{k} {v:7.1f}" for k, v in measured.items())
+              + f"  img/s; default {default} = {measured[default] / base:.2f}x float32 NCHW",
+              flush=True)
+    return rows
+
+
+def learning(data, models, seeds, epochs: int, lr: float) -> list[dict]:
+    """The same recipe in float32 and bfloat16, each in its faster layout, per model and seed:
+    accuracy on the held-out images (``data``'s test split is the held-out part)."""
+    runs = []
+    for name in models:
+        for seed in seeds:
+            for precision, dtype in PRECISIONS.items():
+                fast = {layout: images_per_second(MODELS[name](), fmt, dtype, 2)
+                        for layout, fmt in LAYOUTS.items()}
+                layout = max(fast, key=fast.get)
+                train = eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std,
+                                         BATCH, train=True, seed=seed,
+                                         augment=eva.Augment(pad=4, flip=True, cutout=8))
+                held = eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std,
+                                        500, train=False)
+                eva.seed_everything(seed)
+                cfg = eva.TrainConfig(epochs=epochs, lr=lr, schedule="onecycle", pct_start=0.25,
+                                      label_smoothing=0.1, amp=dtype is not None,
+                                      channels_last=layout == "NHWC", seed=seed)
+                history = eva.fit(MODELS[name](), train, held, cfg, device="cpu", progress=False)
+                run = {"model": name, "seed": seed, "precision": precision, "layout": layout,
+                       "images_per_s": round(len(train) * BATCH * epochs / history.train_seconds, 1),
+                       "held_out_acc": history.test_acc[-1],
+                       "held_out_acc_per_epoch": history.test_acc}
+                runs.append(run)
+                print(f"{name:24s} seed {seed} {precision:9s} {layout}  {run['images_per_s']:7.1f} "
+                      f"img/s  held-out {run['held_out_acc']:.2f} %", flush=True)
+    return runs
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["CustomResNet"], choices=list(MODELS))
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--train", type=int, default=10_000, help="training images (the first N)")
-    p.add_argument("--test", type=int, default=10_000, help="test images (the first N)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                   help="models whose speed is measured (default: all)")
+    p.add_argument("--learn", nargs="*", default=[], choices=list(MODELS),
+                   help="models that also train in both precisions (default: none)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--train", type=int, default=None, help="training images (default: all left)")
     p.add_argument("--lr", type=float, default=0.05, help="one-cycle peak")
     p.add_argument("--smoke", action="store_true", help="synthetic data, 1 epoch: a check only")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "results"
-                   / "cpu_precision.json", help="where the record goes (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where the record goes (default: results/cpu_precision-<kind>.json)")
     args = p.parse_args()
-    data = (eva.synthetic_data(train=1024, test=128, seed=0) if args.smoke
-            else eva.load_cifar10(download=False).subset(args.train, args.test))
-    epochs = 1 if args.smoke else args.epochs
-    device = torch.device("cpu")
-    amx = cpu_has_amx()
-    print(f"device: {eva.device_name(device)}; AMX: {'yes' if amx else 'no'} "
-          f"(amp=None trains in {'bfloat16' if amx else 'float32'} here)")
-    print(f"{len(data.train_labels):,} training images, {len(data.test_labels):,} test images, "
-          f"{epochs} epochs of one-cycle at batch {args.batch_size}")
-    runs = []
-    for name in args.models:
-        for precision, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
-            speed = {}
-            for layout, fmt in LAYOUTS.items():
-                torch.manual_seed(0)
-                speed[layout] = steps_per_second(MODELS[name](), fmt, dtype, args.batch_size)
-            layout = max(speed, key=speed.get)
-            train = eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std,
-                                     args.batch_size, train=True, seed=0,
-                                     augment=eva.Augment(pad=4, flip=True, cutout=8))
-            test = eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 500,
-                                    train=False)
-            eva.seed_everything(0)
-            model = MODELS[name]()
-            cfg = eva.TrainConfig(epochs=epochs, lr=args.lr, schedule="onecycle", pct_start=0.25,
-                                  label_smoothing=0.1, amp=dtype is not None,
-                                  channels_last=layout == "NHWC")
-            history = eva.fit(model, train, test, cfg, device=device, progress=False)
-            images = len(train) * args.batch_size * epochs
-            run = {"model": name, "precision": precision, "layout": layout,
-                   "layout_steps_per_s": {k: round(v, 3) for k, v in speed.items()},
-                   "images_per_s": images / history.train_seconds,
-                   "train_seconds": round(history.train_seconds, 1),
-                   "test_acc": history.test_acc[-1],
-                   "test_acc_per_epoch": history.test_acc}
-            runs.append(run)
-            print(f"{name:14s} {precision:9s} {layout}  {run['images_per_s']:7.1f} img/s  "
-                  f"test {run['test_acc']:.2f} %  ({run['train_seconds']:.0f} s of training; "
-                  f"layout steps/s {speed})", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": " ".join(["python benchmarks/cpu_precision.py", *sys.argv[1:]]),
-        "date": datetime.date.today().isoformat(), "device": eva.device_name(device),
-        "amx": amx, "smoke": args.smoke, "epochs": epochs, "batch_size": args.batch_size,
-        "train_images": len(data.train_labels), "test_images": len(data.test_labels),
-        "runs": runs}, indent=1) + "\n")
-    print(f"record: {args.out}")
+    kind = cpu_kind()
+    out = args.out or Path(__file__).resolve().parent.parent / "results" / f"cpu_precision-{kind}.json"
+    device = eva.device_name("cpu")
+    print(f"device: {device}; kind: {kind}")
+    record = {"command": " ".join(["python benchmarks/cpu_precision.py", *sys.argv[1:]]),
+              "date": datetime.date.today().isoformat(), "device": device, "kind": kind,
+              "smoke": args.smoke, "batch_size": BATCH,
+              "speed": speed(args.models, 1 if args.smoke else SPEED_STEPS)}
+    if args.learn:
+        data = (eva.synthetic_data(train=1024, test=64, seed=0) if args.smoke
+                else eva.load_cifar10(download=False)).held_out(VALID_PCT, seed=0)
+        data = data.subset(args.train, None)
+        epochs = 1 if args.smoke else args.epochs
+        print(f"{len(data.train_labels):,} training images, {len(data.test_labels):,} held out; "
+              f"{epochs} epochs of one-cycle at batch {BATCH}, seeds {args.seeds}")
+        record.update(epochs=epochs, train_images=len(data.train_labels),
+                      held_out_images=len(data.test_labels), valid_pct=VALID_PCT,
+                      runs=learning(data, args.learn, args.seeds, epochs, args.lr))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"record: {out}")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,33 @@ class ImageData:
                        train_labels=self.train_labels[:train],
                        test_images=self.test_images[:test], test_labels=self.test_labels[:test])
 
+    def held_out(self, valid_pct: float = 0.1, seed: int = 0) -> "ImageData":
+        """The training split cut in two, to choose a recipe on without looking at the test set
+        (fastai's ``valid_pct``): ``valid_pct`` of each class's training images, drawn at random
+        with ``seed``, become the returned data's test split, the rest its training split, with
+        mean and std computed again from that rest. The real test split is left out: keep it for
+        the number you report, from a run on the whole training split."""
+        if isinstance(valid_pct, bool) or not isinstance(valid_pct, (int, float)) \
+                or not 0 < valid_pct < 1:
+            raise ValueError(f"valid_pct={valid_pct!r}: give the fraction of the training images "
+                             "to hold out, between 0 and 1 (e.g. 0.1).")
+        rng = np.random.default_rng(seed)
+        held = np.zeros(len(self.train_labels), dtype=bool)
+        for c in range(self.num_classes):
+            members = np.flatnonzero(self.train_labels == c)
+            held[rng.choice(members, round(valid_pct * len(members)), replace=False)] = True
+        if held.all() or not held.any():
+            raise ValueError(f"valid_pct={valid_pct}: holds out {held.sum()} of "
+                             f"{len(held)} training images; leave some on each side.")
+        order = np.flatnonzero(~held)  # the training part keeps its stored order, classes mixed
+        mean, std = channel_stats(self.train_images[order])
+        return replace(self, train_images=self.train_images[order],
+                       train_labels=self.train_labels[order],
+                       test_images=self.train_images[held], test_labels=self.train_labels[held],
+                       mean=mean, std=std,
+                       source=f"{self.source}, {held.sum():,} training images held out "
+                              f"(valid_pct={valid_pct}, seed={seed})")
+
     def __repr__(self) -> str:
         h, w = self.image_size
         return (f"ImageData(train={len(self.train_labels):,}, test={len(self.test_labels):,}, "

@@ -181,23 +181,42 @@ def layouts(results: Path) -> list[str]:
 
 
 def cpu_precision(results: Path) -> list[str]:
-    """benchmarks/cpu_precision.py's runs: float32 against bfloat16 training on one CPU."""
-    record = benchmark_record(results, "cpu_precision")
-    if record is None:
+    """benchmarks/cpu_precision.py's records, one per kind of processor: images/s of each model in
+    each precision and layout, and float32 against bfloat16 learning the same recipe."""
+    records = [json.loads(p.read_text()) for p in sorted(results.glob("cpu_precision-*.json"))]
+    if not records:
         return ["Not run yet: `python benchmarks/cpu_precision.py`."]
-    lines = [f"{record['epochs']} epochs of one-cycle on {record['train_images']:,} training images, "
-             f"tested on {record['test_images']:,}, batch {record['batch_size']} ({record['device']}, "
-             f"{'with' if record['amx'] else 'no'} AMX, `{record['command'].strip()}`, "
-             f"{record['date']}{', SMOKE: not a result' if record.get('smoke') else ''}):", "",
-             "| model | precision | faster layout | images / s | test accuracy | bfloat16 / float32 speed |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    fp32 = {r["model"]: r for r in record["runs"] if r["precision"] == "float32"}
-    for r in record["runs"]:
-        ratio = (f"{r['images_per_s'] / fp32[r['model']]['images_per_s']:.2f}"
-                 if r["precision"] != "float32" and r["model"] in fp32 else "")
-        lines.append(f"| {r['model']} | {r['precision']} | {r['layout']} | {r['images_per_s']:,.0f} | "
-                     f"{r['test_acc']:.2f} % | {ratio} |")
-    return lines
+    lines = []
+    for record in records:
+        smoke = ", SMOKE: not a result" if record.get("smoke") else ""
+        where = (f"{record['device']}, kind {record.get('kind') or ('amx' if record['amx'] else 'no AMX')}"
+                 f", `{record['command'].strip()}`, {record['date']}{smoke}")
+        if record.get("speed"):
+            variants = list(record["speed"][0]["images_per_s"])
+            lines += [f"Training images/s at batch {record['batch_size']} ({where}); **bold**: what "
+                      "`fit` picks by default there:", "",
+                      f"| model | {' | '.join(variants)} | default / float32 NCHW |",
+                      "| --- |" + " --- |" * (len(variants) + 1)]
+            for r in record["speed"]:
+                speeds = r["images_per_s"]
+                cells = [f"**{v:,.0f}**" if k == r["default"] else f"{v:,.0f}" for k, v in speeds.items()]
+                lines.append(f"| {r['model']} | {' | '.join(cells)} | "
+                             f"{speeds[r['default']] / speeds['float32 NCHW']:.2f}x |")
+            lines.append("")
+        if record.get("runs"):
+            held = record.get("held_out_images")
+            scored = (f"{held:,} held-out training images" if held else
+                      f"the test set ({record['test_images']:,} images; before held-out scoring)")
+            lines += [f"{record['epochs']} epochs of one-cycle on {record['train_images']:,} training "
+                      f"images, scored on {scored}, batch {record['batch_size']} ({where}):", "",
+                      "| model | seed | precision | faster layout | images / s | accuracy |",
+                      "| --- | --- | --- | --- | --- | --- |"]
+            for r in record["runs"]:
+                acc = r.get("held_out_acc", r.get("test_acc"))
+                lines.append(f"| {r['model']} | {r.get('seed', 0)} | {r['precision']} | {r['layout']} "
+                             f"| {r['images_per_s']:,.0f} | {acc:.2f} % |")
+            lines.append("")
+    return lines[:-1]
 
 
 def app_speed(results: Path) -> list[str]:

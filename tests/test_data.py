@@ -188,6 +188,30 @@ def test_subset_keeps_full_statistics(tiny):
     assert small.mean == tiny.mean
 
 
+def test_held_out_splits_each_class_of_the_training_set_and_never_the_test_set(tiny):
+    """Recipes are chosen on a held-out part of the training set (fastai's valid_pct), never on the
+    test set: the held-out images are training images, 10 % of each class, disjoint from the new
+    training part, drawn by the seed; mean and std come from the part that trains."""
+    part = tiny.held_out(0.1, seed=0)
+    n = len(tiny.train_labels)
+    assert len(part.train_labels) + len(part.test_labels) == n
+    for c in range(tiny.num_classes):
+        assert (part.test_labels == c).sum() == round(0.1 * (tiny.train_labels == c).sum())
+    seen = {img.tobytes() for img in part.train_images}
+    assert not any(img.tobytes() in seen for img in part.test_images)  # disjoint
+    whole = {img.tobytes() for img in tiny.train_images}
+    assert all(img.tobytes() in whole for img in part.test_images)      # from the training split
+    assert not {img.tobytes() for img in tiny.test_images} & {img.tobytes() for img in part.test_images}
+    assert part.mean == eva.channel_stats(part.train_images)[0] != tiny.mean
+    again, other = tiny.held_out(0.1, seed=0), tiny.held_out(0.1, seed=1)
+    assert np.array_equal(again.test_images, part.test_images)
+    assert not np.array_equal(other.test_images, part.test_images)
+    assert "held out (valid_pct=0.1, seed=0)" in part.source
+    for bad in (0, 1, 1.5, "0.1", True):
+        with pytest.raises(ValueError, match=rf"valid_pct={bad!r}: give the fraction"):
+            tiny.held_out(bad)
+
+
 def test_read_only_folder_still_loads(image_folder, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError("read-only file system")
