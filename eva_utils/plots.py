@@ -21,10 +21,11 @@ from .images import check_normalised
 from .transforms import denormalize
 
 
-def save_figure(fig: Figure, path, **layout) -> Figure:
-    """Lay out ``fig`` (``layout``: tight_layout's padding) and save it as a PNG at ``path``
-    (folders created) unless ``path`` is None."""
-    fig.tight_layout(**layout)
+def save_figure(fig: Figure, path, layout: bool = True, **padding) -> Figure:
+    """Lay out ``fig`` (``padding``: tight_layout's; ``layout=False`` keeps the layout it has) and
+    save it as a PNG at ``path`` (folders created) unless ``path`` is None."""
+    if layout:
+        fig.tight_layout(**padding)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -53,17 +54,23 @@ def check_counts(n: int, cols: int) -> None:
 
 
 def plot_history(runs: History | dict[str, History], path=None) -> Figure:
-    """Test (solid) and train (dashed) accuracy and loss per epoch; several runs overlaid."""
+    """Test (solid) and train (dashed) accuracy and loss per epoch; several runs overlaid. A run
+    tested with mirror TTA says so in its legend, and its accuracy without TTA is dotted."""
     runs = runs if isinstance(runs, dict) else {"": runs}
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for (name, h), color in zip(runs.items(), colors):
         epochs = np.arange(1, len(h) + 1)
         marker = "o" if len(h) <= 30 else None  # few epochs: show where the measurements are
-        for ax, test, train in ((ax_acc, h.test_acc, h.train_acc),
-                                (ax_loss, h.test_loss, h.train_loss)):
-            ax.plot(epochs, test, color=color, marker=marker, ms=3, label=f"{name} test".strip())
+        tta = len(h.test_acc_plain) == len(h)   # fit records both only when it tests with TTA
+        test = f"{name} test{' (mirror TTA)' if tta else ''}".strip()
+        for ax, tested, train in ((ax_acc, h.test_acc, h.train_acc),
+                                  (ax_loss, h.test_loss, h.train_loss)):
+            ax.plot(epochs, tested, color=color, marker=marker, ms=3, label=test)
             ax.plot(epochs, train, color=color, ls="--", alpha=0.6, label=f"{name} train".strip())
+        if tta:
+            ax_acc.plot(epochs, h.test_acc_plain, color=color, ls=":",
+                        label=f"{name} test, one view".strip())
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     for ax in (ax_acc, ax_loss):
@@ -85,15 +92,19 @@ def plot_lr_schedule(lrs, steps_per_epoch: int | None = None, path=None) -> Figu
     x = (np.arange(len(lrs)) + 1) / per
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.plot(x, lrs)
-    peak = int(np.argmax(lrs))
-    ax.axhline(lrs.max(), color="C3", ls=":", lw=1)
-    ax.axhline(lrs.min(), color="C2", ls=":", lw=1)
-    ax.annotate(f"LRMAX {lrs.max():.3g}", (x[peak], lrs.max()), xytext=(6, -14),
-                textcoords="offset points", color="C3")
-    ax.annotate(f"LRMIN {lrs.min():.3g}", (x[int(np.argmin(lrs))], lrs.min()), xytext=(6, 4),
-                textcoords="offset points", color="C2")
+    high, low = lrs.max(), lrs.min()
+    ax.axhline(high, color="C3", ls=":", lw=1)
+    ax.axhline(low, color="C2", ls=":", lw=1)
+    # Each label sits just above its line, LRMAX at the left edge (where a schedule warms up from
+    # low rates) and LRMIN in the middle (where it runs high): no curve lies above its maximum, so
+    # neither label crosses it. The top margin leaves room for the LRMAX label.
+    on_line = ax.get_yaxis_transform()  # x in axes fractions, y in learning rates
+    ax.text(0.01, high, f"LRMAX {high:.3g}", transform=on_line, va="bottom", color="C3")
+    ax.text(0.5, low, f"LRMIN {low:.3g}", transform=on_line, va="bottom", ha="center", color="C2")
+    span = (high - low) or abs(high) or 1.0
     ax.set(xlabel="epoch" if steps_per_epoch else "step", ylabel="learning rate",
-           title="Learning-rate schedule", xlim=(0, x[-1]))
+           title="Learning-rate schedule", xlim=(0, x[-1]),
+           ylim=(low - 0.05 * span, high + 0.18 * span))
     if steps_per_epoch:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
@@ -221,7 +232,9 @@ def plot_misclassified(wrong: Predictions, mean, std, n: int = 10, cols: int = 5
     check_normalised(wrong.images)
     cols = min(cols, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.45 * rows), squeeze=False)
+    # Constrained layout keeps each row's two-line titles clear of the images above them.
+    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.45 * rows), squeeze=False,
+                             layout="constrained")
     pictures = denormalize(wrong.images[:n], mean, std).numpy()
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -230,7 +243,7 @@ def plot_misclassified(wrong: Predictions, mean, std, n: int = 10, cols: int = 5
             ax.set_title(f"{wrong.classes[wrong.labels[i]]}\n→ {wrong.classes[wrong.preds[i]]} "
                          f"({100 * wrong.confidence[i]:.0f}%)", fontsize=10)
     fig.suptitle("Misclassified, most confident first: true → predicted (confidence)", fontsize=12)
-    return save_figure(fig, path, h_pad=1.5)  # room between a row's images and the next titles
+    return save_figure(fig, path, layout=False)
 
 
 def plot_gradcam(model: nn.Module, wrong: Predictions, layers, mean, std, *, n: int = 10,
@@ -273,11 +286,20 @@ def plot_gradcam(model: nn.Module, wrong: Predictions, layers, mean, std, *, n: 
         top.set_title(f"{wrong.classes[wrong.labels[i]]} / {wrong.classes[wrong.preds[i]]}",
                       fontsize=10)
         for r, mask in enumerate(masks, start=1):
-            axes[g * rows_per + r, c].imshow(show_cam_on_image(pictures[i], mask[i], use_rgb=True))
+            panel = axes[g * rows_per + r, c]
+            panel.imshow(show_cam_on_image(pictures[i], mask[i], use_rgb=True))
+            if not mask[i].any():  # nothing in this layer pushed towards the class: an even tint
+                panel.text(0.5, 0.5, "zero\neverywhere", transform=panel.transAxes, ha="center",
+                           va="center", color="white", fontsize=9)
     for g in range(groups):
         axes[g * rows_per, 0].set_ylabel("image", fontsize=10)
         for r, (name, layer) in enumerate(zip(names, layers), start=1):
             axes[g * rows_per + r, 0].set_ylabel(f"{name} ({sizes[layer]})", fontsize=10)
     fig.suptitle(f"Grad-CAM of the {'predicted' if target == 'pred' else 'true'} class "
                  "(titles: true / predicted)", fontsize=12)
-    return save_figure(fig, path)
+    fig.tight_layout()  # lay out the panels first, then put the colour bar beneath them
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(cmap="jet"), ax=axes, orientation="horizontal",
+                       fraction=0.02, pad=0.02, aspect=60)
+    bar.set_ticks([0, 1], labels=["0: none", "1: the map's highest"])
+    bar.set_label("Grad-CAM, each panel scaled to its own highest value", fontsize=9)
+    return save_figure(fig, path, layout=False)

@@ -266,7 +266,7 @@ def test_gradcam_targets_and_panel(tiny, test_loader):
     fig = eva.plot_gradcam(model, wrong, ["layer2", "layer3"], tiny.mean, tiny.std, n=7,
                            target="true")
     # rows of at most 5: (image + 2 layers) x 5 columns, then the same for the last 2 images
-    assert sum(1 for ax in fig.axes if ax.images) == 3 * 7 and len(fig.axes) == 6 * 5
+    assert sum(1 for ax in fig.axes if ax.images) == 3 * 7 and len(fig.axes) == 6 * 5 + 1  # + bar
     assert [fig.axes[5 * r].get_ylabel() for r in range(6)] == \
         ["image", "layer2 (16x16)", "layer3 (8x8)"] * 2
     assert fig.axes[0].get_title() == f"{tiny.classes[wrong.labels[0]]} / {tiny.classes[wrong.preds[0]]}"
@@ -332,6 +332,66 @@ def test_plots_return_figures_and_save(tiny, tmp_path):
     assert line.get_xdata()[line.get_ydata().argmax()] == pytest.approx(5.0)  # on the peak epoch
     labels = [t.get_text() for t in fig.axes[0].texts]
     assert labels == ["LRMAX 0.4", "LRMIN 0.04"]
+
+
+@pytest.mark.parametrize("cfg", [
+    eva.TrainConfig(epochs=24, lr=0.4, schedule="onecycle", pct_start=5 / 24, div_factor=10,
+                    final_div_factor=1, anneal_strategy="linear"),   # 04: no annihilation
+    eva.TrainConfig(epochs=40, lr=0.1, schedule="onecycle", pct_start=5 / 24, div_factor=10,
+                    final_div_factor=100),                           # 03
+    eva.TrainConfig(epochs=60, lr=0.2, schedule="onecycle", pct_start=0.3, div_factor=25,
+                    final_div_factor=1e4, anneal_strategy="cos"),    # 02
+    eva.TrainConfig(epochs=4, lr=0.1, schedule="constant"),
+])
+def test_the_schedule_labels_never_cross_the_curve(cfg):
+    """The LRMAX label sat below the peak, where the falling curve ran through it."""
+    fig = eva.plot_lr_schedule(eva.lr_schedule(cfg, 10), 10)
+    ax, line = fig.axes[0], fig.axes[0].lines[0]
+    fig.canvas.draw()
+    to_data = ax.transData.inverted()
+    x, y = line.get_xdata(), line.get_ydata()
+    for text in ax.texts:
+        (x0, y0), (x1, y1) = to_data.transform(text.get_window_extent().get_points())
+        span = y[(x >= x0) & (x <= x1)]  # the curve under the label's width
+        below, above = span.max() <= y0 + 1e-12, span.min() >= y1
+        assert span.size and (below or above), text.get_text()  # passes beside it, not through
+        assert y1 <= ax.get_ylim()[1], text.get_text()           # inside the plot
+
+
+def test_figures_say_what_they_show(tiny, monkeypatch):
+    """Curves of a run tested with TTA say so (and show the accuracy without it); a Grad-CAM map
+    that is zero everywhere (an evenly tinted panel) is labelled, and a colour bar gives the scale."""
+    h = eva.History([1.0, 0.5], [50, 70], [1.1, 0.7], [45, 65], [0.1, 0.05], [1, 1],
+                    test_acc_plain=[44, 64])
+    fig = eva.plot_history(h)
+    assert [line.get_label() for line in fig.axes[0].lines] == \
+        ["test (mirror TTA)", "train", "test, one view"]
+    assert list(fig.axes[0].lines[2].get_ydata()) == [44, 64]
+    plain = eva.History([1.0, 0.5], [50, 70], [1.1, 0.7], [45, 65], [0.1, 0.05], [1, 1])
+    assert [line.get_label() for line in eva.plot_history(plain).axes[0].lines] == ["test", "train"]
+    import eva_utils.plots
+    torch.manual_seed(0)
+    model = eva.SmallResNet(num_classes=10, repeats=1)
+    wrong = eva.misclassified(eva.predict(model, eva.TensorLoader(
+        tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 50, train=False), tiny.classes))
+    real = eva_utils.plots.gradcam
+
+    def first_map_zero(*args):
+        masks = real(*args)
+        masks[0] = 0
+        return masks
+    monkeypatch.setattr(eva_utils.plots, "gradcam", first_map_zero)
+    fig = eva.plot_gradcam(model, wrong, "block3", tiny.mean, tiny.std, n=2)
+    said = [[t.get_text() for t in ax.texts] for ax in fig.axes]
+    assert said[:4] == [[], [], ["zero\neverywhere"], []]  # row 2, column 1: the zero map
+    bar = fig.axes[-1]
+    assert "scaled to its own highest value" in bar.get_xlabel()
+    fig = eva.plot_misclassified(wrong, tiny.mean, tiny.std, n=10)  # 2 rows of 5
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()  # pyplot let go of the figure: draw it here
+    fig.draw(renderer)
+    for above, below in zip(fig.axes[:5], fig.axes[5:]):  # second-row titles clear the first row
+        assert below.title.get_window_extent(renderer).y1 <= above.get_window_extent(renderer).y0
 
 
 def test_steepest_never_lies_past_the_loss_minimum():
