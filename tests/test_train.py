@@ -2,6 +2,7 @@
 import json
 import math
 import random
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict
 
@@ -427,41 +428,73 @@ def test_run_record_and_save_json(tmp_path):
     assert math.isclose(h.train_seconds, 3.0)
 
 
-@pytest.mark.parametrize("kw", [dict(channels_last=False),
-                                dict(channels_last=True, grad_clip=1.0, label_smoothing=0.1)])
-def test_fit_is_bit_for_bit_this_plain_loop(tiny, kw):
-    """``fit``'s arithmetic is exactly this loop (float32): however its code is arranged, a run
-    resumed across a change of eva_utils continues with the same numbers."""
-    config = cfg(epochs=2, amp=False, **kw)
+SUITE = {"Tiny": Tiny, "SmallResNet": lambda: eva.SmallResNet(num_classes=10, repeats=2),
+         "ResNet18": lambda: eva.ResNet18(num_classes=10),  # GroupNorm(1, C), notebook 03's
+         "CustomResNet": lambda: eva.CustomResNet(num_classes=10)}
+
+
+@pytest.mark.parametrize("model, kw", [
+    ("Tiny", dict(amp=False, channels_last=False)),
+    ("Tiny", dict(amp=False, channels_last=True, grad_clip=1.0, label_smoothing=0.1)),
+    ("Tiny", dict(amp=True, channels_last=True, ema_decay=0.9)),
+    # each notebook's model, schedule and precision (bfloat16 on AMX CPUs, notebook 03's long run)
+    ("SmallResNet", dict(amp=False, channels_last=True, schedule="onecycle", tta=True,
+                         anneal_strategy="cos", final_div_factor=1e4)),                    # 02
+    ("SmallResNet", dict(amp=False, channels_last=True, optimizer="adam", weight_decay=0.0,
+                         schedule="multistep", milestones=(1,), lr=5e-3)),                 # 02
+    ("ResNet18", dict(amp=True, channels_last=True, schedule="onecycle", tta=True,
+                      final_div_factor=100)),                                              # 03
+    ("ResNet18", dict(amp=True, channels_last=True, schedule="plateau", patience=0)),      # 03
+    ("CustomResNet", dict(amp=True, channels_last=True, label_smoothing=0.2, tta=True)),  # 04
+])
+def test_fit_is_bit_for_bit_this_plain_loop(tiny, model, kw):
+    """``fit``'s arithmetic is exactly this loop, for each notebook's model, schedule and precision
+    (float32, or bfloat16 autocast as on AMX CPUs; CUDA's float16 scaling is the GradScaler's):
+    however its code is arranged, a run resumed across a change of eva_utils continues with the
+    same numbers. Compared exactly: weights, test loss and accuracy, every epoch."""
+    config = cfg(epochs=2, **kw)
     torch.manual_seed(0)
-    start = Tiny().state_dict()
-    ours, plain = Tiny(), Tiny()
+    start = SUITE[model]().state_dict()
+    ours, plain = SUITE[model](), SUITE[model]()
     ours.load_state_dict(start)
     plain.load_state_dict(start)
     train, test = loaders(tiny)
-    history = eva.fit(ours, train, test, config, progress=False)
+    with warnings.catch_warnings():  # on random pictures the mirror may score lower: fit says so
+        warnings.filterwarnings("ignore", "Mirror test-time augmentation lowered")
+        history = eva.fit(ours, train, test, config, progress=False)
 
     eva.seed_everything(config.seed)
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    dtype = torch.bfloat16 if config.amp else None  # the CPU's autocast type
     plain.to(memory_format=layout)
     optimizer = eva.build_optimizer(plain, config)
-    scheduler, _ = eva.build_scheduler(optimizer, config, len(train))
+    scheduler, every = eva.build_scheduler(optimizer, config, len(train))
+    ema = EMA(plain, config.ema_decay) if config.ema_decay else None
+    scored = ema.module if ema else plain
     for epoch in range(config.epochs):
         train.set_epoch(epoch)
         plain.train()
         for x, y in train:
-            logits = plain(x.contiguous(memory_format=layout))
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = plain(x.contiguous(memory_format=layout))
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
                 nn.utils.clip_grad_norm_(plain.parameters(), config.grad_clip)
             optimizer.step()
-            scheduler.step()
+            if every == "batch":
+                scheduler.step()
+            if ema:
+                ema.update()
         cpu = torch.device("cpu")  # fit sums the counts over processes (torchrun) first
-        loss, acc, _ = eva.inference.scores(plain, test, amp=False,
+        loss, acc, _ = eva.inference.scores(scored, test, tta=config.tta, amp=dtype or False,
                                             channels_last=config.channels_last,
                                             total=lambda c: eva.distributed.total(c, cpu))
+        if every == "epoch":
+            scheduler.step()
+        elif every == "plateau":
+            scheduler.step(loss)
         assert (history.test_loss[epoch], history.test_acc[epoch]) == (loss, acc)
-    for name, tensor in plain.state_dict().items():
+    for name, tensor in scored.state_dict().items():
         assert torch.equal(tensor, ours.state_dict()[name]), name
