@@ -10,12 +10,30 @@
     history = eva.fit(model, train, test, eva.TrainConfig(epochs=24, lr=0.1))
     predictions = eva.predict(model, test, data.classes)
 
-Modules, one noun each: data (ImageData, loading), images (one file as a model's input),
-transforms (Augment), loaders, streaming (folder_loader), models, runtime (device, precision,
-seeding, eval mode), schedule, train (TrainConfig, fit), history, ema, checkpoint, inference
-(evaluate, predict), results, lr_finder, plots, gradcam, summary, distributed (torchrun),
-classifier (one image in: top classes, Grad-CAM), app (build_app), deploy (export_app), and
-lightning (import it yourself: eva_utils.lightning). Depends only on torch, torchvision, numpy,
+Modules, one noun each:
+    data          ImageData, image folders, the decode cache, CIFAR-10, held-out splits
+    images        one file as a model's input (channels, size, normalisation)
+    transforms    Augment: one description of the augmentation, two backends
+    loaders       TensorLoader (whole split on the device), make_loader (albumentations workers)
+    streaming     folder_loader: data larger than memory
+    models        the suite's four networks, torchvision's ResNets, build_model
+    runtime       device, the device's precision choice, seeding, eval mode
+    config        TrainConfig: every setting, its unit and valid range
+    precision     Precision: a run's arithmetic (autocast type, layout), decided once
+    schedule      optimizer and learning-rate schedule
+    train         fit -> train_epoch -> train_step
+    run           Run: a run's live state, saved and restored by checkpoints
+    guards        fit's checks (arguments, first batch, NaN, divergence, memory)
+    budget        time_budget, BudgetSpent
+    checkpoint    random states, durable files, the folder lock, the resume checks
+    history, ema  a run's per-epoch record; the weight average
+    inference     evaluate and predict, one path; misclassified, confusion_matrix
+    results       run_record, save_json
+    lr_finder     lr_range_test and its named rules
+    plots, gradcam, summary        figures, Grad-CAM masks, torchinfo tables
+    distributed   torchrun: process group, DDP, sums over processes
+    classifier, app, deploy, serve one image in; the Gradio page; export_app; the command line
+    lightning     EvaModule, EvaDataModule (import it yourself: eva_utils.lightning) Depends only on torch, torchvision, numpy,
 pillow, albumentations, opencv, matplotlib, grad-cam, torch-lr-finder, torchinfo and tqdm, so the
 folder can be copied into another project as it is; the app needs gradio and safetensors and
 eva_utils.lightning needs lightning, each imported only when used.
@@ -42,7 +60,9 @@ from .schedule import build_optimizer, build_scheduler, lr_schedule
 from .streaming import folder_loader
 from .summary import summary
 from .history import History
-from .train import BudgetSpent, TrainConfig, fit
+from .budget import BudgetSpent
+from .config import TrainConfig
+from .train import fit
 from .transforms import Augment, classic_augment, denormalize
 
 __version__ = "0.2.0"

@@ -26,8 +26,9 @@ KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "history", "config",
         "model_class", "model_args", "steps_per_epoch")
 # Settings that may differ when a run is resumed: they change how it is watched, not what it learns.
 # "epochs" may grow too, except under one-cycle, whose whole shape depends on the total.
-# amp and channels_last: a resumed run keeps the checkpoint's precision and layout (train.run_precision
-# refuses an explicit contradiction); seed: a resumed run restores every random state instead.
+# amp and channels_last: a resumed run keeps the checkpoint's precision and layout
+# (precision.Precision.for_run refuses an explicit contradiction); seed: a resumed run restores every
+# random state instead.
 MAY_CHANGE = {"checkpoint_dir", "log_every", "compile", "amp", "channels_last", "seed"}
 
 

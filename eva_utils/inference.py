@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import check_labels
-from .runtime import amp_dtype, eval_mode, to_device, use_channels_last
+from .precision import Precision
+from .runtime import eval_mode, to_device
 
 
 @torch.no_grad()
@@ -21,7 +22,8 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
 
     ``tta`` averages the logits of each image and its left-right mirror (the last item stays the
     plain logits, so both accuracies come from one pass). Runs in eval mode; every submodule's mode
-    is restored afterwards.
+    is restored afterwards. ``amp`` and ``channels_last`` left at None: in the arithmetic ``fit``
+    trained and scored the model in (where this device runs it well), else the device's choice.
     """
     if not isinstance(tta, bool):  # tta="no" would be truthy
         raise TypeError(f"tta={tta!r}: give True (average each image with its mirror) or False.")
@@ -35,12 +37,11 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
                         "Fix: model.float() (mixed precision is amp=..., not model.half() or "
                         "model.double()).")
     device = torch.device(device) if device else next(model.parameters()).device
-    dtype = amp_dtype(device, amp)
-    nhwc = use_channels_last(device, channels_last)
+    arithmetic = Precision.of(model, device, amp, channels_last)  # fit's, after fit
     with eval_mode(model):
         for x_in, y_in in loader:
-            x, y = to_device(x_in, y_in, device, nhwc)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            x, y = to_device(x_in, y_in, device, arithmetic.channels_last)
+            with arithmetic.autocast(device):
                 plain = model(x)
                 logits = (plain + model(x.flip(3))) / 2 if tta else plain
             check_labels(y, logits.shape[1], "outputs")  # one sync a batch: evaluation has few

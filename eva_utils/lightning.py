@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, check_resumable, model_identity
-from .runtime import amp_dtype, get_device, use_channels_last
+from .precision import Precision
+from .runtime import get_device
 from .schedule import build_optimizer, build_scheduler
-from .train import TrainConfig
+from .config import TrainConfig
 
 try:
     import lightning as L
@@ -45,7 +46,7 @@ except ImportError:
 def trainer_precision(cfg: TrainConfig, device: str | torch.device | None = None) -> str:
     """``Trainer(precision=...)`` for ``cfg.amp`` on ``device`` (default: the best available), by
     ``fit``'s rule: bf16 on GPUs that have it and on CPUs with AMX, fp16 on a T4, else fp32."""
-    dtype = amp_dtype(get_device(device), cfg.amp)
+    dtype = Precision.choose(get_device(device), cfg.amp).dtype
     return {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
 
 
@@ -71,9 +72,12 @@ class EvaModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         # The memory layout fit would choose on this device (NHWC on CUDA and the CPU).
-        self.nhwc = use_channels_last(self.device, self.cfg.channels_last)
+        self.nhwc = Precision.choose(self.device, channels_last=self.cfg.channels_last).channels_last
         if self.nhwc:
             self.model.to(memory_format=torch.channels_last)
+        # What evaluate and predict answer in afterwards, as after fit: the Trainer's arithmetic.
+        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(self.trainer.precision))
+        self.model.eva_precision = Precision(dtype, self.nhwc)
 
     def _check_the_trainer(self) -> None:
         """Refuse, naming each, what Lightning would silently do otherwise than the TrainConfig

@@ -26,7 +26,8 @@ from torch import nn
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from . import distributed
-from .runtime import amp_dtype, get_device, kept_modes, precision_name, to_device, use_channels_last
+from .precision import Precision
+from .runtime import get_device, kept_modes, to_device
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
 AUTO_STEPS = (50, 100)  # num_iter=None: a step per training batch, but at least 50 and at most 100
@@ -108,7 +109,8 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     # Where and how fit will train: the data's device (its process group is NCCL's on CUDA, so
     # fit's later start finds the right one), and the precision and layout fit picks there.
     device = get_device(device if device is not None else getattr(train_loader, "device", None))
-    dtype, nhwc = amp_dtype(device, amp), use_channels_last(device, channels_last)
+    arithmetic = Precision.choose(device, amp, channels_last)  # fit's rule, fit's arithmetic
+    dtype, nhwc = arithmetic.dtype, arithmetic.channels_last
     if not distributed.is_main():  # the other processes take rank 0's picks
         return distributed.from_main(None, device)
     size = getattr(train_loader, "batch_size", None)
@@ -119,7 +121,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     setup = {"model": type(model).__name__, "model_args": repr(getattr(model, "init_args", {})),
              "batches": batches, "batch_size": size, "start_lr": start_lr, "end_lr": end_lr,
              "num_iter": num_iter, "data": getattr(train_loader, "fingerprint", None),
-             "precision": precision_name(dtype), "channels_last": nhwc,
+             "precision": arithmetic.name, "channels_last": nhwc,
              "optimizer": repr({k: v for k, v in optimizer.defaults.items() if k != "lr"})}
     stored = _load(kept, setup)
     if stored is not None:
@@ -130,7 +132,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     if verbose:
         print(f"LR range test: {num_iter} steps{f' of {size} images' if size else ''} "
               f"({num_iter / batches:.2g} epochs of the training set), lr {start_lr:.0e} to "
-              f"{end_lr:g}, on {device} in {precision_name(dtype)}, {'NHWC' if nhwc else 'NCHW'}.",
+              f"{end_lr:g}, on {device} in {arithmetic.name}, {arithmetic.layout}.",
               flush=True)
     if batches < min(num_iter, 20):
         warnings.warn(f"The training loader has only {batches} batches, so the range test "
@@ -139,7 +141,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
                       "size (more batches).", stacklevel=2)
     # torch-lr-finder's own mixed precision: autocast, and a loss scaler that scales only float16.
     precision = ({"amp_backend": "torch", "amp_config": {"device_type": device.type, "dtype": dtype},
-                  "grad_scaler": torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)}
+                  "grad_scaler": arithmetic.scaler(device)}
                  if dtype is not None else {})
     finder = LRFinder(model, optimizer, criterion or nn.CrossEntropyLoss(), device=device,
                       **precision)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import eva_utils as eva
+import eva_utils.precision
 from eva_utils.ema import EMA
 from eva_utils.runtime import TrainingError, amp_dtype, use_channels_last
 
@@ -257,6 +258,28 @@ def mock_amx(monkeypatch, has_amx: bool) -> None:
     monkeypatch.setattr(eva.runtime, "cpu_has_amx", lambda: has_amx)
 
 
+@pytest.mark.parametrize("amp, layout", [(False, False), (True, True)])
+def test_predict_after_fit_answers_in_the_runs_arithmetic(monkeypatch, tiny, amp, layout):
+    """On an AMX CPU (bfloat16 by default) predict after fit(amp=False) answered in bfloat16: its
+    confidences differed from the float32 the run was scored in. Now the run's precision and
+    layout are the model's default for evaluate and predict; an explicit setting still decides."""
+    mock_amx(monkeypatch, not amp)  # the device's own choice is the other precision
+    torch.manual_seed(0)
+    model = Tiny()
+    train, test = loaders(tiny)
+    history = eva.fit(model, train, test, cfg(epochs=1, amp=amp, channels_last=layout),
+                      progress=False)
+    assert model.eva_precision == eva_utils.precision.Precision(torch.bfloat16 if amp else None,
+                                                                layout)
+    loss, acc = eva.evaluate(model, test)
+    assert (loss, acc) == (history.test_loss[-1], history.test_acc[-1])  # the scored arithmetic
+    scored = eva.predict(model, test, tiny.classes)
+    kept = eva.predict(model, test, tiny.classes, amp=amp, channels_last=layout)
+    other = eva.predict(model, test, tiny.classes, amp=not amp, channels_last=layout)
+    assert torch.equal(scored.confidence, kept.confidence)
+    assert not torch.equal(scored.confidence, other.confidence)
+
+
 @pytest.mark.parametrize("has_amx, precision", [(True, "bfloat16"), (False, "float32")])
 def test_records_and_checkpoints_name_precision_and_layout(monkeypatch, tiny, tmp_path, has_amx,
                                                            precision):
@@ -306,28 +329,28 @@ def test_a_resumed_run_leaves_a_precision_the_device_cannot_run(monkeypatch, sav
     """bfloat16 below compute capability 8.0 is emulated (slower than float32), float16 on a CPU
     has no fast convolutions: the device's own choice (or an explicit amp) takes over, in one line
     that says the run is no longer bit-exact. The layout is kept."""
-    from eva_utils.train import run_precision
+    from eva_utils.precision import Precision
     mock_amx(monkeypatch, amx)
     if gpu:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     device = torch.device("cuda" if gpu else "cpu")
     ckpt = {"precision": saved, "channels_last": False}
-    dtype, nhwc, note = run_precision(device, cfg(amp=amp), ckpt, "last.pt")
-    assert (dtype, nhwc) == (want, False)
+    precision, note = Precision.for_run(device, cfg(amp=amp), ckpt, "last.pt")
+    assert precision == Precision(want, False)
     assert note.startswith(f"The run trained in {saved}, which {'Tesla T4' if gpu else 'cpu: '}")
     assert note.endswith(f"goes on in {eva.runtime.precision_name(want)}, so it is no longer "
                          "bit-exact with an unbroken run.")
 
 
 def test_a_resumed_run_keeps_a_precision_the_device_runs(monkeypatch):
-    from eva_utils.train import run_precision
+    from eva_utils.precision import Precision
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     ckpt = {"precision": "bfloat16", "channels_last": True}
-    assert run_precision(torch.device("cuda"), cfg(), ckpt) == (torch.bfloat16, True, "")
+    assert Precision.for_run(torch.device("cuda"), cfg(), ckpt) == (Precision(torch.bfloat16, True), "")
     mock_amx(monkeypatch, False)  # an AMD EPYC: bfloat16 runs (AVX-512 BF16), the run keeps it
-    dtype, nhwc, note = run_precision(torch.device("cpu"), cfg(), ckpt)
-    assert (dtype, nhwc) == (torch.bfloat16, True) and note.startswith("Kept the run's bfloat16")
+    precision, note = Precision.for_run(torch.device("cpu"), cfg(), ckpt)
+    assert precision == Precision(torch.bfloat16, True) and note.startswith("Kept the run's bfloat16")
 
 
 def test_a_skipped_float16_step_does_not_step_the_schedule(monkeypatch, tiny, tmp_path, recwarn):
@@ -336,7 +359,7 @@ def test_a_skipped_float16_step_does_not_step_the_schedule(monkeypatch, tiny, tm
     stepped anyway, and torch warned "Detected call of lr_scheduler.step() before
     optimizer.step()" whenever the first step overflowed."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
-    monkeypatch.setattr(eva.train, "amp_dtype", lambda device, amp: torch.float16)  # a T4's choice
+    monkeypatch.setattr(eva_utils.precision, "amp_dtype", lambda device, amp: torch.float16)  # a T4
 
     class Overflowing(torch.amp.GradScaler):
         """torch's scaler, whose first two steps find an overflowed (infinite) gradient."""

@@ -1,0 +1,171 @@
+"""What ``fit`` checks, so that a mistake costs one clear message instead of an epoch or a traceback
+from deep inside torch: its arguments (before anything is spent), the first batch against the model,
+the losses as they come (NaN, divergence), the test loss, running out of memory, and TTA that hurt.
+Checks only: none of them changes anything."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import TrainConfig, number
+from .data import check_labels
+from .history import History
+from .runtime import TrainingError, eval_mode, get_device
+
+DIVERGED = 100  # a loss this many times that of guessing (log classes) means training diverged
+
+
+def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_budget, progress):
+    """fit's arguments checked before anything is spent, changing nothing: (config, device, the
+    checkpoint path to resume from or None). Raises one clear error for the first thing wrong."""
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress={progress!r}: give True or False.")
+    cfg = cfg or TrainConfig()
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be an eva.TrainConfig; got {type(cfg).__name__}.")
+    cfg.validate()
+    device = get_device(device)
+    check_loader(train_loader, "train_loader")
+    check_loader(test_loader, "test_loader")
+    if getattr(test_loader, "train", False) is True:
+        raise TrainingError("test_loader was built with train=True: it would be scored on "
+                            "augmented, reshuffled images (the accuracy changes every call) and "
+                            "drop its last partial batch. Fix: build it with train=False.")
+    if getattr(train_loader, "train", True) is False:
+        warnings.warn("train_loader was built with train=False: it is neither shuffled nor "
+                      "augmented, so every epoch sees the same batches in the same order. Fix: "
+                      "build it with train=True.", stacklevel=3)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TrainingError("Every parameter of the model is frozen (requires_grad=False): there "
+                            "is nothing to train. Fix: unfreeze what should learn, e.g. "
+                            "model.fc.requires_grad_(True) for a new head on a frozen backbone.")
+    if len(train_loader) == 0:
+        raise TrainingError("The training loader yields no batches: the batch size is larger than "
+                            "the training set and incomplete batches are dropped. Fix: lower the "
+                            "batch size or use more images.")
+    if len(test_loader) == 0:
+        raise TrainingError("The test loader yields no batches, so no epoch could be scored. Fix: "
+                            "give it the test split's images (is the split empty?).")
+    ckpt_dir = Path(cfg.checkpoint_dir).expanduser() if cfg.checkpoint_dir else None
+    if (resume is True or time_budget is not None) and ckpt_dir is None:
+        raise ValueError(f"{'resume=True' if resume is True else 'time_budget'} needs "
+                         "TrainConfig(checkpoint_dir=...): that is where the run is kept between "
+                         "stretches.")
+    if time_budget is not None and not (number(time_budget) and time_budget > 0):
+        raise ValueError(f"time_budget={time_budget!r}: give seconds, a number > 0, or None.")
+    if resume is True:
+        resume = ckpt_dir / "last.pt" if (ckpt_dir / "last.pt").exists() else None
+    elif resume is False:  # e.g. resume=CHECKPOINT_DIR is not None, with no folder given
+        resume = None
+    elif resume is not None and not isinstance(resume, (str, os.PathLike)):
+        raise TypeError(f"resume={resume!r}: give True (this run's checkpoint_dir), False or "
+                        "None (a new run), or the path of a last.pt or best.pt.")
+    return cfg, device, resume
+
+
+@contextlib.contextmanager
+def out_of_memory_explained(device: torch.device, epoch: int):
+    """Turn running out of memory into one message that says what to change."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise TrainingError(
+            f"{device} ran out of memory in epoch {epoch + 1}. Fix: lower the batch size, turn "
+            "on mixed precision (cfg.amp=True), or free memory (restart the kernel).") from None
+
+
+def check_test_loss(test_loss: float, epoch: int) -> None:
+    if not math.isfinite(test_loss):
+        raise TrainingError(f"The test loss became {test_loss} after epoch {epoch + 1}, though "
+                            "the training loss stayed finite. Fix: lower the learning rate, or "
+                            "turn off mixed precision (cfg.amp=False) if it overflows.")
+
+
+def warn_if_tta_hurt(cfg: TrainConfig, h: History) -> None:
+    if cfg.tta and h.test_acc_plain and h.test_acc[-1] < h.test_acc_plain[-1]:
+        warnings.warn(f"Mirror test-time augmentation lowered the test accuracy from "
+                      f"{h.test_acc_plain[-1]:.2f}% to {h.test_acc[-1]:.2f}%: these images may not "
+                      "keep their class when mirrored (digits, text). Fix: TrainConfig(tta=False), "
+                      "and Augment(flip=False) unless mirrored images are still the same class.",
+                      stacklevel=3)
+
+
+def check_loader(loader, name: str) -> None:
+    """Raise one TypeError unless ``loader`` is something that yields batches with a length."""
+    kind = type(loader).__name__
+    if hasattr(loader, "train_images"):
+        raise TypeError(f"{name} is an ImageData (a whole data set); fit needs a loader of "
+                        "batches. Fix: eva.TensorLoader(data.train_images, data.train_labels, "
+                        "data.mean, data.std, 128, train=True) and the same for the test split.")
+    if isinstance(loader, torch.utils.data.Dataset) or not hasattr(loader, "__iter__") \
+            or not hasattr(loader, "__len__"):
+        raise TypeError(f"{name} is a {kind}, not a loader of (images, labels) batches. Fix: wrap "
+                        "a dataset in torch.utils.data.DataLoader(dataset, batch_size=128, "
+                        "shuffle=True), or use eva.TensorLoader / eva.make_loader.")
+
+
+def check_first_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loader) -> None:
+    """Turn a model that does not fit the data into one clear message, before training."""
+    if y.ndim != 1 or y.is_floating_point():
+        raise TrainingError(f"The labels come as {y.dtype} {tuple(y.shape)}; fit needs class "
+                            "numbers, int64 (batch,). Fix: one-hot labels y become y.argmax(1).")
+    if y.dtype != torch.int64:
+        raise TrainingError(f"The labels come as {y.dtype}; the loss needs int64 class numbers. "
+                            "Fix: return labels as int64 from your dataset (torch.as_tensor(y, "
+                            "dtype=torch.int64), or int(y) per image).")
+    if not x.is_floating_point():
+        raise TrainingError(f"The images come as {x.dtype} (raw pixels?); fit needs float images "
+                            "(batch, channels, H, W), normalised. Fix: torchvision's ToTensor() + "
+                            "Normalize(mean, std) in your dataset, or eva.TensorLoader / "
+                            "eva.make_loader.")
+    weights = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weights is not None and weights.dtype != x.dtype:
+        raise TrainingError(f"The model's weights are {weights.dtype} but the images "
+                            f"{x.dtype}. Fix: model.float() (mixed precision is "
+                            "TrainConfig(amp=True), not model.half() or model.double()).")
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(x[:2])
+    except (RuntimeError, ValueError) as exc:
+        if "out of memory" in str(exc):
+            raise
+        raise TrainingError(f"The model cannot take the data's batches of shape {tuple(x.shape)}: "
+                            f"{exc}\nFix: build the model for this image size and channel count, "
+                            "or resize the images (load_image_folder(..., image_size=...)).") from None
+    if not isinstance(out, torch.Tensor):
+        raise TrainingError(f"The model returns a {type(out).__name__}; fit needs one tensor of "
+                            "logits (batch, classes). Fix: return only the logits from forward(), "
+                            "e.g. out[0] of a tuple.")
+    if out.ndim != 2:
+        raise TrainingError(f"The model outputs shape {tuple(out.shape)}; it needs (batch, classes) "
+                            "logits.")
+    if out.shape[1] < 2:
+        raise TrainingError(f"The model has {out.shape[1]} output: a classifier needs two classes "
+                            "or more (with one, every answer is right and the loss is 0). Fix: "
+                            "give the data at least two classes, and num_classes=data.num_classes.")
+    classes = getattr(loader, "num_classes", None)  # our loaders know the data's classes
+    if classes is not None and out.shape[1] != classes:
+        raise TrainingError(f"The model has {out.shape[1]} outputs but the data has {classes} "
+                            f"classes. Fix: build it with num_classes={classes} "
+                            "(num_classes=data.num_classes).")
+    labels = getattr(loader, "labels", None)  # both our loaders keep every label: check them all
+    check_labels(torch.as_tensor(labels) if labels is not None else y, out.shape[1], "outputs")
+
+
+def check_finite(losses: torch.Tensor, epoch: int, optimizer: torch.optim.Optimizer,
+                  chance: float) -> None:
+    """Raise if a loss is NaN or infinite, or has blown up to DIVERGED times the loss of guessing
+    (``chance`` = log(classes)): no run recovers from that, and it would only waste the epochs."""
+    bad = ~torch.isfinite(losses) | (losses > DIVERGED * chance)
+    if bad.any():
+        batch = int(bad.nonzero()[0])
+        lr = optimizer.param_groups[0]["lr"]
+        raise TrainingError(f"The loss became {losses[batch].item():.4g} in epoch {epoch + 1}, batch "
+                            f"{batch + 1} (learning rate {lr:.3g}). Fix: lower the learning rate "
+                            "(e.g. by 10x), or clip gradients with TrainConfig(grad_clip=1.0).")
