@@ -11,10 +11,14 @@
     predictions = eva.predict(model, test, data.classes)
 
 Modules, one noun each:
-    data          ImageData, image folders, the decode cache, CIFAR-10, held-out splits
+    data          ImageData (uint8 arrays in memory), held-out splits, channel statistics
+    folders       load_image_folder: any train/<class>, test/<class> tree
+    cache         the decode cache beside an image folder
+    cifar10       load_cifar10: a local copy or a download
     images        one file as a model's input (channels, size, normalisation)
     transforms    Augment: one description of the augmentation, two backends
-    loaders       TensorLoader (whole split on the device), make_loader (albumentations workers)
+    loaders       the Loader protocol; TensorLoader (whole split on the device, batched augmentation)
+    workers       make_loader: albumentations per image in DataLoader workers
     streaming     folder_loader: data larger than memory
     models        the suite's four networks, torchvision's ResNets, build_model
     runtime       device, the device's precision choice, seeding, eval mode
@@ -30,7 +34,9 @@ Modules, one noun each:
     inference     evaluate and predict, one path; misclassified, confusion_matrix
     results       run_record, save_json
     lr_finder     lr_range_test and its named rules
-    plots, gradcam, summary        figures, Grad-CAM masks, torchinfo tables
+    plots         figures of training: curves, schedules, the range test, augmentation
+    galleries     figures of answers: confusion matrix, mistakes, Grad-CAM panels
+    gradcam, summary  Grad-CAM masks; torchinfo tables
     distributed   torchrun: process group, DDP, sums over processes
     classifier, app, deploy, serve one image in; the Gradio page; export_app; the command line
     lightning     EvaModule, EvaDataModule (import it yourself: eva_utils.lightning) Depends only on torch, torchvision, numpy,
@@ -42,27 +48,31 @@ from . import distributed
 from .app import build_app
 from .checkpoint import CheckpointError, load_checkpoint
 from .classifier import Classifier
-from .data import (CIFAR10_CLASSES, DataError, ImageData, channel_stats, data_root, load_cifar10,
-                   load_image_folder, smoke_mode, synthetic_data, to_rgb)
+from .cifar10 import load_cifar10
+from .data import (CIFAR10_CLASSES, ImageData, channel_stats, data_root, smoke_mode, synthetic_data,
+                   to_rgb)
 from .deploy import export_app
 from .distributed import is_main
+from .folders import load_image_folder
 from .gradcam import gradcam, gradcam_layers
 from .inference import Predictions, confusion_matrix, evaluate, misclassified, predict
-from .loaders import TensorLoader, make_loader
+from .loaders import TensorLoader
 from .lr_finder import RangeTest, lr_range_test
 from .models import (CustomResNet, PlainCNN, ResNet18, SmallResNet, build_model, count_parameters,
                      torchvision_resnet)
-from .plots import (figure_path, plot_augmentations, plot_confusion, plot_gradcam, plot_history,
-                    plot_lr_finder, plot_lr_schedule, plot_misclassified)
+from .galleries import plot_confusion, plot_gradcam, plot_misclassified
+from .plots import figure_path, plot_augmentations, plot_history, plot_lr_finder, plot_lr_schedule
 from .results import run_record, save_json
 from .runtime import TrainingError, device_name, eval_mode, get_device, seed_everything
 from .schedule import build_optimizer, build_scheduler, lr_schedule
 from .streaming import folder_loader
 from .summary import summary
 from .history import History
+from .images import DataError
 from .budget import BudgetSpent
 from .config import TrainConfig
 from .train import fit
 from .transforms import Augment, classic_augment, denormalize
+from .workers import make_loader
 
 __version__ = "0.2.0"

@@ -2,8 +2,8 @@
 
 * ``TensorLoader``: the whole split as a uint8 tensor on the device, augmented a batch at a time
   with tensor ops (``Augment.__call__``). The fast path on a GPU; works on any device.
-* ``make_loader``: the classic path, a ``DataLoader`` whose workers run a per-image albumentations
-  pipeline (``Augment.albumentations``, or any list of albumentations transforms).
+* ``workers.make_loader``: the classic path, a ``DataLoader`` whose workers run a per-image
+  albumentations pipeline (``Augment.albumentations``, or any list of albumentations transforms).
 
 Both take the same arguments, shuffle and drop the last incomplete batch in training only (a
 different remainder each epoch; batch norm needs no one-image batch), and make an epoch's randomness
@@ -18,20 +18,36 @@ process takes its share of every epoch (``distributed``); in a plain run nothing
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import warnings
+from typing import Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .data import check_labels, to_rgb
 from .distributed import share, world
 from .runtime import get_device
-from .transforms import Augment, pipeline
+from .transforms import Augment
 
 MIN_STEPS = 10  # fewer optimizer steps than this an epoch and most runs learn next to nothing
+
+
+class Loader(Protocol):
+    """What ``fit``, the range test and the figures ask of a loader, which both paths provide (a
+    plain DataLoader of your own has only the first two, and ``fit`` then checks less)."""
+
+    def __iter__(self): ...        # (images float (B, 3, H, W) normalised, labels int64 (B,))
+    def __len__(self) -> int: ...  # batches an epoch
+    train: bool                    # shuffled, augmented and dropping the last batch
+    mean: tuple[float, float, float]   # the normalisation, per RGB channel on the [0, 1] scale
+    std: tuple[float, float, float]
+    labels: np.ndarray             # every label, int64 (N,): fit checks them against the model
+    num_classes: int
+    fingerprint: dict              # data, classes, augmentation, batch and seed, for resume checks
+
+    def set_epoch(self, epoch: int) -> None: ...  # this epoch's shuffle and augmentation
+    def preview(self, n: int = 8, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]: ...
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -55,7 +71,7 @@ def reseed(transform, seed: int) -> None:
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
-def _check_arrays(images, labels, mean, std, batch_size: int, train: bool, classes, augment):
+def check_arrays(images, labels, mean, std, batch_size: int, train: bool, classes, augment):
     """The arrays as the loaders keep them: (uint8 (N, H, W, 3), int64 (N,), mean, std, classes),
     or one clear error naming the argument that is wrong."""
     if not isinstance(train, bool):  # train="False" would be truthy
@@ -143,7 +159,7 @@ class TensorLoader:
     def __init__(self, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int, *,
                  train: bool, augment: Augment | None = None, classes=None,
                  device: torch.device | str | None = None, seed: int = 0):
-        images, labels, mean, std, self.num_classes = _check_arrays(images, labels, mean, std,
+        images, labels, mean, std, self.num_classes = check_arrays(images, labels, mean, std,
                                                                     batch_size, train, classes,
                                                                     augment)
         if augment is not None and not isinstance(augment, Augment):
@@ -209,103 +225,3 @@ class TensorLoader:
         finally:
             self.generator.set_state(saved)
         return self.images[idx].permute(0, 2, 3, 1).cpu().numpy(), x
-
-
-# --------------------------------------------------------------------------------------------------
-# The classic path
-
-class AlbumentationsDataset(Dataset):
-    """uint8 images (N, H, W, 3) -> (float tensor (3, H, W), int label) via ``transform``, an
-    albumentations Compose ending in Normalize + ToTensorV2."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.transform(image=self.images[i])["image"], int(self.labels[i])
-
-    def originals(self, n: int) -> np.ndarray:
-        """The first ``n`` images as stored, uint8 (n, H, W, 3)."""
-        return self.images[:n]
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker its own python, numpy and albumentations seed.
-
-    albumentations 2.x keeps its own generators inside each Compose; a forked worker inherits a copy,
-    so without this every worker would replay the same augmentations.
-    """
-    info = torch.utils.data.get_worker_info()
-    seed = info.seed % 2**32  # torch sets it to the loader's base seed + worker_id
-    random.seed(seed)
-    np.random.seed(seed)
-    reseed(info.dataset.transform, seed)
-
-
-class SeededDataLoader(DataLoader):
-    """A DataLoader whose shuffling and augmentation are a function of its seed and the epoch, and
-    which knows what ``fit`` and the figures ask of a loader: its mean and std, every label, the
-    number of classes, its augmentation and the ``fingerprint`` a resume compares."""
-
-    def __init__(self, dataset: Dataset, *, seed: int, train: bool, mean, std, labels: np.ndarray,
-                 num_classes: int, augment, fingerprint: dict, **kwargs):
-        super().__init__(dataset, **kwargs)
-        self.seed, self.train, self.mean, self.std = seed, train, mean, std
-        self.labels, self.num_classes, self.augment = labels, num_classes, augment
-        self.fingerprint = fingerprint
-
-    def set_epoch(self, epoch: int) -> None:
-        seed = epoch_seed(self.seed, epoch) + rank_offset(world()[0])
-        self.generator.manual_seed(seed)  # drives the shuffle and the workers' base seed
-        if isinstance(self.sampler, DistributedSampler):  # under torchrun: this epoch's shares
-            self.sampler.set_epoch(epoch)
-        if self.num_workers == 0:
-            reseed(self.dataset.transform, seed)
-
-    def preview(self, n: int = 8, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
-        """As ``TensorLoader.preview``: the first ``n`` images, as stored and as trained on."""
-        dataset = self.dataset
-        originals = dataset.originals(n)
-        reseed(dataset.transform, seed)  # set_epoch re-seeds it before training
-        return originals, torch.stack([dataset.transform(image=im)["image"] for im in originals])
-
-
-def make_loader(images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int, *,
-                train: bool, augment=None, classes=None, num_workers: int | None = None,
-                seed: int = 0) -> SeededDataLoader:
-    """The classic path. ``augment``: an ``Augment``, a list of albumentations transforms (e.g.
-    ``classic_augment(size)``; normalisation is appended), or None; used in training only."""
-    images, labels, mean, std, num_classes = _check_arrays(images, labels, mean, std, batch_size,
-                                                           train, classes, augment)
-    transform = pipeline(augment if train else None, mean, std, images.shape[1:3])
-    if num_workers is None:  # workers pay off only when there is enough per-image work
-        num_workers = min(8, os.cpu_count() or 1) if len(labels) > 4096 else 0
-    augment = augment if train else None
-    return seeded_loader(AlbumentationsDataset(images, labels, transform), batch_size,
-                         train=train, num_workers=num_workers, seed=seed, mean=mean, std=std,
-                         labels=labels, num_classes=num_classes, augment=augment,
-                         fingerprint=fingerprint(images, labels, classes, augment, batch_size, seed))
-
-
-def seeded_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: int,
-                  seed: int, **about) -> SeededDataLoader:
-    """A DataLoader over ``dataset`` as ``make_loader`` describes: shuffled and dropping the last
-    batch in training, seeded, and under torchrun this process's share with its part of the batch.
-    ``about``: what the loader knows of its data (SeededDataLoader's keyword arguments)."""
-    rank, procs = world()
-    sampler = None
-    if procs > 1:  # torchrun: the same shuffled shares in every process; test: consecutive shares
-        sampler = (DistributedSampler(dataset, procs, rank, shuffle=True, seed=seed, drop_last=True)
-                   if train else np.array_split(np.arange(len(dataset)), procs)[rank].tolist())
-    if num_workers == 0:  # else albumentations seeds itself from the OS, and a pass before the
-        reseed(dataset.transform, seed + rank_offset(rank))  # first set_epoch (a range test) varies
-    return SeededDataLoader(
-        dataset, seed=seed, train=train, **about,
-        batch_size=share(batch_size) if train else batch_size,
-        shuffle=train and sampler is None, sampler=sampler, drop_last=train,
-        num_workers=num_workers, worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(seed + rank_offset(rank)),
-        pin_memory=torch.cuda.is_available())

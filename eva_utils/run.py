@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .checkpoint import RunFolder, model_identity, rng_state, set_rng_state
+from .checkpoint import model_identity, rng_state, set_rng_state
+from .run_folder import RunFolder
 from .config import TrainConfig
 from .ema import EMA
 from .history import History

@@ -21,9 +21,11 @@ import albumentations as A
 import numpy as np
 from torch.utils.data import Dataset
 
-from .data import channel_stats, check_image_size, data_root, image_files
+from .data import channel_stats, data_root
+from .folders import check_image_size, image_files
 from .images import read_image
-from .loaders import SeededDataLoader, check_stats, seeded_loader
+from .loaders import check_stats
+from .workers import SeededDataLoader, seeded_loader
 from .transforms import normalize
 
 STATS_SAMPLE = 256  # images read to estimate the mean and std when none are given

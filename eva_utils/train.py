@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .budget import Budget
-from .checkpoint import RunFolder, check_resumable, load_checkpoint
+from .checkpoint import check_resumable, load_checkpoint
+from .run_folder import RunFolder
 from .config import TrainConfig
 from .ema import EMA
 from .guards import (check_arguments, check_finite, check_first_batch, check_test_loss,

@@ -41,7 +41,7 @@ def main() -> None:
 
     eva.seed_everything(args.seed)
     size = args.image_size
-    batch = args.batch_size or default_batch(len(eva.data.image_files(args.root)[1]))
+    batch = args.batch_size or default_batch(len(eva.folders.image_files(args.root)[1]))
     if args.stream:
         train = eva.folder_loader(args.root, "train", batch, image_size=size,
                                   flip=args.flip, num_workers=args.workers, seed=args.seed)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import eva_utils as eva
-from eva_utils.loaders import make_loader, reseed
+from eva_utils.loaders import reseed
+from eva_utils.workers import make_loader
 from eva_utils.transforms import Augment, denormalize, normalize
 
 PAD, CUT = 4, 8

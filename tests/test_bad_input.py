@@ -395,7 +395,7 @@ def _viewer_cases(folder):
 
 def test_files_decode_to_the_pixels_a_viewer_shows(tmp_path):
     for name, (shape, value) in _viewer_cases(tmp_path).items():
-        array = eva.data.read_image(tmp_path / name)
+        array = eva.images.read_image(tmp_path / name)
         assert array.shape == (*shape, 3), name
         if value is not None:
             assert abs(int(array.mean()) - value) <= 1, name
@@ -413,7 +413,7 @@ def test_an_image_too_large_is_refused_before_it_is_decoded(tmp_path, monkeypatc
 def test_a_cache_decoded_by_older_rules_is_rebuilt(tmp_path, make_folder, monkeypatch):
     root = make_folder(tmp_path, per_class=1, classes=("a", "b"))
     eva.load_image_folder(root)
-    monkeypatch.setattr(eva.data, "DECODER", "next")
+    monkeypatch.setattr(eva.cache, "DECODER", "next")
     assert "cached" not in eva.load_image_folder(root).source
     assert "cached" in eva.load_image_folder(root).source
 

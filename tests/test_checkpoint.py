@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import eva_utils as eva
-from eva_utils.checkpoint import CheckpointError, RunFolder, atomic_save, load_checkpoint
+from eva_utils.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from eva_utils.run_folder import RunFolder
 from test_train import Tiny, cfg, loaders
 
 

@@ -5,7 +5,11 @@ import pytest
 from PIL import Image
 
 import eva_utils as eva
-from eva_utils.data import CACHE_NAME, DataError, channel_stats, load_cifar10, load_image_folder
+from eva_utils.cache import CACHE_NAME
+from eva_utils.cifar10 import load_cifar10
+from eva_utils.data import channel_stats
+from eva_utils.folders import load_image_folder
+from eva_utils.images import DataError
 
 
 def test_image_folder_loads_in_cifar_order_and_caches(image_folder):

@@ -369,18 +369,18 @@ def test_figures_say_what_they_show(tiny, monkeypatch):
     assert list(fig.axes[0].lines[2].get_ydata()) == [44, 64]
     plain = eva.History([1.0, 0.5], [50, 70], [1.1, 0.7], [45, 65], [0.1, 0.05], [1, 1])
     assert [line.get_label() for line in eva.plot_history(plain).axes[0].lines] == ["test", "train"]
-    import eva_utils.plots
+    import eva_utils.galleries
     torch.manual_seed(0)
     model = eva.SmallResNet(num_classes=10, repeats=1)
     wrong = eva.misclassified(eva.predict(model, eva.TensorLoader(
         tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 50, train=False), tiny.classes))
-    real = eva_utils.plots.gradcam
+    real = eva_utils.galleries.gradcam
 
     def first_map_zero(*args):
         masks = real(*args)
         masks[0] = 0
         return masks
-    monkeypatch.setattr(eva_utils.plots, "gradcam", first_map_zero)
+    monkeypatch.setattr(eva_utils.galleries, "gradcam", first_map_zero)
     fig = eva.plot_gradcam(model, wrong, "block3", tiny.mean, tiny.std, n=2)
     said = [[t.get_text() for t in ax.texts] for ax in fig.axes]
     assert said[:4] == [[], [], ["zero\neverywhere"], []]  # row 2, column 1: the zero map
