@@ -93,15 +93,19 @@ class TrainConfig:
     def __post_init__(self):
         self.validate()
 
+    def __setattr__(self, name: str, value) -> None:
+        # Canonical forms at every assignment, cfg.betas = [0.9, 0.99] after building too: tuples
+        # (compared on resume), and a path as text (a checkpoint holds plain values only).
+        if name in ("betas", "milestones") and isinstance(value, list):
+            value = tuple(value)
+        if name == "checkpoint_dir" and isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        super().__setattr__(name, value)
+
     def validate(self) -> None:
-        """Raise one ValueError naming every invalid field. Runs when the config is built and again
-        in ``fit``, so a field changed afterwards (``cfg.schedule = "cosine"``) is checked too."""
-        if isinstance(self.checkpoint_dir, os.PathLike):
-            self.checkpoint_dir = os.fspath(self.checkpoint_dir)
-        if isinstance(self.betas, (list, tuple)):
-            self.betas = tuple(self.betas)
-        if isinstance(self.milestones, (list, tuple)):
-            self.milestones = tuple(self.milestones)
+        """Raise one ValueError naming every invalid field, changing none. Runs when the config is
+        built and again in ``fit``, so a field changed afterwards (``cfg.schedule = "cosine"``) is
+        checked too."""
         bad = []
         for f in fields(self):
             valid, words = RULES[f.name]

@@ -119,6 +119,19 @@ def test_config_names_every_bad_field_at_once():
         ["epochs", "lr", "momentum"]
 
 
+def test_config_keeps_canonical_forms_and_validate_changes_nothing(tmp_path):
+    """validate() turned lists into tuples and paths into text as it checked them (a check with a
+    side effect); now every assignment does, before and after building, and validate only reads."""
+    config = eva.TrainConfig(betas=[0.9, 0.99], milestones=[2, 4], checkpoint_dir=tmp_path / "a")
+    assert (config.betas, config.milestones, config.checkpoint_dir) == ((0.9, 0.99), (2, 4),
+                                                                        str(tmp_path / "a"))
+    config.betas, config.checkpoint_dir = [0.8, 0.9], tmp_path / "b"  # a later edit
+    assert (config.betas, config.checkpoint_dir) == ((0.8, 0.9), str(tmp_path / "b"))
+    before = asdict(config)
+    config.validate()
+    assert asdict(config) == before
+
+
 def test_nan_loss_names_epoch_and_batch(tiny):
     class Explodes(Tiny):
         calls = 0
