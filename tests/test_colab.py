@@ -13,7 +13,8 @@ import nbformat
 import pytest
 
 import eva_utils as eva
-from eva_utils.checkpoint import RunFolder, load_checkpoint
+from eva_utils.checkpoint import load_checkpoint
+from eva_utils.run_folder import RunFolder
 from eva_utils.serve import main as serve
 from test_resume import ROOT, same_run, up_to_the_record
 
