@@ -29,20 +29,27 @@ Modules, one noun each:
     run           Run: a run's live state, saved and restored by checkpoints
     guards        fit's checks (arguments, first batch, NaN, divergence, memory)
     budget        time_budget, BudgetSpent
-    checkpoint    random states, durable files, the folder lock, the resume checks
-    history, ema  a run's per-epoch record; the weight average
+    checkpoint    random states, durable checkpoint files, the resume checks
+    run_folder    RunFolder: one run per checkpoint folder, its lock kept alive
+    history       History: a run's per-epoch record
+    ema           the weight average
     inference     evaluate and predict, one path; misclassified, confusion_matrix
     results       run_record, save_json
     lr_finder     lr_range_test and its named rules
     plots         figures of training: curves, schedules, the range test, augmentation
     galleries     figures of answers: confusion matrix, mistakes, Grad-CAM panels
-    gradcam, summary  Grad-CAM masks; torchinfo tables
+    gradcam       Grad-CAM masks, the model left as it was
+    summary       torchinfo tables in the assignments' format
     distributed   torchrun: process group, DDP, sums over processes
-    classifier, app, deploy, serve one image in; the Gradio page; export_app; the command line
-    lightning     EvaModule, EvaDataModule (import it yourself: eva_utils.lightning) Depends only on torch, torchvision, numpy,
-pillow, albumentations, opencv, matplotlib, grad-cam, torch-lr-finder, torchinfo and tqdm, so the
-folder can be copied into another project as it is; the app needs gradio and safetensors and
-eva_utils.lightning needs lightning, each imported only when used.
+    classifier    one image in: top classes and Grad-CAM; the app's weights folder
+    app, deploy   the Gradio page; export_app (the page as a folder for Spaces)
+    serve         python -m eva_utils.serve CHECKPOINT; export_checkpoint
+    lightning     EvaModule, EvaDataModule (import it yourself: eva_utils.lightning)
+
+Depends only on torch, torchvision, numpy, pillow, albumentations, opencv, matplotlib, grad-cam,
+torch-lr-finder, torchinfo and tqdm, so the folder can be copied into another project as it is; the
+app needs gradio and safetensors and eva_utils.lightning needs lightning, each imported only when
+used.
 """
 from . import distributed
 from .app import build_app
@@ -54,6 +61,7 @@ from .data import (CIFAR10_CLASSES, ImageData, channel_stats, data_root, smoke_m
 from .deploy import export_app
 from .distributed import is_main
 from .folders import load_image_folder
+from .galleries import plot_confusion, plot_gradcam, plot_misclassified
 from .gradcam import gradcam, gradcam_layers
 from .inference import Predictions, confusion_matrix, evaluate, misclassified, predict
 from .loaders import TensorLoader

@@ -76,8 +76,8 @@ class EvaModule(L.LightningModule):
         if self.nhwc:
             self.model.to(memory_format=torch.channels_last)
         # What evaluate and predict answer in afterwards, as after fit: the Trainer's arithmetic.
-        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(self.trainer.precision))
-        self.model.eva_precision = Precision(dtype, self.nhwc)
+        mixed = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+        self.model.eva_precision = Precision(mixed.get(str(self.trainer.precision)), self.nhwc)
 
     def _check_the_trainer(self) -> None:
         """Refuse, naming each, what Lightning would silently do otherwise than the TrainConfig

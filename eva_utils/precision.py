@@ -1,8 +1,8 @@
 """A run's arithmetic, decided once: ``Precision`` (the autocast type and the memory layout). ``fit``
 resolves it from the device, the config and a resumed checkpoint (``Precision.for_run``), keeps it
-in every epoch's record and checkpoint, and leaves it on the model it trained, so that ``evaluate``,
-``predict`` and the app's Grad-CAM answer in the arithmetic the run was scored in. The range test
-and ``EvaModule`` take the same rule (``Precision.choose``).
+in every epoch's record and checkpoint, and leaves it on the model it trained, so that ``evaluate``
+and ``predict`` answer in the arithmetic the run was scored in. The range test and ``EvaModule``
+take the same rule (``Precision.choose``). (The web app answers in float32 on the CPU.)
 """
 from __future__ import annotations
 
