@@ -1,5 +1,5 @@
 """Grad-CAM heat maps (pytorch-grad-cam 1.5), leaving the model as it was found. Figures of them:
-``plots.plot_gradcam``; the web app (``app``) draws them too, so this module needs no matplotlib."""
+``galleries.plot_gradcam``; the web app (``app``) draws them too, so this module needs no matplotlib."""
 from __future__ import annotations
 
 from contextlib import contextmanager

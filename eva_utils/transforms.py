@@ -1,7 +1,7 @@
 """Augmentation: one description, ``Augment``, and the two backends that carry it out.
 
 * ``Augment.albumentations(mean, std, size)``: a per-image albumentations pipeline (2.x argument
-  names, strict) for the classic DataLoader path (``loaders.make_loader``);
+  names, strict) for the classic DataLoader path (``workers.make_loader``);
 * ``Augment.__call__(x)``: the same steps as batched tensor ops on any device, for ``TensorLoader``.
 
 Both do, in this order: pad ``pad`` pixels with reflection (no edge repeat: cv2's BORDER_REFLECT_101
