@@ -16,6 +16,8 @@ import contextlib
 import io
 import json
 import os
+import sys
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from torch import nn
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from . import distributed
+from .budget import duration
 from .precision import Precision
 from .runtime import get_device, kept_modes, to_device
 
@@ -149,11 +152,13 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
         try:
             for group in optimizer.param_groups:  # the sweep starts from start_lr
                 group["lr"] = start_lr
-            train_loader = Batches(train_loader, device, nhwc)
+            batches_in = Batches(train_loader, device, nhwc,
+                                 Progress(num_iter, optimizer, sys.stdout if verbose else None))
             with contextlib.redirect_stdout(io.StringIO()):  # its "see the graph with .plot()" hint
-                finder.range_test(train_loader, start_lr=start_lr, end_lr=end_lr,
+                finder.range_test(batches_in, start_lr=start_lr, end_lr=end_lr,
                                   num_iter=num_iter, step_mode="exp")
             lrs, losses = list(finder.history["lr"]), list(finder.history["loss"])
+            batches_in.progress.done(len(lrs))
         finally:
             finder.reset()  # the model's and the optimizer's state dicts, the model's device
     found = picks(lrs, losses)
@@ -165,15 +170,49 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
 
 class Batches(TrainDataLoaderIter):
     """The training batches as ``fit`` feeds them: on ``device``, in its memory layout (an NHWC
-    batch makes every convolution run NHWC). Any loader of (images, labels) batches."""
+    batch makes every convolution run NHWC). Any loader of (images, labels) batches. Each batch
+    taken is a step begun, which ``progress`` counts."""
 
-    def __init__(self, loader, device: torch.device, channels_last: bool):
+    def __init__(self, loader, device: torch.device, channels_last: bool, progress: Progress):
         super().__init__(loader)
-        self.device, self.channels_last = device, channels_last
+        self.device, self.channels_last, self.progress = device, channels_last, progress
 
     def inputs_labels_from_batch(self, batch):
+        self.progress.step()
         x, y = super().inputs_labels_from_batch(batch)
         return to_device(x, y, self.device, self.channels_last)
+
+
+class Progress:
+    """Lines of text, not a bar, at most one every ``EVERY`` seconds, so that a log (papermill's,
+    a terminal's, a saved notebook's) shows a long sweep's progress: torch-lr-finder's own bar is a
+    widget in Jupyter, which papermill's log never shows. A sweep shorter than that prints only its
+    last line. ``out`` None: silent."""
+
+    EVERY = 60.0  # seconds between lines
+
+    def __init__(self, steps: int, optimizer: torch.optim.Optimizer, out):
+        self.steps, self.optimizer, self.out = steps, optimizer, out
+        self.begun, self.started = 0, time.perf_counter()
+        self.last = self.started
+
+    def step(self) -> None:
+        """A step begins: ``begun - 1`` are done."""
+        self.begun += 1
+        now, done = time.perf_counter(), self.begun - 1
+        if self.out is None or done == 0 or now - self.last < self.EVERY:
+            return
+        self.last, spent = now, now - self.started
+        lr = self.optimizer.param_groups[0]["lr"]
+        print(f"LR range test: {done}/{self.steps} steps, lr {lr:.2g}, {duration(spent)} so far, "
+              f"about {duration(spent / done * (self.steps - done))} to go.", file=self.out,
+              flush=True)
+
+    def done(self, steps: int) -> None:
+        if self.out is not None:
+            early = "" if steps == self.steps else f" (of {self.steps}: the loss diverged)"
+            print(f"LR range test: {steps} steps{early} in "
+                  f"{duration(time.perf_counter() - self.started)}.", file=self.out, flush=True)
 
 
 def _load(path: Path | None, setup: dict) -> RangeTest | None:

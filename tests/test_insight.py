@@ -1,4 +1,5 @@
 """LR finder, plots, Grad-CAM and summaries on our real model classes, on CPU."""
+import re
 from contextlib import nullcontext
 
 import matplotlib
@@ -83,6 +84,24 @@ def test_the_range_test_sweeps_in_the_arithmetic_fit_trains_in(tiny, monkeypatch
     seen.clear()
     eva.lr_range_test(model, train, num_iter=6, verbose=False, amp=False, channels_last=False)
     assert set(seen) == {(torch.float32, False)}
+
+
+def test_the_range_test_prints_its_progress_as_lines_a_log_keeps(tiny, monkeypatch, capsys):
+    """torch-lr-finder's bar is a Jupyter widget, which papermill's log never shows (04's 200
+    steps ran 23 min in silence): the sweep prints a line a minute (here every step), and its end."""
+    from eva_utils import lr_finder
+    train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
+    eva.lr_range_test(eva.PlainCNN(num_classes=10), train, num_iter=6)  # under a minute
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("LR range test:")]
+    assert len(lines) == 2 and "6 steps of 20 images" in lines[0]
+    assert re.fullmatch(r"LR range test: 6 steps in \d+ s\.", lines[1])
+    monkeypatch.setattr(lr_finder.Progress, "EVERY", 0.0)
+    eva.lr_range_test(eva.PlainCNN(num_classes=10), train, num_iter=6)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("LR range test:")]
+    assert [re.match(r"LR range test: (\d)/6 steps, lr [\d.e-]+, \d+ s so far, about \d+ s to go\.$",
+                     l).group(1) for l in lines[1:-1]] == ["1", "2", "3", "4", "5"]
+    eva.lr_range_test(eva.PlainCNN(num_classes=10), train, num_iter=6, verbose=False)
+    assert capsys.readouterr().out == ""
 
 
 class OnTheGpu(list):
