@@ -7,8 +7,8 @@
     python scripts/full_runs.py --only 04 --seeds 0 --budget 150 # 04 on a CPU, in 150-minute stretches
 
 Every run keeps checkpoints (and 04's LR range test) in checkpoints/NN-seedS/ (ignored by git) and
-continues from them when run again. With --budget (minutes of training; loading, 04's range test
-and figures come on top) training stops at the last epoch that fits, the script exits with status
+continues from them when run again. With --budget (minutes of training and 04's range test;
+loading and figures come on top) training stops at the last epoch that fits, the script exits with status
 75 ("run me again"), and the same command continues the run; delete checkpoints/NN-seedS/ to start
 that run afresh. Papermill executes into runs/full/ first, so an unfinished stretch never
 overwrites a committed notebook.
@@ -155,8 +155,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="seeds to run (default: 0; 0 1 2 for 04)")
     p.add_argument("--budget", type=float, default=None,
-                   help="minutes of training in this invocation (loading data, 04's range test "
-                        "and figures come on top); then stop at an epoch's end, exit "
+                   help="minutes of training and 04's range test in this invocation (loading "
+                        "data and figures come on top); then stop at an epoch's end, exit "
                         f"{UNFINISHED}, and continue when run again (default: no limit)")
     p.add_argument("--smoke", action="store_true", help="smoke-sized runs (EVA_SMOKE=1)")
     p.add_argument("--out", type=Path, default=None,
