@@ -58,7 +58,7 @@ def export_app(model: nn.Module, data, predictions, folder: str | Path, *,
                          "data.classes.")
     if isinstance(mistakes, bool) or not isinstance(mistakes, int) or mistakes < 0:
         raise ValueError(f"mistakes={mistakes!r}: give how many wrong answers to show (0 or more).")
-    scored = tuple(predictions.images.shape[-2:])
+    scored = tuple(predictions[:1].images.shape[-2:])
     if scored != tuple(data.image_size):
         raise ValueError(f"The predictions were made on {scored[1]}x{scored[0]} images, but the data "
                          f"is {data.image_size[1]}x{data.image_size[0]}: the app would resize uploads "
@@ -66,7 +66,7 @@ def export_app(model: nn.Module, data, predictions, folder: str | Path, *,
                          "model trained on (image_size=...), and predict on it.")
     clf = Classifier(model, classes, tuple(data.mean), tuple(data.std), data.image_size)
     wrong = misclassified(predictions)
-    pictures = (denormalize(wrong.images[:mistakes], data.mean, data.std) * 255).round()
+    pictures = (denormalize(wrong[:mistakes].images, data.mean, data.std) * 255).round()
     shown = [{"picture": p.to(torch.uint8).numpy(), "true": classes[t], "predicted": classes[q],
               "confidence": float(c)}
              for p, t, q, c in zip(pictures, wrong.labels, wrong.preds, wrong.confidence)]

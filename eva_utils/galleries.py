@@ -93,13 +93,14 @@ def plot_misclassified(wrong: Predictions, mean, std, n: int = 10, cols: int = 5
     n = min(n, len(wrong))
     if n == 0:
         return no_mistakes(path)
-    check_normalised(wrong.images)
+    images = wrong[:n].images  # read from the loader: these n only
+    check_normalised(images)
     cols = min(cols, n)
     rows = -(-n // cols)
     # Constrained layout keeps each row's two-line titles clear of the images above them.
     fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.45 * rows), squeeze=False,
                              layout="constrained")
-    pictures = denormalize(wrong.images[:n], mean, std).numpy()
+    pictures = denormalize(images, mean, std).numpy()
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
@@ -123,7 +124,7 @@ def plot_gradcam(model: nn.Module, wrong: Predictions, layers, mean, std, *, n: 
         return no_mistakes(path)
     layers = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)
     names = [name if isinstance(name, str) else type(name).__name__ for name in layers]
-    images = wrong.images[:n]
+    images = wrong[:n].images  # read from the loader: these n only
     explained = wrong.preds[:n] if target == "pred" else wrong.labels[:n]
     shapes, _ = probe(model, images, layers)
     sizes = {layer: f"{shape[-2]}x{shape[-1]}" for layer, shape in shapes.items()}

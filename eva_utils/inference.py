@@ -3,11 +3,13 @@ one inference path, so a notebook's gallery, confusion matrix and Grad-CAM analy
 predictions whose accuracy it reports."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 
 from .data import check_labels
 from .precision import Precision
@@ -77,16 +79,43 @@ def scores(model: nn.Module, loader, device=None, *, tta: bool = False, amp: boo
 
 @dataclass
 class Predictions:
-    """A model's answers on a loader, with the names of its classes."""
+    """A model's answers on a loader, with the names of its classes. The images are not copied
+    (a copy of every normalised image would be 600 KB each at 224x224, 30 GB for ImageNet's
+    validation set): ``images`` fetches those of the answers at hand from the loader again.
+    ``p[:10]``, ``p[mask]``, ``p[positions]`` select answers."""
 
-    images: torch.Tensor       # float (N, 3, H, W), normalised as the loader gave them, on the CPU
     labels: torch.Tensor       # int64 (N,) true classes
     preds: torch.Tensor        # int64 (N,) predicted classes
     confidence: torch.Tensor   # float (N,) softmax probability of the predicted class, in [0, 1]
     classes: tuple[str, ...]   # classes[i] names class i
+    index: torch.Tensor        # int64 (N,) each answer's position in the loader's order
+    # Where the images are: positions -> float (n, 3, H, W), or a tensor of them (kept images)
+    source: Callable[[torch.Tensor], torch.Tensor] | torch.Tensor = field(repr=False)
+
+    @classmethod
+    def from_images(cls, images: torch.Tensor, labels, preds, confidence, classes) -> Predictions:
+        """Answers on images you hold: float (N, 3, H, W), normalised, one per answer."""
+        return cls(labels, preds, confidence, tuple(classes), torch.arange(len(labels)), images)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getitem__(self, which) -> Predictions:
+        """The answers at a slice, int64 positions or a bool mask of these N, as Predictions."""
+        if isinstance(which, int):  # keep the answer dimension
+            which = slice(which, which + 1 or None)
+        return replace(self, labels=self.labels[which], preds=self.preds[which],
+                       confidence=self.confidence[which], index=self.index[which])
+
+    @property
+    def images(self) -> torch.Tensor:
+        """float (N, 3, H, W) on the CPU, normalised as the loader gave them, fetched now and for
+        these N answers only: ``misclassified(p)[:10].images`` reads ten images."""
+        if isinstance(self.source, torch.Tensor):
+            return self.source[self.index]
+        if not len(self.index):  # no answers: no images, of the loader's shape
+            return self.source(torch.zeros(1, dtype=torch.long))[:0]
+        return self.source(self.index)
 
     @property
     def accuracy(self) -> float:
@@ -94,11 +123,29 @@ class Predictions:
         return 100.0 * int((self.preds == self.labels).sum()) / len(self) if len(self) else 0.0
 
 
+def image_source(loader) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """How to read a test loader's images again by their position in its order: ``TensorLoader``
+    (``images_at``) and an unshuffled ``DataLoader`` over an indexable dataset (ours, or yours)
+    can; anything else (a stream, a list of batches) cannot (None: ``predict`` keeps copies)."""
+    if callable(getattr(loader, "images_at", None)):
+        return loader.images_at
+    dataset = getattr(loader, "dataset", None)
+    if (isinstance(loader, DataLoader) and isinstance(loader.sampler, SequentialSampler)
+            and not isinstance(dataset, IterableDataset)):
+        # Each image as the loader's workers make it, collated as the loader collates a batch.
+        return lambda positions: loader.collate_fn(
+            [dataset[int(i)] for i in positions])[0].cpu()
+    return None
+
+
 def predict(model: nn.Module, loader, classes, device=None, *, tta: bool = False,
             amp: bool | None = None, channels_last: bool | None = None) -> Predictions:
     """Every answer of ``model`` over an unshuffled ``loader``, exactly as ``evaluate`` computes
-    them (pass the same ``tta``). ``classes``: one name per output, e.g. ``data.classes``."""
+    them (pass the same ``tta``). ``classes``: one name per output, e.g. ``data.classes``. The
+    images stay in the loader (``Predictions.images`` reads them again) unless it cannot be read
+    by position (``image_source``): then they are kept as float copies on the CPU."""
     classes = tuple(classes)
+    source = image_source(loader)
     out = {"images": [], "labels": [], "preds": [], "confidence": []}
     for x, y, logits, _ in outputs(model, loader, device, tta=tta, amp=amp,
                                    channels_last=channels_last):
@@ -106,19 +153,20 @@ def predict(model: nn.Module, loader, classes, device=None, *, tta: bool = False
             raise ValueError(f"The model has {logits.shape[1]} outputs but {len(classes)} class "
                              f"names were given. Fix: pass one name per class (data.classes).")
         conf, pred = logits.softmax(1).max(1)
-        for key, value in zip(out, (x, y, pred, conf)):
+        for key, value in zip(out, (x if source is None else x[:0], y, pred, conf)):
             out[key].append(value.cpu())
     if not out["labels"]:
         raise ValueError("The loader yielded no images; check the split is not empty.")
-    return Predictions(**{k: torch.cat(v) for k, v in out.items()}, classes=classes)
+    labels = torch.cat(out["labels"])
+    return Predictions(labels, torch.cat(out["preds"]), torch.cat(out["confidence"]), classes,
+                       torch.arange(len(labels)),
+                       torch.cat(out["images"]) if source is None else source)
 
 
 def misclassified(p: Predictions) -> Predictions:
     """The wrong answers of ``p``, most confident first (may be empty)."""
     wrong = (p.preds != p.labels).nonzero().flatten()
-    wrong = wrong[p.confidence[wrong].argsort(descending=True)]
-    return Predictions(p.images[wrong], p.labels[wrong], p.preds[wrong], p.confidence[wrong],
-                       p.classes)
+    return p[wrong[p.confidence[wrong].argsort(descending=True)]]
 
 
 def confusion_matrix(p: Predictions) -> torch.Tensor:

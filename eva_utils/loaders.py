@@ -214,6 +214,14 @@ class TensorLoader:
             idx = order[b * size:(b + 1) * size][first:first + self.part]
             yield self._batch(idx), self.labels[idx]
 
+    def images_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """float (n, 3, H, W) on the CPU: the images at these positions of a test pass, exactly
+        as it yields them (``Predictions.images`` reads them so, instead of keeping copies)."""
+        if self.train:
+            raise ValueError("images_at reads a test loader's images in their order; this loader "
+                             "shuffles (train=True).")
+        return self._batch(self._order()[positions.to(self.device)]).cpu()
+
     def preview(self, n: int = 8, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
         """The first ``n`` images as stored (uint8 (n, H, W, 3)) and as this loader would train
         on them (float (n, 3, H, W), normalised), with randomness from ``seed``."""

@@ -2,6 +2,7 @@
 eva.predict, bad uploads, the exported folder (complete, no training code, runs on its own) and the
 deploy command. The page itself is driven in a browser in test_browser.py."""
 import ast
+import dataclasses
 import json
 import os
 import re
@@ -224,7 +225,7 @@ def test_export_refuses_what_it_cannot_serve(trained, tmp_path):
     with pytest.raises(FileExistsError, match="no earlier export"):
         eva.export_app(model, data, p, tmp_path / "notes")
     assert (tmp_path / "notes" / "todo.txt").exists()
-    other = eva.Predictions(p.images, p.labels, p.preds, p.confidence, tuple("abcd"))
+    other = dataclasses.replace(p, classes=tuple("abcd"))
     with pytest.raises(ValueError, match="predict on this data's test loader"):
         eva.export_app(model, data, other, tmp_path / "space")
     with pytest.raises(ValueError, match="mistakes=-1"):

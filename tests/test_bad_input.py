@@ -263,7 +263,7 @@ def test_plot_counts_must_be_whole_and_positive(wrong, kw, tiny):
 
 def test_gradcam_checks_layers_classes_and_narrows_the_panel(wrong, tiny):
     model, mistakes = wrong
-    images = mistakes.images[:4]
+    images = mistakes[:4].images
     with pytest.raises(ValueError, match="6 class indices for 4 images"):
         eva.gradcam(model, images, "layer2", torch.zeros(6, dtype=torch.long))
     with pytest.raises(ValueError, match="'fc' outputs .* not \\(B, C, H, W\\).*layer1"):
@@ -274,8 +274,8 @@ def test_gradcam_checks_layers_classes_and_narrows_the_panel(wrong, tiny):
 
 def test_gradcam_warns_about_a_one_pixel_map(tiny):
     model = eva.CustomResNet(num_classes=2)
-    p = eva.Predictions(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), torch.tensor([1, 0]),
-                        torch.tensor([0.6, 0.7]), ("a", "b"))
+    p = eva.Predictions.from_images(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]),
+                                    torch.tensor([1, 0]), torch.tensor([0.6, 0.7]), ("a", "b"))
     with pytest.warns(UserWarning, match="layer3: a 1-pixel-wide feature map"):
         eva.plot_gradcam(model, p, ["layer3"], (0.5,) * 3, (0.25,) * 3)
 
@@ -285,8 +285,8 @@ def test_confusion_with_many_classes_shows_the_worst(tmp_path):
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, k, (n,), generator=g)
     preds = torch.where(torch.rand(n, generator=g) < 0.5, labels, (labels + 1) % k)
-    p = eva.Predictions(torch.zeros(n, 1, 1, 1), labels, preds, torch.ones(n),
-                        tuple(f"class {i}" for i in range(k)))
+    p = eva.Predictions.from_images(torch.zeros(n, 1, 1, 1), labels, preds, torch.ones(n),
+                                    tuple(f"class {i}" for i in range(k)))
     fig = eva.plot_confusion(p, path=tmp_path / "c.png")
     assert len(fig.axes) == 2 and "Most confused" in fig.axes[0].get_title()
     assert len(fig.axes[0].patches) == 20 and (tmp_path / "c.png").stat().st_size > 0

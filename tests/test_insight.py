@@ -200,6 +200,33 @@ def test_predict_misclassified_and_confusion(tiny, test_loader):
         eva.predict(model, test_loader, tiny.classes[:9])
 
 
+def test_predictions_read_their_images_from_the_loader_not_copies(tiny, test_loader):
+    """predict kept a float copy of every image (30 GB for ImageNet's validation set): now each
+    answer points into the loader, and .images reads exactly what the loader yielded, for the
+    answers selected only. A loader that cannot be read by position keeps copies, as before."""
+    model = eva.PlainCNN(num_classes=10)
+    classic = eva.make_loader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 30,
+                              train=False, num_workers=0)
+    as_list = list(test_loader)  # a list of batches: nothing to read again
+    for loader, copies in ((test_loader, False), (classic, False), (as_list, True)):
+        yielded = torch.cat([x for x, _ in loader])
+        p = eva.predict(model, loader, tiny.classes)
+        assert isinstance(p.source, torch.Tensor) is copies
+        assert torch.equal(p.images, yielded)
+        wrong = eva.misclassified(p)
+        assert torch.equal(wrong[:4].images, yielded[wrong.index[:4]])
+        assert torch.equal(wrong[2].images, yielded[wrong.index[2:3]]) and len(wrong[2]) == 1
+        assert wrong[:0].images.shape == (0, 3, 32, 32)
+    reads = []
+    p = eva.predict(model, test_loader, tiny.classes)
+    p.source = lambda positions: reads.append(len(positions)) or test_loader.images_at(positions)
+    eva.plot_misclassified(eva.misclassified(p), tiny.mean, tiny.std, n=3)
+    assert reads == [3]  # the gallery reads the three images it shows, nothing more
+    with pytest.raises(ValueError, match="this loader shuffles"):
+        eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20,
+                         train=True).images_at(torch.arange(3))
+
+
 def test_misclassified_gallery_panels_and_titles(tiny, test_loader, tmp_path):
     wrong = eva.misclassified(eva.predict(eva.PlainCNN(num_classes=10), test_loader, tiny.classes))
     fig = eva.plot_misclassified(wrong, tiny.mean, tiny.std, n=7, cols=4, path=tmp_path / "m.png")
@@ -209,20 +236,19 @@ def test_misclassified_gallery_panels_and_titles(tiny, test_loader, tmp_path):
     assert shown[0].get_title() == (f"{c[wrong.labels[0]]}\n→ {c[wrong.preds[0]]} "
                                     f"({100 * wrong.confidence[0]:.0f}%)")
     few = eva.misclassified(eva.predict(eva.PlainCNN(num_classes=10), test_loader, tiny.classes))
-    few = Predictions(*(getattr(few, f)[:3] for f in
-                                      ("images", "labels", "preds", "confidence")), few.classes)
+    few = few[:3]
     fig = eva.plot_misclassified(few, tiny.mean, tiny.std, n=10)  # fewer than asked: what there is
     assert sum(1 for ax in fig.axes if ax.images) == 3
 
 
 def test_no_mistakes_and_unnormalised_images(tiny):
-    empty = Predictions(torch.zeros(0, 3, 32, 32), *(torch.zeros(0, dtype=torch.long),) * 2,
-                        torch.zeros(0), tiny.classes)
+    empty = Predictions.from_images(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long),
+                                    torch.zeros(0, dtype=torch.long), torch.zeros(0), tiny.classes)
     fig = eva.plot_misclassified(empty, tiny.mean, tiny.std)
     assert "No mistakes" in fig.axes[0].texts[0].get_text()
     raw = torch.from_numpy(tiny.test_images[:4]).permute(0, 3, 1, 2).float()
-    bad = Predictions(raw, torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long),
-                      torch.ones(4), tiny.classes)
+    bad = Predictions.from_images(raw, torch.zeros(4, dtype=torch.long),
+                                  torch.ones(4, dtype=torch.long), torch.ones(4), tiny.classes)
     with pytest.raises(ValueError, match="look unnormalised"):
         eva.plot_misclassified(bad, tiny.mean, tiny.std, n=2)
     with pytest.raises(ValueError, match="look unnormalised"):
@@ -278,7 +304,7 @@ def test_gradcam_targets_and_panel(tiny, test_loader):
     torch.manual_seed(0)
     model = eva.ResNet18(norm="layer", num_classes=10)
     wrong = eva.misclassified(eva.predict(model, test_loader, tiny.classes))
-    images = wrong.images[:3]
+    images = wrong[:3].images
     by_pred = eva.gradcam(model, images, "layer3", None)
     np.testing.assert_allclose(by_pred, eva.gradcam(model, images, "layer3", wrong.preds[:3]),
                                atol=1e-5)
@@ -293,8 +319,7 @@ def test_gradcam_targets_and_panel(tiny, test_loader):
         eva.gradcam(model, images, "layer9")
     with pytest.raises(ValueError, match="not part of this"):
         eva.gradcam(model, images, torch.nn.Conv2d(3, 3, 1))
-    three = Predictions(*(getattr(wrong, f)[:3] for f in ("images", "labels", "preds", "confidence")),
-                        wrong.classes)
+    three = wrong[:3]
     fig = eva.plot_gradcam(model, three, "layer3", tiny.mean, tiny.std, n=10)  # shows the 3 there are
     assert sum(1 for ax in fig.axes if ax.images) == 2 * 3
 
