@@ -44,7 +44,8 @@ class Budget:
                 f"{cfg.epochs}; the run is saved in {Path(cfg.checkpoint_dir) / 'last.pt'}. To go "
                 "on, run the same code again with resume=True (a notebook: run it again).")
 
-    def took(self, seconds: float) -> None:
+    def record_epoch(self, seconds: float) -> None:
+        """An epoch (training and testing) took ``seconds``: the next check plans for the longest."""
         self.longest = max(self.longest, seconds)
 
 

@@ -53,6 +53,33 @@ class RangeTest:
         """The suggestion: the ``valley`` rule (see the module doc for why)."""
         return self.valley
 
+    @classmethod
+    def from_curve(cls, lrs, losses) -> RangeTest:
+        """Every rule's pick from a recorded curve; an error when it is too short to mean
+        anything, a warning when the loss never fell, or never turned up (the picks then sit at
+        an edge)."""
+        ok = np.isfinite(np.asarray(losses, float))
+        lrs_ok = np.asarray(lrs, float)[ok]
+        losses_ok = np.asarray(losses, float)[ok]
+        if len(lrs_ok) < MIN_POINTS:
+            raise ValueError(f"The range test recorded only {len(lrs_ok)} usable steps before the "
+                             f"loss exploded (from lr {lrs[0] if lrs else float('nan'):.3g}): too "
+                             "few to suggest anything. Fix: lower start_lr (e.g. 1e-5) or raise "
+                             "num_iter.")
+        lowest = int(np.argmin(losses_ok))
+        if lowest == 0:
+            warnings.warn(f"The smoothed loss never went below its first value "
+                          f"({losses_ok[0]:.3g}) during the range test, so its picks are "
+                          "unreliable. Fix: lower start_lr, or check the model and data.",
+                          stacklevel=3)
+        elif lowest == len(losses_ok) - 1:
+            warnings.warn(f"The loss was still falling at the end of the sweep (lr "
+                          f"{lrs_ok[-1]:.3g}), so the picks sit at its edge and may be far too "
+                          "high. Fix: raise end_lr or num_iter, or use more batches (a smaller "
+                          "batch size).", stacklevel=3)
+        return cls(list(lrs), list(losses), valley_lr(lrs_ok, losses_ok),
+                   steepest_lr(lrs_ok, losses_ok), lowest_loss_lr(lrs_ok, losses_ok))
+
     def __str__(self) -> str:
         return (f"LR range test over {len(self.lrs)} steps: suggested {self.valley:.3g} (valley); "
                 f"steepest descent {self.steepest:.3g}; loss minimum {self.minimum:.3g}")
@@ -161,7 +188,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
             batches_in.progress.done(len(lrs))
         finally:
             finder.reset()  # the model's and the optimizer's state dicts, the model's device
-    found = picks(lrs, losses)
+    found = RangeTest.from_curve(lrs, losses)
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps({"setup": setup, "result": asdict(found)}, indent=1) + "\n")
@@ -230,29 +257,6 @@ def _load(path: Path | None, setup: dict) -> RangeTest | None:
     warnings.warn(f"{path} holds a range test of {why}; sweeping again and replacing it.",
                   stacklevel=3)
     return None
-
-
-def picks(lrs, losses) -> RangeTest:
-    """Every rule's pick from a recorded curve; an error when it is too short to mean anything, a
-    warning when the loss never fell, or never turned up (the picks then sit at an edge)."""
-    ok = np.isfinite(np.asarray(losses, float))
-    lrs_ok = np.asarray(lrs, float)[ok]
-    losses_ok = np.asarray(losses, float)[ok]
-    if len(lrs_ok) < MIN_POINTS:
-        raise ValueError(f"The range test recorded only {len(lrs_ok)} usable steps before the loss "
-                         f"exploded (from lr {lrs[0] if lrs else float('nan'):.3g}): too few to "
-                         "suggest anything. Fix: lower start_lr (e.g. 1e-5) or raise num_iter.")
-    lowest = int(np.argmin(losses_ok))
-    if lowest == 0:
-        warnings.warn(f"The smoothed loss never went below its first value ({losses_ok[0]:.3g}) "
-                      "during the range test, so its picks are unreliable. Fix: lower start_lr, "
-                      "or check the model and data.", stacklevel=3)
-    elif lowest == len(losses_ok) - 1:
-        warnings.warn(f"The loss was still falling at the end of the sweep (lr {lrs_ok[-1]:.3g}), "
-                      "so the picks sit at its edge and may be far too high. Fix: raise end_lr or "
-                      "num_iter, or use more batches (a smaller batch size).", stacklevel=3)
-    return RangeTest(list(lrs), list(losses), valley_lr(lrs_ok, losses_ok),
-                     steepest_lr(lrs_ok, losses_ok), lowest_loss_lr(lrs_ok, losses_ok))
 
 
 def valley_lr(lrs, losses) -> float:

@@ -24,7 +24,7 @@ class Run:
     forward: nn.Module             # the model, or its DDP / torch.compile'd wrapper
     optimizer: torch.optim.Optimizer
     scheduler: object
-    step_every: str                # when the scheduler steps: "batch", "epoch" or "plateau"
+    step_every: str                # when the scheduler steps: a key of schedule.STEP_EVERY
     precision: Precision           # autocast type and memory layout, for the whole run
     scaler: torch.amp.GradScaler   # on for float16 only
     ema: EMA | None
@@ -37,7 +37,7 @@ class Run:
     loss_scale: float = 1.0          # the scaler's scale before the next step (1.0 without one)
 
     @property
-    def scored(self) -> nn.Module:
+    def tested_model(self) -> nn.Module:
         """What each epoch is tested on: the weight average with EMA, else the model."""
         return self.ema.module if self.ema is not None else self.model
 

@@ -15,8 +15,14 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
+# When a scheduler steps, as build_scheduler names it (fit's Run.step_every, EvaModule's interval).
+STEP_EVERY = {"batch": "after every optimizer step (one-cycle)",
+              "epoch": "after every epoch (step, multistep, constant)",
+              "plateau": "after every epoch, given the test loss (ReduceLROnPlateau)"}
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int):
-    """The LR schedule and how often it steps: "batch", "epoch" or "plateau" (epoch, on test loss)."""
+    """The LR schedule, and when it steps: a key of ``STEP_EVERY``."""
     s = cfg.schedule
     if s == "onecycle":
         total = cfg.epochs * steps_per_epoch

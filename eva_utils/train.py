@@ -81,7 +81,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
                 tqdm.write(epoch_line(run.history, epoch))
             if folder is not None:
                 folder.save(run.state(cfg, train_loader), best=best)
-            budget.took(time.perf_counter() - started)
+            budget.record_epoch(time.perf_counter() - started)
             if folder is not None:  # alive, and how long the next epoch may stay silent
                 folder.beat(longest=budget.longest)
     if run.ema is not None:  # leave the averaged weights in the caller's model
@@ -135,10 +135,10 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
 
 
 def evaluate_epoch(run: Run, loader, cfg: TrainConfig) -> tuple[float, float, float]:
-    """(mean test loss, accuracy %, accuracy % without TTA) of the run's scored model, in the
+    """(mean test loss, accuracy %, accuracy % without TTA) of the run's tested model (the weight average with EMA), in the
     run's precision and layout, over every process's share of ``loader``."""
     device = run.device
-    return scores(run.scored, loader, device, tta=cfg.tta, amp=run.precision.dtype or False,
+    return scores(run.tested_model, loader, device, tta=cfg.tta, amp=run.precision.dtype or False,
                   channels_last=run.precision.channels_last,
                   total=lambda c: distributed.total(c, device))
 

@@ -161,22 +161,22 @@ def test_other_ranks_join_fits_process_group_not_gloo(tiny, a_t4, monkeypatch):
 
 
 def test_suggestions_on_a_known_curve():
-    from eva_utils.lr_finder import picks
+    from eva_utils.lr_finder import RangeTest
     lrs = np.logspace(-4, 1, 60)
     x = np.log10(lrs)
     # falls fastest at 1e-2, bottoms out near 0.3, then explodes (with a NaN at the very end)
     losses = 2 - np.tanh((x + 2) * 3) + np.where(x > -0.5, 4 * (x + 0.5) ** 2, 0)
     losses[-1] = np.nan
-    result = picks(lrs, losses)
+    result = RangeTest.from_curve(lrs, losses)
     assert result.steepest == pytest.approx(1e-2, rel=0.25)
     assert result.minimum == pytest.approx(10 ** -0.5, rel=0.25)
     # valley: halfway along the longest fall, which here runs from the start to the minimum
     end = int(np.nanargmin(losses))  # fastai's index: start + int(span / 3) + int(span / 6)
     assert result.valley == lrs[int(end / 3) + int(end / 3 / 2)] and end == 41
     with pytest.raises(ValueError, match="only 1 usable steps"):
-        picks([1e-3, 1e-2], [1.0, np.inf])
+        RangeTest.from_curve([1e-3, 1e-2], [1.0, np.inf])
     with pytest.warns(UserWarning, match="never went below its first value"):
-        picks(lrs[:10], np.linspace(1, 2, 10))
+        RangeTest.from_curve(lrs[:10], np.linspace(1, 2, 10))
 
 
 def test_predict_misclassified_and_confusion(tiny, test_loader):
@@ -440,11 +440,11 @@ def test_figures_say_what_they_show(tiny, monkeypatch):
 
 def test_steepest_never_lies_past_the_loss_minimum():
     """Notebook 04's curve: falls, reaches its minimum, rises, dips steeply, rises again."""
-    from eva_utils.lr_finder import picks
+    from eva_utils.lr_finder import RangeTest
     lrs = list(np.geomspace(1e-4, 10, 60))
     losses = list(np.r_[np.linspace(2.3, 1.2, 30), np.linspace(1.25, 2.0, 15),
                         np.linspace(1.6, 1.3, 5), np.linspace(1.4, 3.0, 10)])
-    result = picks(lrs, losses)
+    result = RangeTest.from_curve(lrs, losses)
     assert result.steepest <= result.minimum == pytest.approx(lrs[29])
 
 

@@ -90,6 +90,10 @@ def test_onecycle_guards_short_runs():
     lrs = eva.lr_schedule(eva.TrainConfig(epochs=1, lr=1.0, pct_start=0.1), 4)  # 0.4 steps -> 2
     assert max(lrs) == pytest.approx(1.0) and len(lrs) == 4
     assert eva.build_scheduler(opt, eva.TrainConfig(schedule="plateau"), 10)[1] == "plateau"
+    from eva_utils.config import SCHEDULES
+    from eva_utils.schedule import STEP_EVERY  # every answer is explained there, and used
+    assert {eva.build_scheduler(opt, eva.TrainConfig(schedule=s, epochs=2), 10)[1]
+            for s in SCHEDULES} == set(STEP_EVERY)
 
 
 @pytest.mark.parametrize("field, value, words", [
