@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class RangeTest:
     valley: float         # fastai's "valley" rule: the suggestion
     steepest: float       # steepest descent of the loss against log(lr)
     minimum: float        # the lowest smoothed loss (assignment 003's one-cycle LRMAX)
+    seconds: float | None = None  # how long the sweep took (kept with the run: a resume's too)
 
     @property
     def minimum_tenth(self) -> float:
@@ -188,7 +189,8 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
             batches_in.progress.done(len(lrs))
         finally:
             finder.reset()  # the model's and the optimizer's state dicts, the model's device
-    found = RangeTest.from_curve(lrs, losses)
+    found = replace(RangeTest.from_curve(lrs, losses),
+                    seconds=round(time.perf_counter() - batches_in.progress.started, 1))
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps({"setup": setup, "result": asdict(found)}, indent=1) + "\n")

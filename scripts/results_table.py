@@ -97,22 +97,38 @@ def rows(results: Path) -> list[str]:
 
 
 def times(results: Path) -> list[str]:
-    """How long each notebook's training took, per device kind, from the full (not smoke) records."""
-    lines = ["| notebook | on a CPU | on a GPU |", "| --- | --- | --- |"]
+    """How long each notebook took, a row per notebook and device (a CPU's model names its kind),
+    with the arithmetic used: the current records (results/NN.json) and the earlier full runs kept
+    in results/earlier/NN-<date>.json when a later run replaced them on another device or recipe."""
+    lines = ["| notebook | device | precision, layout | epochs | training | median epoch | "
+             "LR range test | run |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     both = {"01": " (both models)"}  # 01 trains two models one after the other
     for key in ASSIGNMENT:
-        path = results / f"{key}.json"
-        record = json.loads(path.read_text()) if path.exists() else {"runs": [], "smoke": True}
-        cells = {"cpu": "not measured yet", "gpu": "not measured yet"}
-        runs = [] if record.get("smoke") else record["runs"]
-        for kind in cells:
-            mine = [r for r in runs if r["device"].startswith("cpu") == (kind == "cpu")]
-            if mine:  # runs of one notebook on one device: the models trained one after another
-                total = sum(r["train_seconds"] for r in mine) / len({r.get("seed") for r in mine})
+        paths = [results / f"{key}.json", *sorted((results / "earlier").glob(f"{key}-*.json"),
+                                                  reverse=True)]
+        records = [json.loads(p.read_text()) for p in paths if p.exists()]
+        seen, rows = set(), 0
+        for record in records:
+            runs = [] if record.get("smoke") else record["runs"]
+            for device in dict.fromkeys(r["device"] for r in runs):
+                mine = [r for r in runs if r["device"] == device]  # the models, one after another
+                row = (record["command"], record["date"], device)
+                if row in seen:  # an earlier copy of the current record
+                    continue
+                seen.add(row)
+                seeds = len({r.get("seed") for r in mine})
+                total = sum(r["train_seconds"] for r in mine) / seeds
                 epoch = statistics.median(s for r in mine for s in r["seconds_per_epoch"])
-                cells[kind] = (f"{total / 60:,.0f} min{both.get(key, '')}, median {epoch:,.1f} s "
-                               f"an epoch; {mine[0]['device']}, {arithmetic(mine[0])}")
-        lines.append(f"| {key} | {cells['cpu']} | {cells['gpu']} |")
+                swept = [r["range_test_seconds"] for r in mine if r.get("range_test_seconds")]
+                sweep = (f"{statistics.mean(swept) / 60:,.1f} min" if swept else
+                         "not recorded" if key == "04" else "none")
+                lines.append(f"| {key} | {device} | {arithmetic(mine[0])} | "
+                             f"{mine[0].get('epochs', '')} | {total / 60:,.0f} min{both.get(key, '')}"
+                             f"{f' (mean of {seeds} seeds)' if seeds > 1 else ''} | "
+                             f"{epoch:,.1f} s | {sweep} | `{record['command']}` ({record['date']}) |")
+                rows += 1
+        if not rows:
+            lines.append(f"| {key} | | | | not measured yet | | | |")
     return lines
 
 

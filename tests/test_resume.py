@@ -114,6 +114,7 @@ def test_the_range_test_is_kept_with_the_run_and_never_trusted_blindly(tiny, tmp
     capsys.readouterr()
     again = sweep()
     assert again == first and "loaded from" in capsys.readouterr().out
+    assert first.seconds > 0  # the sweep's own time, kept: a resumed run's record reports it
     kept.write_text('{"setup": {"model": "PlainCNN"}, "result": {"lrs"')  # cut short
     with pytest.warns(UserWarning, match="unreadable.*sweeping again"):
         redone = sweep()
