@@ -131,7 +131,7 @@ def image_source(loader) -> Callable[[torch.Tensor], torch.Tensor] | None:
         return loader.images_at
     dataset = getattr(loader, "dataset", None)
     if (isinstance(loader, DataLoader) and isinstance(loader.sampler, SequentialSampler)
-            and not isinstance(dataset, IterableDataset)):
+            and loader.batch_size is not None and not isinstance(dataset, IterableDataset)):
         # Each image as the loader's workers make it, collated as the loader collates a batch.
         return lambda positions: loader.collate_fn(
             [dataset[int(i)] for i in positions])[0].cpu()
