@@ -6,8 +6,11 @@ Named rules read a learning rate off the curve (as fastai names its suggestion r
   falling. It is the suggestion (``suggested_lr``): ``benchmarks/lr_rules.py`` compares the rules,
   and README's table shows why;
 * ``steepest``: where the loss falls fastest against log(lr), at or before the loss minimum;
-* ``minimum``: the lowest smoothed loss, just before the loss rises (notebook 04 takes it as the
-  one-cycle peak, with a tenth of it as the start);
+* ``minimum``: the lowest smoothed loss, just before the loss rises;
+* ``first_minimum``: the bottom of the curve's first valley, the lowest loss before the loss first
+  rises ``RISE`` above it (notebook 04 takes it as the one-cycle peak, with a tenth of it as the
+  start). A curve can dip again at far higher rates: one sweep of notebook 04 bottomed out at lr
+  0.44, rose 15 % by 1.05 and dipped lower still at 5.94, where ``minimum`` then sat;
 * ``minimum_tenth``: fastai's older rule, a tenth of the minimum.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .precision import Precision
 from .runtime import get_device, kept_modes, to_device
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
+RISE = 0.1  # first_minimum: a loss 10 % above the lowest so far ends the first valley
 AUTO_STEPS = (50, 100)  # num_iter=None: a step per training batch, but at least 50 and at most 100
 
 
@@ -48,6 +52,11 @@ class RangeTest:
     @property
     def minimum_tenth(self) -> float:
         return self.minimum / 10
+
+    @property
+    def first_minimum(self) -> float:
+        """The learning rate at the bottom of the curve's first valley (see the module doc)."""
+        return first_minimum_lr(self.lrs, self.losses)
 
     @property
     def suggested_lr(self) -> float:
@@ -83,7 +92,8 @@ class RangeTest:
 
     def __str__(self) -> str:
         return (f"LR range test over {len(self.lrs)} steps: suggested {self.valley:.3g} (valley); "
-                f"steepest descent {self.steepest:.3g}; loss minimum {self.minimum:.3g}")
+                f"steepest descent {self.steepest:.3g}; loss minimum {self.minimum:.3g}; first "
+                f"minimum {self.first_minimum:.3g}")
 
 
 def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Optimizer | None = None,
@@ -275,6 +285,20 @@ def valley_lr(lrs, losses) -> float:
     start = end - run[end] + 1
     third = (end - start) / 3
     return float(np.asarray(lrs)[start + int(third) + int(third / 2)])
+
+
+def first_minimum_lr(lrs, losses, rise: float = RISE) -> float:
+    """The learning rate of the lowest loss before the loss first climbs ``rise`` (a fraction)
+    above the lowest so far; the overall minimum if it never does. Non-finite losses are skipped."""
+    ok = np.isfinite(np.asarray(losses, float))
+    lrs, losses = np.asarray(lrs, float)[ok], np.asarray(losses, float)[ok]
+    best = 0
+    for i in range(1, len(losses)):
+        if losses[i] < losses[best]:
+            best = i
+        elif losses[i] > losses[best] * (1 + rise):  # the curve has turned up: the valley ended
+            break
+    return float(lrs[best])
 
 
 def lowest_loss_lr(lrs, losses) -> float:

@@ -119,10 +119,12 @@ def plot_lr_finder(result, path=None) -> Figure:
         top, bottom = np.nanmax(losses[:lowest + 1][finite[:lowest + 1]]), losses[lowest]
         margin = 0.1 * (top - bottom) or 0.1 * abs(top) or 0.1
         ax.set_ylim(bottom - margin, top + 2 * margin)
-    for value, color, style, label in (
-            (result.valley, "C1", "--", "suggested (valley)"),
-            (result.steepest, "C2", ":", "steepest descent"),
-            (result.minimum, "C3", "-", "loss minimum")):
+    rules = [(result.valley, "C1", "--", "suggested (valley)"),
+             (result.steepest, "C2", ":", "steepest descent"),
+             (result.minimum, "C3", "-", "loss minimum")]
+    if result.first_minimum != result.minimum:  # the curve dipped again after its first valley
+        rules.append((result.first_minimum, "C4", "-.", "first minimum"))
+    for value, color, style, label in rules:
         ax.axvline(value, color=color, ls=style, label=f"{label}: {value:.2e}")
     ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed loss", title="LR range test")
     ax.grid(alpha=0.3, which="both")

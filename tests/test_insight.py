@@ -86,6 +86,27 @@ def test_the_range_test_sweeps_in_the_arithmetic_fit_trains_in(tiny, monkeypatch
     assert set(seen) == {(torch.float32, False)}
 
 
+def test_the_first_minimum_ignores_a_second_dip_at_far_higher_rates():
+    """Notebook 04's sweep (bfloat16, 2026-12-05, read from its range_test.json): the loss bottomed
+    out at lr 0.44, rose 15 % by 1.05 and dipped lower still at 5.94, so the minimum rule set a
+    one-cycle peak of 5.94. The first minimum is the bottom of the first valley."""
+    from eva_utils.lr_finder import RangeTest
+    lrs = [1e-4, 0.01, 0.1, 0.247, 0.44, 0.587, 0.784, 1.05, 1.4, 2.49, 4.45, 5.94, 7.93]
+    losses = [2.33, 2.14, 1.66, 1.538, 1.516, 1.560, 1.657, 1.745, 1.825, 1.661, 1.539, 1.478, 1.598]
+    found = RangeTest.from_curve(lrs, losses)
+    assert (found.minimum, found.first_minimum) == (5.94, 0.44)
+    assert "first minimum 0.44" in str(found)
+    labels = [t.get_text() for t in eva.plot_lr_finder(found).axes[0].get_legend().get_texts()]
+    assert labels[-1] == "first minimum: 4.40e-01"
+    one_valley = RangeTest.from_curve(lrs[:8], losses[:8])  # a rise of 9 % does not end it early
+    assert one_valley.first_minimum == one_valley.minimum == 0.44
+    assert len(eva.plot_lr_finder(one_valley).axes[0].get_legend().get_texts()) == 3
+    bump = [2.3, 2.0, 1.8, 1.8 * 1.11, 1.7, 1.6, 2.5]  # 11 % above 1.8 ends the first valley
+    assert RangeTest.from_curve(lrs[:7], bump).first_minimum == lrs[2]
+    bump[3] = 1.8 * 1.09  # 9 % does not: the valley goes on down to 1.6
+    assert RangeTest.from_curve(lrs[:7], bump).first_minimum == lrs[5]
+
+
 def test_the_range_test_prints_its_progress_as_lines_a_log_keeps(tiny, monkeypatch, capsys):
     """torch-lr-finder's bar is a Jupyter widget, which papermill's log never shows (04's 200
     steps ran 23 min in silence): the sweep prints a line a minute (here every step), and its end."""
