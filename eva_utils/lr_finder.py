@@ -10,7 +10,7 @@ Named rules read a learning rate off the curve (as fastai names its suggestion r
 * ``first_minimum``: the bottom of the curve's first valley, the lowest loss before the loss first
   rises ``RISE`` above it (notebook 04 takes it as the one-cycle peak, with a tenth of it as the
   start). A curve can dip again at far higher rates: one sweep of notebook 04 bottomed out at lr
-  0.44, rose 15 % by 1.05 and dipped lower still at 5.94, where ``minimum`` then sat;
+  0.392, rose 21 % by 1.32 and dipped lower still at 5.94, where ``minimum`` then sat;
 * ``minimum_tenth``: fastai's older rule, a tenth of the minimum.
 """
 from __future__ import annotations
