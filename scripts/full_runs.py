@@ -11,7 +11,9 @@ continues from them when run again. With --budget (minutes of training and 04's 
 loading and figures come on top) training stops at the last epoch that fits, the script exits with status
 75 ("run me again"), and the same command continues the run; delete checkpoints/NN-seedS/ to start
 that run afresh. Papermill executes into runs/full/ first, so an unfinished stretch never
-overwrites a committed notebook.
+overwrites a committed notebook. A seed that finished keeps its record in
+checkpoints/NN-seedS/finished.json and is never executed again, so a run of several seeds that
+stopped in a later seed continues there (and results/NN.json already holds the finished seeds).
 
 A full run overwrites notebooks/NN_*.ipynb with the executed notebook (seed 0's; other seeds' go to
 runs/), writes figures to images/, each run's record to results/raw/, their summary with the command
@@ -96,8 +98,14 @@ def run_notebook(key: str, out: Path, smoke: bool, command: str, seeds: list[int
                  deadline: float | None) -> None:
     name = NOTEBOOKS[key]
     runs = []
-    for seed in seeds or SEEDS.get(key, [0]):
-        first = not runs
+    for i, seed in enumerate(seeds or SEEDS.get(key, [0])):
+        first = i == 0  # the committed notebook and figures
+        finished = out / "checkpoints" / f"{key}-seed{seed}" / "finished.json"
+        if finished.exists():  # an earlier stretch finished this seed: never execute it again
+            print(f"== {name}, seed {seed}: finished earlier (delete {finished.parent} to "
+                  "train it afresh)", flush=True)
+            runs += json.loads(finished.read_text())["runs"]
+            continue
         executed = (out / "notebooks" / f"{name}.ipynb" if first
                     else out / "runs" / f"{name}-seed{seed}.ipynb")  # runs/ is not committed
         executed.parent.mkdir(parents=True, exist_ok=True)
@@ -121,9 +129,12 @@ def run_notebook(key: str, out: Path, smoke: bool, command: str, seeds: list[int
             raise
         clean(scratch)
         os.replace(scratch, executed)
+        finished.parent.mkdir(parents=True, exist_ok=True)
+        finished.write_text(record.read_text())
         runs += json.loads(record.read_text())["runs"]
-    save(out / "results" / f"{key}.json", {"notebook": key, "command": command, "smoke": smoke,
-                                           "date": today(), "runs": runs})
+        # after every seed, so that a run stopped in a later seed shows the finished ones
+        save(out / "results" / f"{key}.json", {"notebook": key, "command": command,
+                                               "smoke": smoke, "date": today(), "runs": runs})
 
 
 def run_benchmark(out: Path, smoke: bool, command: str) -> None:

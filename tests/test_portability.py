@@ -269,6 +269,40 @@ def test_full_runs_trains_every_seed_in_order(tmp_path, monkeypatch):
         ["04_custom_resnet-seed1.ipynb", "04_custom_resnet-seed2.ipynb"]
 
 
+def test_full_runs_continues_a_stopped_seed_and_never_reruns_a_finished_one(tmp_path, monkeypatch):
+    """Seeds 0, 1, 2 in stretches: the budget ends in seed 1. The next invocation executes seeds
+    1 and 2 only (seed 0's committed notebook stays as it was), and the summary holds all three;
+    an invocation after that executes nothing."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import full_runs
+    import papermill
+    executed = []
+
+    def execute(src, dst, parameters, **kwargs):
+        executed.append(parameters["SEED"])
+        if parameters["SEED"] == 1 and executed.count(1) == 1:
+            raise papermill.PapermillExecutionError(8, 5, "eva.fit(...)", "BudgetSpent",
+                                                    "Stopped after epoch 3 of 24.", [])
+        nbformat.write(nbformat.v4.new_notebook(
+            cells=[nbformat.v4.new_code_cell(f"SEED = {parameters['SEED']}")]), dst)
+        record = ROOT / parameters["RESULTS_JSON"]
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"runs": [{"seed": parameters["SEED"]}]}))
+    monkeypatch.setattr(full_runs.papermill, "execute_notebook", execute)
+    summary = tmp_path / "results" / "04.json"
+    with pytest.raises(full_runs.Unfinished, match="seed 1: Stopped after epoch 3 of 24"):
+        full_runs.run_notebook("04", tmp_path, smoke=True, command="cmd", seeds=None, deadline=None)
+    assert [r["seed"] for r in json.loads(summary.read_text())["runs"]] == [0]
+    committed = tmp_path / "notebooks" / "04_custom_resnet.ipynb"
+    stamp = committed.stat().st_mtime_ns
+    full_runs.run_notebook("04", tmp_path, smoke=True, command="cmd", seeds=None, deadline=None)
+    assert executed == [0, 1, 1, 2]
+    assert [r["seed"] for r in json.loads(summary.read_text())["runs"]] == [0, 1, 2]
+    assert committed.stat().st_mtime_ns == stamp
+    full_runs.run_notebook("04", tmp_path, smoke=True, command="cmd", seeds=None, deadline=None)
+    assert executed == [0, 1, 1, 2]
+
+
 def test_readme_results_table_is_generated():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"), "--check"],
                          capture_output=True, text=True)
