@@ -4,7 +4,7 @@
     python scripts/full_runs.py --gpu                    # 03, 04 with seeds 0 1 2, the speed benchmark
     python scripts/full_runs.py --only 04 benchmark      # some of them (one device-tool call each)
     python scripts/full_runs.py --gpu --smoke --out runs/smoke   # smoke-sized, on a CPU: what CI runs
-    python scripts/full_runs.py --only 04 --seeds 0 --budget 150 # 04 on a CPU, in 150-minute stretches
+    python scripts/full_runs.py --only 04 --seeds 0 1 2 --budget 150 # 04 on a CPU, in 150-minute stretches
 
 Every run keeps checkpoints (and 04's LR range test) in checkpoints/NN-seedS/ (ignored by git) and
 continues from them when run again. With --budget (minutes of training and 04's range test;
