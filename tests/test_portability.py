@@ -303,6 +303,31 @@ def test_full_runs_continues_a_stopped_seed_and_never_reruns_a_finished_one(tmp_
     assert executed == [0, 1, 1, 2]
 
 
+def test_results_table_shows_each_seed_its_mean_and_where_each_ran(tmp_path):
+    """04 over three seeds: each seed's accuracy and their mean; the target is met only if every
+    seed reaches it; a seed trained on another machine is named with its device and arithmetic."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import results_table
+
+    def run(seed, plain, device="cpu: A", precision="bfloat16"):
+        return {"model": "CustomResNet", "seed": seed, "epochs": 24, "parameters": 6573120,
+                "test_acc": plain + 0.7, "test_acc_no_tta": plain, "train_seconds": 100.0 * (seed + 1),
+                "seconds_per_epoch": [1.0], "device": device, "precision": precision, "layout": "NHWC"}
+    record = {"notebook": "04", "command": "cmd", "date": "2026-12-05", "smoke": False,
+              "runs": [run(0, 90.36), run(1, 90.5), run(2, 89.9, "cpu: B", "float32")]}
+    (tmp_path / "04.json").write_text(json.dumps(record))
+    row = [line for line in results_table.rows(tmp_path) if line.startswith("| 04 |")]
+    assert row == ["| 04 | CustomResNet | 92.30 % (24 x 65 s), 24 | 90.36 / 90.50 / 89.90 % (seeds 0 / 1 / 2), "
+                   "mean 90.25 ± 0.31 % | 91.06 / 91.20 / 90.60 % (seeds 0 / 1 / 2), mean 90.95 ± 0.31 % | "
+                   "90.0 % (003's target): missed (2 of 3 seeds reach it) | 24 | 6,573,120 | 200 s (mean) | "
+                   "cpu: A (seeds 0, 1); cpu: B (seed 2) | bfloat16, NHWC (seeds 0, 1); float32, NHWC (seed 2) "
+                   "| `cmd` (2026-12-05) |"]
+    record["runs"] = record["runs"][:1]
+    (tmp_path / "04.json").write_text(json.dumps(record))
+    row = [line for line in results_table.rows(tmp_path) if line.startswith("| 04 |")]
+    assert "| 90.36 % | 91.06 % | 90.0 % (003's target): met | 24 | 6,573,120 | 100 s | cpu: A | bfloat16, NHWC |" in row[0]
+
+
 def test_readme_results_table_is_generated():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"), "--check"],
                          capture_output=True, text=True)
