@@ -1,7 +1,7 @@
 """Which arithmetic trains each suite model fastest on this CPU, and does bfloat16 learn as well?
 
     python benchmarks/cpu_precision.py                  # speed: every suite model, 4 variants (~3 min)
-    python benchmarks/cpu_precision.py --learn CustomResNet ResNet18 --epochs 10 --seeds 0 1
+    python benchmarks/cpu_precision.py --learn CustomResNet ResNet18 --train 10000 --budget 150
     python benchmarks/cpu_precision.py --smoke --out runs/cpu_precision.json   # seconds: a check
 
 Why: ``TrainConfig(amp=None, channels_last=None)`` picks bfloat16 autocast on CPUs with AMX and
@@ -14,7 +14,10 @@ float32 on the others, and the channels-last (NHWC) layout on every CPU (``runti
 2. Learning (``--learn``): the same short recipe in float32 and in bfloat16 (each in its faster
    layout), for each model and seed, scored on a held-out part of the training set
    (``ImageData.held_out``), never on the test set. A precision is worth defaulting to only where
-   it is faster and learns as well over seeds.
+   it is faster and learns as well over seeds. These runs take hours on two cores: with --budget
+   MINUTES the script starts only runs that fit in it, keeps each finished run in
+   checkpoints/cpu_precision-<kind>-learn.json and exits with status 75; the same command again
+   trains only the runs not kept yet and writes the record when every run is there.
 
 One record per kind of processor (results/cpu_precision-<kind>.json: amx, avx512_bf16, avx512 or
 other), from which scripts/results_table.py generates the README's tables. Run it on an idle
@@ -34,6 +37,8 @@ import torch.nn.functional as F
 import eva_utils as eva
 from eva_utils.runtime import amp_dtype, cpu_flags, use_channels_last
 
+ROOT = Path(__file__).resolve().parent.parent
+
 # ----------------------------------------------------------------------------------- settings
 MODELS = {  # every model the notebooks train, for CIFAR-10's 10 classes
     "PlainCNN": lambda: eva.PlainCNN(num_classes=10),                                   # 01
@@ -48,6 +53,8 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 BATCH = 128        # images a step, in the speed part and the learning part
 SPEED_STEPS = 4    # timed steps a variant, after one warm-up step
 VALID_PCT = 0.2    # the learning part holds out 20 % of the training images (10,000 of CIFAR-10's)
+FORWARD = 0.35     # a held-out image costs about a third of a training image (forward pass only)
+UNFINISHED = 75    # exit status when the budget ran out: run the same command again (EX_TEMPFAIL)
 
 
 def cpu_kind() -> str:
@@ -96,16 +103,43 @@ def speed(models, steps: int) -> list[dict]:
     return rows
 
 
-def learning(data, models, seeds, epochs: int, lr: float) -> list[dict]:
+def learning(data, models, seeds, epochs: int, lr: float, progress: Path | None = None,
+             budget_s: float | None = None) -> list[dict] | None:
     """The same recipe in float32 and bfloat16, each in its faster layout, per model and seed:
-    accuracy on the held-out images (``data``'s test split is the held-out part)."""
+    accuracy on the held-out images (``data``'s test split is the held-out part).
+
+    The runs take hours on two cores, so they go in stretches: each finished run is kept in
+    ``progress`` (a JSON file in an ignored folder), a run is started only if its expected time
+    fits in what is left of ``budget_s``, and the same call again trains only the runs not kept
+    yet (kept runs count only under the same settings). Returns every run of ``models`` x
+    ``seeds`` x both precisions, or None when the budget stopped it first."""
+    settings = {"epochs": epochs, "lr": lr, "batch_size": BATCH,
+                "train_images": len(data.train_labels), "held_out_images": len(data.test_labels)}
+    kept = json.loads(progress.read_text()) if progress and progress.exists() else {}
+    done = kept.get("runs", []) if kept.get("settings") == settings else []
+    deadline = time.monotonic() + (budget_s if budget_s is not None else float("inf"))
     runs = []
     for name in models:
         for seed in seeds:
             for precision, dtype in PRECISIONS.items():
+                earlier = [r for r in done if (r["model"], r["seed"], r["precision"])
+                           == (name, seed, precision)]
+                if earlier:
+                    runs.append(earlier[0])
+                    print(f"{name:24s} seed {seed} {precision:9s} kept from {earlier[0]['date']}: "
+                          f"held-out {earlier[0]['held_out_acc']:.2f} %", flush=True)
+                    continue
                 fast = {layout: images_per_second(MODELS[name](), fmt, dtype, 2)
                         for layout, fmt in LAYOUTS.items()}
                 layout = max(fast, key=fast.get)
+                expected = (epochs * (len(data.train_labels) + FORWARD * len(data.test_labels))
+                            / fast[layout])  # seconds
+                left = deadline - time.monotonic()
+                if expected > left:
+                    print(f"{name} seed {seed} {precision} would take about {expected / 60:.0f} "
+                          f"min, more than the {left / 60:.0f} min left of the budget; "
+                          f"{len(runs)} runs done. Run the same command again to go on.", flush=True)
+                    return None
                 train = eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std,
                                          BATCH, train=True, seed=seed,
                                          augment=eva.Augment(pad=4, flip=True, cutout=8))
@@ -119,8 +153,13 @@ def learning(data, models, seeds, epochs: int, lr: float) -> list[dict]:
                 run = {"model": name, "seed": seed, "precision": precision, "layout": layout,
                        "images_per_s": round(len(train) * BATCH * epochs / history.train_seconds, 1),
                        "held_out_acc": history.test_acc[-1],
-                       "held_out_acc_per_epoch": history.test_acc}
+                       "held_out_acc_per_epoch": history.test_acc,
+                       "date": datetime.date.today().isoformat()}
                 runs.append(run)
+                done.append(run)
+                if progress:  # saved after every run: a stopped stretch loses at most the one running
+                    progress.parent.mkdir(parents=True, exist_ok=True)
+                    progress.write_text(json.dumps({"settings": settings, "runs": done}, indent=1))
                 print(f"{name:24s} seed {seed} {precision:9s} {layout}  {run['images_per_s']:7.1f} "
                       f"img/s  held-out {run['held_out_acc']:.2f} %", flush=True)
     return runs
@@ -136,12 +175,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--train", type=int, default=None, help="training images (default: all left)")
     p.add_argument("--lr", type=float, default=0.05, help="one-cycle peak")
+    p.add_argument("--budget", type=float, default=None,
+                   help="minutes for the learning runs of this stretch (default: no limit)")
     p.add_argument("--smoke", action="store_true", help="synthetic data, 1 epoch: a check only")
     p.add_argument("--out", type=Path, default=None,
                    help="where the record goes (default: results/cpu_precision-<kind>.json)")
     args = p.parse_args()
     kind = cpu_kind()
-    out = args.out or Path(__file__).resolve().parent.parent / "results" / f"cpu_precision-{kind}.json"
+    out = args.out or ROOT / "results" / f"cpu_precision-{kind}.json"
     device = eva.device_name("cpu")
     print(f"device: {device}; kind: {kind}")
     record = {"command": " ".join(["python benchmarks/cpu_precision.py", *sys.argv[1:]]),
@@ -155,12 +196,20 @@ def main() -> None:
         epochs = 1 if args.smoke else args.epochs
         print(f"{len(data.train_labels):,} training images, {len(data.test_labels):,} held out; "
               f"{epochs} epochs of one-cycle at batch {BATCH}, seeds {args.seeds}")
+        progress = None if args.smoke else ROOT / "checkpoints" / f"cpu_precision-{kind}-learn.json"
+        runs = learning(data, args.learn, args.seeds, epochs, args.lr, progress,
+                        None if args.budget is None else args.budget * 60)
+        if runs is None:
+            print(f"finished runs kept in {progress}; no record written yet")
+            sys.exit(UNFINISHED)
         record.update(epochs=epochs, train_images=len(data.train_labels),
-                      held_out_images=len(data.test_labels), valid_pct=VALID_PCT,
-                      runs=learning(data, args.learn, args.seeds, epochs, args.lr))
+                      held_out_images=len(data.test_labels), valid_pct=VALID_PCT, lr=args.lr,
+                      runs=runs)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"record: {out}")
+    if args.learn and progress:
+        progress.unlink(missing_ok=True)  # the record has every run now; a new command starts afresh
 
 
 if __name__ == "__main__":

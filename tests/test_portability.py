@@ -303,6 +303,40 @@ def test_full_runs_continues_a_stopped_seed_and_never_reruns_a_finished_one(tmp_
     assert executed == [0, 1, 1, 2]
 
 
+def test_cpu_precision_learning_goes_on_in_stretches(tmp_path, monkeypatch):
+    """The float32-against-bfloat16 comparison takes hours: a run that would not fit in the budget
+    is not started, every finished run is kept, and the same call again trains only the rest;
+    kept runs under other settings do not count."""
+    import torch
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cpu_precision
+    import eva_utils as eva
+    monkeypatch.setattr(cpu_precision, "MODELS", {"Linear": lambda: torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))})
+    # float32 measures fast, bfloat16 so slow that it never fits in a budget of a minute
+    monkeypatch.setattr(cpu_precision, "images_per_second",
+                        lambda model, layout, dtype, steps: 1e-3 if dtype else 1e4)
+    trained = []
+    real_fit = eva.fit
+    monkeypatch.setattr(eva, "fit", lambda model, train, test, cfg, **kw: (
+        trained.append(cfg.amp), real_fit(model, train, test, cfg, **kw))[1])
+    data = eva.synthetic_data(train=1280, test=32, seed=0)  # 10 steps of 128 an epoch
+    progress = tmp_path / "checkpoints" / "learn.json"
+
+    def learn(epochs=1, budget_s=None):
+        return cpu_precision.learning(data, ["Linear"], [0], epochs, 0.05, progress, budget_s)
+
+    assert learn(budget_s=60) is None and trained == [False]
+    assert [r["precision"] for r in json.loads(progress.read_text())["runs"]] == ["float32"]
+    runs = learn()
+    assert trained == [False, True]  # float32 kept, bfloat16 trained
+    assert [(r["model"], r["seed"], r["precision"]) for r in runs] == [("Linear", 0, "float32"),
+                                                                       ("Linear", 0, "bfloat16")]
+    assert learn() == runs and trained == [False, True]
+    learn(epochs=2)  # other settings: nothing kept counts
+    assert trained == [False, True, False, True]
+
+
 def test_results_table_shows_each_seed_its_mean_and_where_each_ran(tmp_path):
     """04 over three seeds: each seed's accuracy and their mean; the target is met only if every
     seed reaches it; a seed trained on another machine is named with its device and arithmetic."""
