@@ -362,6 +362,20 @@ def test_results_table_shows_each_seed_its_mean_and_where_each_ran(tmp_path):
     assert "| 90.36 % | 91.06 % | 90.0 % (003's target): met | 24 | 6,573,120 | 100 s | cpu: A | bfloat16, NHWC |" in row[0]
 
 
+def test_precision_comparison_shows_each_models_means_beside_the_seed_spread():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import results_table
+
+    def run(model, seed, precision, acc):
+        return {"model": model, "seed": seed, "precision": precision, "held_out_acc": acc}
+    runs = [run("A", 0, "float32", 70.0), run("A", 0, "bfloat16", 70.5),
+            run("A", 1, "float32", 71.0), run("A", 1, "bfloat16", 70.1),
+            run("B", 0, "float32", 60.0), run("B", 0, "bfloat16", 61.0)]  # B: one seed, no spread
+    assert results_table.precision_means(runs) == [
+        "- A, mean over 2 and 2 seeds: float32 70.50 %, bfloat16 70.30 % (-0.20 points; the seeds "
+        "of one precision differ by up to 1.00)"]
+
+
 def test_readme_results_table_is_generated():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"), "--check"],
                          capture_output=True, text=True)
