@@ -159,7 +159,9 @@ def learning(data, models, seeds, epochs: int, lr: float, progress: Path | None 
                 done.append(run)
                 if progress:  # saved after every run: a stopped stretch loses at most the one running
                     progress.parent.mkdir(parents=True, exist_ok=True)
-                    progress.write_text(json.dumps({"settings": settings, "runs": done}, indent=1))
+                    partial = progress.with_suffix(".partial")  # a stop while writing keeps the old
+                    partial.write_text(json.dumps({"settings": settings, "runs": done}, indent=1))
+                    partial.replace(progress)
                 print(f"{name:24s} seed {seed} {precision:9s} {layout}  {run['images_per_s']:7.1f} "
                       f"img/s  held-out {run['held_out_acc']:.2f} %", flush=True)
     return runs
