@@ -237,7 +237,7 @@ def cpu_precision(results: Path) -> list[str]:
                 cells = [f"**{v:,.0f}**" if k == r["default"] else f"{v:,.0f}" for k, v in speeds.items()]
                 lines.append(f"| {r['model']} | {' | '.join(cells)} | "
                              f"{speeds[r['default']] / speeds['float32 NCHW']:.2f}x |")
-            lines.append("")
+            lines += ["", speed_summary(record["speed"]), ""]
         if record.get("runs"):
             held = record.get("held_out_images")
             scored = (f"{held:,} held-out training images" if held else
@@ -253,6 +253,25 @@ def cpu_precision(results: Path) -> list[str]:
             means = precision_means(record["runs"])
             lines += [""] + means + [""] if means else [""]
     return lines[:-1]
+
+
+def speed_summary(speed: list[dict]) -> str:
+    """One sentence from a speed record, so that the README's prose never repeats stale numbers:
+    the range of the default's speed-up over float32 NCHW, and every model where another of the
+    four variants was faster than the default."""
+    ratio = {r["model"]: r["images_per_s"][r["default"]] / r["images_per_s"]["float32 NCHW"]
+             for r in speed}
+    low, high = min(ratio, key=ratio.get), max(ratio, key=ratio.get)
+    beaten = []
+    for r in speed:
+        best = max(r["images_per_s"], key=r["images_per_s"].get)
+        if best != r["default"]:
+            gain = r["images_per_s"][best] / r["images_per_s"][r["default"]] - 1
+            beaten.append(f"{r['model']}, where {best} ran {gain:.0%} faster")
+    fastest = ("It is the fastest of the variants for every model." if not beaten else
+               f"It is the fastest of the variants for every model but {'; '.join(beaten)}.")
+    return (f"The default runs {ratio[low]:.2f}x ({low}) to {ratio[high]:.2f}x ({high}) the speed "
+            f"of float32 NCHW. {fastest}")
 
 
 def precision_means(runs: list[dict]) -> list[str]:

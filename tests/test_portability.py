@@ -376,6 +376,22 @@ def test_precision_comparison_shows_each_models_means_beside_the_seed_spread():
         "of one precision differ by up to 1.00)"]
 
 
+def test_speed_summary_names_the_range_and_every_model_the_default_is_not_fastest_for():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import results_table
+
+    def row(model, *speeds, default="bfloat16 NHWC"):
+        names = ["float32 NCHW", "float32 NHWC", "bfloat16 NCHW", "bfloat16 NHWC"]
+        return {"model": model, "images_per_s": dict(zip(names, speeds)), "default": default}
+    fast = [row("A", 100, 110, 150, 300), row("B", 50, 60, 70, 80)]
+    assert results_table.speed_summary(fast) == (
+        "The default runs 1.60x (B) to 3.00x (A) the speed of float32 NCHW. "
+        "It is the fastest of the variants for every model.")
+    beaten = fast + [row("C", 60, 70, 166, 142)]
+    assert results_table.speed_summary(beaten).endswith(
+        "for every model but C, where bfloat16 NCHW ran 17% faster.")
+
+
 def test_readme_results_table_is_generated():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"), "--check"],
                          capture_output=True, text=True)
