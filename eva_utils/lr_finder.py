@@ -200,7 +200,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
         finally:
             finder.reset()  # the model's and the optimizer's state dicts, the model's device
     found = replace(RangeTest.from_curve(lrs, losses),
-                    seconds=round(time.perf_counter() - batches_in.progress.started, 1))
+                    seconds=round(time.perf_counter() - batches_in.progress.started, 3))
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps({"setup": setup, "result": asdict(found)}, indent=1) + "\n")
