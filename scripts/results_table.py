@@ -267,7 +267,7 @@ def speed_summary(speed: list[dict]) -> str:
         best = max(r["images_per_s"], key=r["images_per_s"].get)
         if best != r["default"]:
             gain = r["images_per_s"][best] / r["images_per_s"][r["default"]] - 1
-            beaten.append(f"{r['model']}, where {best} ran {gain:.0%} faster")
+            beaten.append(f"{r['model']}, where {best} ran {gain * 100:.0f} % faster")
     fastest = ("It is the fastest of the variants for every model." if not beaten else
                f"It is the fastest of the variants for every model but {'; '.join(beaten)}.")
     return (f"The default runs {ratio[low]:.2f}x ({low}) to {ratio[high]:.2f}x ({high}) the speed "

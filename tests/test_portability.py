@@ -389,7 +389,7 @@ def test_speed_summary_names_the_range_and_every_model_the_default_is_not_fastes
         "It is the fastest of the variants for every model.")
     beaten = fast + [row("C", 60, 70, 166, 142)]
     assert results_table.speed_summary(beaten).endswith(
-        "for every model but C, where bfloat16 NCHW ran 17% faster.")
+        "for every model but C, where bfloat16 NCHW ran 17 % faster.")
 
 
 def test_readme_results_table_is_generated():
