@@ -45,7 +45,7 @@ except ImportError:
 
 def trainer_precision(cfg: TrainConfig, device: str | torch.device | None = None) -> str:
     """``Trainer(precision=...)`` for ``cfg.amp`` on ``device`` (default: the best available), by
-    ``fit``'s rule: bf16 on GPUs that have it and on CPUs with AMX, fp16 on a T4, else fp32."""
+    ``fit``'s rule: bf16 on GPUs and CPUs that have it, fp16 on a T4, else fp32."""
     dtype = Precision.choose(get_device(device), cfg.amp).dtype
     return {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
 

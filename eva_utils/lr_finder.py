@@ -111,7 +111,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     It sweeps where ``fit`` would train, in the same arithmetic: on ``device`` (None: where the
     loader keeps its batches, as ``TensorLoader`` does, else CUDA, MPS or the CPU, as ``fit``
     chooses), with ``amp`` and ``channels_last`` meaning what they mean in ``TrainConfig`` (None:
-    bfloat16 NHWC on an AMX CPU, float16 on a T4, ...). A model built on the CPU for data on the GPU
+    bfloat16 NHWC on an AMX or AVX-512 BF16 CPU, float16 on a T4, ...). A model built on the CPU for data on the GPU
     is swept on the GPU, not the batches copied back every step.
 
     ``optimizer`` defaults to the suite's: Nesterov SGD, momentum 0.9, weight decay 5e-4.

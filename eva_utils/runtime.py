@@ -77,20 +77,22 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_has_amx() -> bool:
-    """True if the CPU has AMX tiles for bfloat16 (Intel Xeon since Sapphire Rapids): oneDNN then
-    runs bfloat16 convolutions on them, several times faster than float32."""
-    return "amx_bf16" in cpu_flags()
+def cpu_has_bf16() -> bool:
+    """True if the CPU computes bfloat16 natively: AMX tiles (Intel Xeon since Sapphire Rapids) or
+    AVX-512 BF16 (AMD EPYC since Zen 4). oneDNN's bfloat16 convolutions then train every suite
+    model faster than float32 (``benchmarks/cpu_precision.py``); without them it emulates."""
+    flags = cpu_flags()
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:
     """The autocast type for ``device``, or None for full float32.
 
-    ``amp=None`` (the default) is on where low precision is fast: CUDA, and CPUs with AMX.
+    ``amp=None`` (the default) is on where low precision is fast: CUDA, and CPUs with bfloat16.
     - CUDA: bfloat16 needs no loss scaling, but only GPUs of compute capability 8.0+ (Ampere on)
       run it natively; on a T4 (7.5) ``torch.cuda.is_bf16_supported()`` says True through
       emulation, which is slower than float32. Older GPUs get float16 (with a GradScaler).
-    - CPU: bfloat16 where the CPU has AMX tiles, float32 elsewhere; ``amp=True`` gives bfloat16
+    - CPU: bfloat16 where the CPU has AMX or AVX-512 BF16, float32 elsewhere; ``amp=True`` gives bfloat16
       on any CPU (``benchmarks/cpu_precision.py`` measures both on the machine at hand).
     - Apple's MPS: float16 when ``amp=True``; float32 by default.
     ``amp=True``/``False`` always wins over the default; a dtype is taken as it is (a resumed run
@@ -103,7 +105,7 @@ def amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dty
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
         return torch.bfloat16 if major >= 8 else torch.float16
-    if device.type == "cpu" and (amp or cpu_has_amx()):
+    if device.type == "cpu" and (amp or cpu_has_bf16()):
         return torch.bfloat16
     if device.type == "mps" and amp:
         return torch.float16

@@ -89,7 +89,7 @@ def test_what_lightning_does_its_own_way_is_refused_with_the_fix(tiny, tmp_path)
 @pytest.mark.parametrize("amx, amp, expected", [(True, None, "bf16-mixed"), (False, None, "32-true"),
                                                 (False, True, "bf16-mixed"), (True, False, "32-true")])
 def test_trainer_precision_follows_fits_rule_on_the_cpu(monkeypatch, amx, amp, expected):
-    monkeypatch.setattr(eva.runtime, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(eva.runtime, "cpu_has_bf16", lambda: amx)
     assert trainer_precision(eva.TrainConfig(epochs=1, lr=0.1, amp=amp), "cpu") == expected
 
 
