@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .checkpoint import model_identity, rng_state, set_rng_state
+from .checkpoint import model_identity, rng_state, saved_precision, set_rng_state
 from .run_folder import RunFolder
 from .config import TrainConfig
 from .ema import EMA
@@ -58,7 +58,8 @@ class Run:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.precision.name == saved_precision(ckpt)[0] == "float16":  # float16 to float16 only: a
+            self.scaler.load_state_dict(ckpt["scaler"])  # run begun in another has no scale yet
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
         self.history = History(**ckpt["history"])

@@ -1,0 +1,57 @@
+"""The CUDA path, rehearsed on the CPU where a stand-in exists: a T4 or an A100 told apart by their
+capability (patched), a checkpoint moved between them, the device contract of every ``device=``
+argument, torchrun's device, and the memory kept after running out of it. tests/test_cuda.py runs
+what only a real GPU can show."""
+import pytest
+import torch
+
+import eva_utils as eva
+import eva_utils.precision
+from eva_utils.checkpoint import load_checkpoint
+from test_train import Tiny, cfg, loaders, mock_amx
+
+
+def as_t4(monkeypatch):
+    """This CPU stands in for a T4 (capability 7.5): bfloat16 does not run well on it, and its own
+    choice is float16 with a loss scaler (``amp=False``: float32)."""
+    monkeypatch.setattr(eva_utils.precision, "runs_well", lambda precision, device:
+                        precision != "bfloat16")
+    real = eva_utils.precision.amp_dtype
+    monkeypatch.setattr(eva_utils.precision, "amp_dtype", lambda device, amp:
+                        real(device, amp) if amp is False or isinstance(amp, torch.dtype)
+                        else torch.float16)
+
+
+@pytest.mark.parametrize("first, then, amp, want", [
+    ("bfloat16", "t4", None, "float16"),     # begun on an A100 or L4, resumed on a T4
+    ("bfloat16", "t4", False, "float32"),    # ... where an explicit setting decides
+    ("float16", "t4", None, "float16"),      # a T4 run resumed on another T4: its scaler goes on
+    ("float16", "cpu", None, "float32"),     # a T4 run resumed on a laptop
+    ("float16", "bf16 cpu", None, "bfloat16"),  # ... on a CPU with native bfloat16
+])
+def test_every_row_of_the_precision_table_resumes_through_fit(monkeypatch, tiny, tmp_path, first,
+                                                              then, amp, want):
+    """A bfloat16 checkpoint resumed on a T4 crashed before its first epoch: the T4's float16 builds
+    an enabled loss scaler, which refused the checkpoint's empty (disabled) scaler state. The scaler
+    state is loaded from float16 to float16 only; every row of the table trains on, end to end."""
+    folder = str(tmp_path)
+    with monkeypatch.context() as m:  # epoch 1 in the first precision
+        if first == "float16":
+            as_t4(m)
+        with pytest.raises(eva.BudgetSpent):
+            eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, amp=True if first == "bfloat16" else None,
+                                                checkpoint_dir=folder),
+                    time_budget=1e-9, resume=True, progress=False)
+    saved = load_checkpoint(tmp_path / "last.pt")
+    assert saved["precision"] == first
+    if then == "t4":
+        as_t4(monkeypatch)
+    else:
+        mock_amx(monkeypatch, then == "bf16 cpu")
+    history = eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, amp=amp, checkpoint_dir=folder),
+                      resume=True, progress=False)
+    assert history.precision == [first, want] and len(history) == 2
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["precision"] == want
+    if first == want == "float16":  # the scaler went on counting its steps where it stopped
+        assert ckpt["scaler"]["_growth_tracker"] == 2 * saved["scaler"]["_growth_tracker"] > 0
