@@ -136,10 +136,12 @@ def tune_convolutions(device: torch.device) -> None:
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
     """A batch on ``device`` in the run's layout. Both layouts are set explicitly: a batch that
     arrives channels-last-strided (TensorLoader's un-augmented batches are views of HWC images)
-    would otherwise make every convolution of an NCHW model run in NHWC."""
-    x = x.to(device, non_blocking=True)
+    would otherwise make every convolution of an NCHW model run in NHWC. Only a copy from the host
+    is asynchronous: a copy to the host may return before its bytes have landed."""
+    device = torch.device(device)
+    x = x.to(device, non_blocking=x.device.type == "cpu" != device.type)
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    return x, y.to(device, non_blocking=True)
+    return x, y.to(device, non_blocking=y.device.type == "cpu" != device.type)
 
 
 def seed_everything(seed: int) -> None:

@@ -125,3 +125,15 @@ def test_ddp_over_nccl_trains_as_one_process(tmp_path):
     assert ran.returncode == 0, ran.stderr[-3000:]
     h = json.loads((out / "history-0.json").read_text())
     assert len(h["test_acc"]) == 2 and all(d.startswith("NVIDIA") for d in h["devices"])
+
+
+def test_a_cpu_model_scores_a_gpu_loader_as_it_scores_a_cpu_one():
+    """Copies to the host are synchronous: with the GPU kept busy first (torch.cuda._sleep), an
+    asynchronous copy would hand the CPU model bytes that have not landed yet."""
+    torch.manual_seed(0)
+    model = eva.CustomResNet(num_classes=10)
+    _, on_gpu = loaders("cuda")
+    _, on_cpu = loaders("cpu")
+    want = eva.evaluate(model, on_cpu, amp=False)
+    torch.cuda._sleep(1_000_000_000)  # about a second of GPU cycles queued before the copies
+    assert eva.evaluate(model, on_gpu, amp=False) == want

@@ -55,3 +55,28 @@ def test_every_row_of_the_precision_table_resumes_through_fit(monkeypatch, tiny,
     assert ckpt["precision"] == want
     if first == want == "float16":  # the scaler went on counting its steps where it stopped
         assert ckpt["scaler"]["_growth_tracker"] == 2 * saved["scaler"]["_growth_tracker"] > 0
+
+
+class OnDevice:
+    """A batch that says it lives on ``device`` (a GPU here) and records how it is copied."""
+
+    def __init__(self, tensor, device, copies):
+        self.tensor, self.device, self.copies = tensor, torch.device(device), copies
+
+    def to(self, device, non_blocking=False):
+        self.copies.append((self.device.type, torch.device(device).type, non_blocking))
+        return self.tensor
+
+
+def test_only_copies_from_the_host_are_asynchronous():
+    """A CUDA-to-CPU copy with non_blocking=True returns pinned memory before the bytes land, and
+    the next CPU operation reads stale ones: a CPU model evaluated on a GPU loader's batches got a
+    plausible wrong accuracy. Host-to-device copies stay asynchronous (the GPU orders them)."""
+    from eva_utils.runtime import to_device
+    copies = []
+    x, y = torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)
+    to_device(OnDevice(x, "cuda", copies), OnDevice(y, "cuda", copies), torch.device("cpu"), False)
+    to_device(OnDevice(x, "cpu", copies), OnDevice(y, "cpu", copies), torch.device("cuda"), False)
+    to_device(OnDevice(x, "cpu", copies), OnDevice(y, "cpu", copies), "cpu", True)
+    assert copies == [("cuda", "cpu", False)] * 2 + [("cpu", "cuda", True)] * 2 + \
+        [("cpu", "cpu", False)] * 2
