@@ -111,12 +111,16 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     It sweeps where ``fit`` would train, in the same arithmetic: on ``device`` (None: where the
     loader keeps its batches, as ``TensorLoader`` does, else CUDA, MPS or the CPU, as ``fit``
     chooses), with ``amp`` and ``channels_last`` meaning what they mean in ``TrainConfig`` (None:
-    bfloat16 NHWC on an AMX or AVX-512 BF16 CPU, float16 on a T4, ...). A model built on the CPU for data on the GPU
-    is swept on the GPU, not the batches copied back every step.
+    bfloat16 NHWC on a CPU with native bfloat16, float16 on a T4, ...), batches and weights in
+    fit's layout. A model built on the CPU for data on the GPU is swept on the GPU, not the
+    batches copied back every step.
 
-    ``optimizer`` defaults to the suite's: Nesterov SGD, momentum 0.9, weight decay 5e-4.
+    ``optimizer`` defaults to the suite's: Nesterov SGD, momentum 0.9, weight decay 5e-4;
+    ``criterion`` to cross-entropy: pass the loss you will train with (e.g.
+    ``nn.CrossEntropyLoss(label_smoothing=0.2)``), since the curve's picks depend on it.
     ``checkpoint_dir`` keeps the result there as ``range_test.json``; a later call with the same
-    model, loader and sweep loads it instead of sweeping again, so a resumed run keeps its picks.
+    model, loader, loss and sweep loads it instead of sweeping again, on any device and in any
+    arithmetic, so a run resumed on another machine keeps its picks.
     Under torchrun rank 0 sweeps its share of the batches and every process gets its result.
     """
     if not 0 < start_lr < end_lr:
@@ -157,12 +161,15 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     size = getattr(train_loader, "batch_size", None)
     kept = (Path(checkpoint_dir).expanduser() / "range_test.json"
             if checkpoint_dir is not None else None)
-    # What the stored curve depends on: the model, the data and its batches, the sweep and the
-    # optimizer's settings. A loader of our own adds its fingerprint (content, augmentation, seed).
+    criterion = criterion or nn.CrossEntropyLoss()
+    # What gives the stored curve its meaning: the model, the data and its batches, the loss, the
+    # sweep and the optimizer's settings (a loader of our own adds its fingerprint: content,
+    # augmentation, seed). Not the device or the arithmetic: a run resumed on another machine
+    # keeps the learning rates it started with.
     setup = {"model": type(model).__name__, "model_args": repr(getattr(model, "init_args", {})),
              "batches": batches, "batch_size": size, "start_lr": start_lr, "end_lr": end_lr,
              "num_iter": num_iter, "data": getattr(train_loader, "fingerprint", None),
-             "precision": arithmetic.name, "channels_last": nhwc,
+             "loss": loss_name(criterion),
              "optimizer": repr({k: v for k, v in optimizer.defaults.items() if k != "lr"})}
     stored = _load(kept, setup)
     if stored is not None:
@@ -184,10 +191,11 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     precision = ({"amp_backend": "torch", "amp_config": {"device_type": device.type, "dtype": dtype},
                   "grad_scaler": arithmetic.scaler(device)}
                  if dtype is not None else {})
-    finder = LRFinder(model, optimizer, criterion or nn.CrossEntropyLoss(), device=device,
-                      **precision)
+    finder = LRFinder(model, optimizer, criterion, device=device, **precision)
+    layout = weights_layout(model)
     with kept_modes(model):
         try:
+            model.to(memory_format=arithmetic.memory_format)  # the weights in fit's layout too
             for group in optimizer.param_groups:  # the sweep starts from start_lr
                 group["lr"] = start_lr
             batches_in = Batches(train_loader, device, nhwc,
@@ -199,12 +207,29 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
             batches_in.progress.done(len(lrs))
         finally:
             finder.reset()  # the model's and the optimizer's state dicts, the model's device
+            model.to(memory_format=layout)
     found = replace(RangeTest.from_curve(lrs, losses),
                     seconds=round(time.perf_counter() - batches_in.progress.started, 3))
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
-        kept.write_text(json.dumps({"setup": setup, "result": asdict(found)}, indent=1) + "\n")
+        swept = {"device": str(device), "precision": arithmetic.name, "layout": arithmetic.layout}
+        kept.write_text(json.dumps({"setup": setup, "swept": swept, "result": asdict(found)},
+                                   indent=1) + "\n")
     return distributed.from_main(found, device)
+
+
+def loss_name(criterion: nn.Module) -> str:
+    """The loss and its settings, e.g. "CrossEntropyLoss(label_smoothing=0.2, ...)" (its repr
+    leaves the settings out)."""
+    settings = {k: v for k, v in vars(criterion).items() if not k.startswith("_") and k != "training"}
+    return f"{type(criterion).__name__}({', '.join(f'{k}={v!r}' for k, v in sorted(settings.items()))})"
+
+
+def weights_layout(model: nn.Module) -> torch.memory_format:
+    """channels_last if the model's 4-d weights are stored NHWC, else contiguous_format."""
+    nhwc = any(p.dim() == 4 and not p.is_contiguous()  # 1x1 kernels are both
+               and p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters())
+    return torch.channels_last if nhwc else torch.contiguous_format
 
 
 class Batches(TrainDataLoaderIter):
@@ -263,7 +288,7 @@ def _load(path: Path | None, setup: dict) -> RangeTest | None:
         stored = json.loads(path.read_text())
         if stored["setup"] == setup:
             return RangeTest(**stored["result"])
-        why = "another model, loader or sweep"
+        why = "another model, loss, loader or sweep"
     except (ValueError, KeyError, TypeError) as exc:
         why = f"unreadable: {type(exc).__name__}"
     warnings.warn(f"{path} holds a range test of {why}; sweeping again and replacing it.",

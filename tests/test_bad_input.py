@@ -497,7 +497,7 @@ def test_a_kept_range_test_is_swept_again_for_other_data(tiny, tmp_path):
         return eva.lr_range_test(eva.PlainCNN(num_classes=10), train, num_iter=10,
                                  checkpoint_dir=tmp_path, verbose=False)
     sweep(tiny.train_images)
-    with pytest.warns(UserWarning, match="another model, loader or sweep"):
+    with pytest.warns(UserWarning, match="another model, loss, loader or sweep"):
         sweep(tiny.train_images[::-1].copy())
 
 

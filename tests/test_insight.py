@@ -72,15 +72,21 @@ def test_lr_range_test_refuses_what_cannot_work(tiny):
 
 def test_the_range_test_sweeps_in_the_arithmetic_fit_trains_in(tiny, monkeypatch):
     """On an AMX CPU fit trains in bfloat16 NHWC, so the sweep does too (it swept in float32 NCHW,
-    at a third of fit's speed); an explicit amp/channels_last means what it means in TrainConfig."""
+    at a third of fit's speed, then with NHWC batches but NCHW weights); an explicit
+    amp/channels_last means what it means in TrainConfig."""
     monkeypatch.setattr(eva.runtime, "cpu_has_bf16", lambda: True)  # whatever this CPU is
     model = eva.PlainCNN(num_classes=10)
     seen = []
     model.body[0].register_forward_hook(lambda m, i, out: seen.append(
         (out.dtype, out.is_contiguous(memory_format=torch.channels_last))))
     train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
+    weights = []
+    model.body[0].register_forward_pre_hook(lambda m, i: weights.append(
+        m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()))
     eva.lr_range_test(model, train, num_iter=6, verbose=False)
     assert set(seen) == {(torch.bfloat16, True)}
+    assert set(weights) == {True}  # the weights in fit's layout too (they stayed NCHW)
+    assert model.body[0].weight.is_contiguous()  # and handed back as they were
     seen.clear()
     eva.lr_range_test(model, train, num_iter=6, verbose=False, amp=False, channels_last=False)
     assert set(seen) == {(torch.float32, False)}

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -119,9 +120,36 @@ def test_the_range_test_is_kept_with_the_run_and_never_trusted_blindly(tiny, tmp
     with pytest.warns(UserWarning, match="unreadable.*sweeping again"):
         redone = sweep()
     assert json.loads(kept.read_text())["result"]["losses"] == redone.losses  # replaced
-    with pytest.warns(UserWarning, match="another model, loader or sweep"):
+    with pytest.warns(UserWarning, match="another model, loss, loader or sweep"):
         sweep(eva.SmallResNet(num_classes=10))
     assert json.loads(kept.read_text())["setup"]["model"] == "SmallResNet"
+    with pytest.warns(UserWarning, match="another model, loss, loader or sweep"):  # the loss
+        sweep(eva.SmallResNet(num_classes=10),
+              criterion=torch.nn.CrossEntropyLoss(label_smoothing=0.2))
+    assert "label_smoothing=0.2" in json.loads(kept.read_text())["setup"]["loss"]
+
+
+def test_a_run_resumed_on_another_device_keeps_its_range_test(tiny, tmp_path, capsys):
+    """range_test.json was keyed on the precision and layout: a run begun on a T4 (float16) and
+    resumed on a CPU swept again, overwrote the file, could pick a neighbouring rate, and fit then
+    refused the resume ("lr: checkpoint 0.0853, now 0.0904"). The curve's meaning is the model's,
+    the data's, the loss's and the sweep's; where and in what arithmetic it ran is kept beside it."""
+    train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20,
+                             train=True)
+
+    def sweep(**kw):
+        torch.manual_seed(0)
+        return eva.lr_range_test(eva.PlainCNN(num_classes=10), train, num_iter=10,
+                                 checkpoint_dir=tmp_path, **kw)
+
+    first = sweep(amp=True, channels_last=True)  # bfloat16 NHWC, as on one machine
+    kept = json.loads((tmp_path / "range_test.json").read_text())
+    assert kept["swept"] == {"device": "cpu", "precision": "bfloat16", "layout": "NHWC"}
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = sweep(amp=False, channels_last=False)  # float32 NCHW, as on another
+    assert again == first and "loaded from" in capsys.readouterr().out
 
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
