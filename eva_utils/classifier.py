@@ -129,7 +129,7 @@ class Classifier:
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "Classifier":
-        """The classifier ``save`` wrote into ``folder``."""
+        """The classifier ``save`` wrote into ``folder``, its model on ``device``."""
         load_model = safetensors().load_model
 
         folder = Path(folder)
@@ -139,18 +139,19 @@ class Classifier:
             raise ValueError(f"{folder / 'model.json'} is damaged: {damaged}. Fix: {AGAIN}.")
         model = build_model(about["architecture"], about["arguments"])
         try:
-            load_model(model, str(folder / "model.safetensors"), device=str(device))
+            load_model(model, str(folder / "model.safetensors"))
         except Exception as exc:  # missing, truncated, not safetensors, or another model's weights
             said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"{folder / 'model.safetensors'} cannot be loaded into the "
                              f"{about['architecture']} that model.json names ({said[:200]}). "
                              f"Fix: {AGAIN}.") from None
+        model.to(device)  # before the probe, which runs on the device
         with torch.no_grad(), eval_mode(model):  # every request would fail otherwise
             outputs = model(torch.zeros(1, 3, *about["image_size"], device=device)).shape[1]
         if outputs != len(about["classes"]):
             raise ValueError(f"{folder / 'model.json'} names {len(about['classes'])} classes for a "
                              f"model with {outputs} outputs. Fix: export the app again.")
-        return cls(model.to(device), about["classes"], tuple(about["mean"]), tuple(about["std"]),
+        return cls(model, about["classes"], tuple(about["mean"]), tuple(about["std"]),
                    tuple(about["image_size"]))
 
 

@@ -26,6 +26,7 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
     plain logits, so both accuracies come from one pass). Runs in eval mode; every submodule's mode
     is restored afterwards. ``amp`` and ``channels_last`` left at None: in the arithmetic ``fit``
     trained and scored the model in (where this device runs it well), else the device's choice.
+    ``device``: where the model is (the default); a model elsewhere is refused, never moved.
     """
     if not isinstance(tta, bool):  # tta="no" would be truthy
         raise TypeError(f"tta={tta!r}: give True (average each image with its mirror) or False.")
@@ -38,7 +39,7 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
         raise TypeError(f"The model's weights are {weights.dtype}; the loaders' images are float32. "
                         "Fix: model.float() (mixed precision is amp=..., not model.half() or "
                         "model.double()).")
-    device = torch.device(device) if device else next(model.parameters()).device
+    device = model_device(model, device)
     arithmetic = Precision.of(model, device, amp, channels_last)  # fit's, after fit
     with eval_mode(model):
         for x_in, y_in in loader:
@@ -48,6 +49,20 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
                 logits = (plain + model(x.flip(3))) / 2 if tta else plain
             check_labels(y, logits.shape[1], "outputs")  # one sync a batch: evaluation has few
             yield x_in, y, logits.float(), plain.float()
+
+
+def model_device(model: nn.Module, device=None) -> torch.device:
+    """Where ``model``'s weights are: the device it answers on. A ``device`` that names another is
+    refused: evaluation never moves a model it was handed (``fit`` does, as its setup)."""
+    weights = next(model.parameters()).device
+    if device is None:
+        return weights
+    device = torch.device(device)
+    if device.type != weights.type or device.index not in (None, weights.index):
+        raise ValueError(f"device={str(device)!r}, but the model's weights are on {weights}; the "
+                         f"batches would meet them on another device. Fix: "
+                         f"model.to({str(device)!r}) first, or leave device out (the model's own).")
+    return weights
 
 
 def evaluate(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bool | None = None,

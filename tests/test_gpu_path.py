@@ -80,3 +80,30 @@ def test_only_copies_from_the_host_are_asynchronous():
     to_device(OnDevice(x, "cpu", copies), OnDevice(y, "cpu", copies), "cpu", True)
     assert copies == [("cuda", "cpu", False)] * 2 + [("cpu", "cuda", True)] * 2 + \
         [("cpu", "cpu", False)] * 2
+
+
+def test_evaluation_refuses_a_device_the_model_is_not_on(tiny):
+    """evaluate/predict/scores(device=...) sent the batches there and left the model where it was:
+    torch's device-mismatch error on a GPU (the meta device stands in for it here). The model is
+    never moved behind the caller's back: one message says how to do it."""
+    _, test = loaders(tiny)
+    model = Tiny().to("meta")
+    for call in (lambda: eva.evaluate(model, test, device="cpu"),
+                 lambda: eva.predict(model, test, tiny.classes, device="cpu"),
+                 lambda: eva.evaluate(Tiny(), test, device="meta")):
+        with pytest.raises(ValueError, match=r"device='(cpu|meta)', but the model's weights are on "
+                                             r"(meta|cpu).*Fix: model.to\("):
+            call()
+    here = Tiny()  # the device it is on, named or not, answers the same
+    assert eva.evaluate(here, test, device="cpu") == eva.evaluate(here, test)
+
+
+def test_a_classifier_is_loaded_onto_its_device_before_it_is_probed(tmp_path):
+    """Classifier.load(device=...) probed the model with a batch on the device while the model was
+    still on the CPU (a CUDA device failed there; the meta device stands in for it)."""
+    pytest.importorskip("safetensors", reason="the app's optional extra: pip install safetensors")
+    classes = [f"c{i}" for i in range(10)]
+    eva.Classifier(eva.PlainCNN(num_classes=10), classes, (0.5,) * 3, (0.25,) * 3,
+                   (32, 32)).save(tmp_path)
+    loaded = eva.Classifier.load(tmp_path, device="meta")
+    assert {p.device.type for p in loaded.model.parameters()} == {"meta"}
