@@ -29,6 +29,8 @@ def get_device(preferred: str | torch.device | None = None) -> torch.device:
             raise TrainingError(f"device={str(preferred)!r}, but this machine has no such device. "
                                 "Fix: leave device out (eva picks CUDA, then MPS, then the CPU), "
                                 "or in Colab choose Runtime > Change runtime type > T4 GPU.")
+        if device.type == "cuda" and device.index is None:
+            return local_cuda()  # "cuda" under torchrun: this process's own GPU
         return device
     if torch.cuda.is_available():
         return local_cuda()  # cuda, or under torchrun this process's own GPU

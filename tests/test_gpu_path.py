@@ -107,3 +107,16 @@ def test_a_classifier_is_loaded_onto_its_device_before_it_is_probed(tmp_path):
                    (32, 32)).save(tmp_path)
     loaded = eva.Classifier.load(tmp_path, device="meta")
     assert {p.device.type for p in loaded.model.parameters()} == {"meta"}
+
+
+def test_an_explicit_cuda_under_torchrun_is_this_processs_gpu(monkeypatch):
+    """device="cuda" under torchrun reached torch.cuda.set_device without an index (a ValueError):
+    it means this process's GPU, cuda:LOCAL_RANK, as the default does."""
+    from eva_utils.runtime import get_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert get_device("cuda") == torch.device("cuda")  # one process: as given
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert get_device("cuda") == get_device(None) == torch.device("cuda", 1)
+    assert get_device("cuda:0") == torch.device("cuda", 0)  # an index given is kept
