@@ -4,7 +4,6 @@ the losses as they come (NaN, divergence), the test loss, running out of memory,
 Checks only: none of them changes anything."""
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import warnings
@@ -69,15 +68,11 @@ def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_
     return cfg, device, resume
 
 
-@contextlib.contextmanager
-def out_of_memory_explained(device: torch.device, epoch: int):
-    """Turn running out of memory into one message that says what to change."""
-    try:
-        yield
-    except torch.OutOfMemoryError:
-        raise TrainingError(
-            f"{device} ran out of memory in epoch {epoch + 1}. Fix: lower the batch size, turn "
-            "on mixed precision (cfg.amp=True), or free memory (restart the kernel).") from None
+def out_of_memory(device: torch.device, epoch: int) -> TrainingError:
+    """Running out of memory, as one message that says what to change."""
+    return TrainingError(f"{device} ran out of memory in epoch {epoch + 1}. Fix: lower the batch "
+                         "size and run again (the memory is freed), or turn on mixed precision "
+                         "(cfg.amp=True).")
 
 
 def check_test_loss(test_loss: float, epoch: int) -> None:

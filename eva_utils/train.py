@@ -25,7 +25,7 @@ from .run_folder import RunFolder
 from .config import TrainConfig
 from .ema import EMA
 from .guards import (check_arguments, check_finite, check_first_batch, check_test_loss,
-                     out_of_memory_explained, warn_if_tta_hurt)
+                     out_of_memory, warn_if_tta_hurt)
 from .history import History
 from .inference import scores
 from .precision import Precision
@@ -70,9 +70,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
                     loader.set_epoch(epoch)
             lr = run.optimizer.param_groups[0]["lr"]
             # Train one pass, then test (both over every process's share).
-            with out_of_memory_explained(device, epoch):
-                trained = train_epoch(run, train_loader, cfg, epoch, progress=progress)
-                tested = evaluate_epoch(run, test_loader, cfg)
+            trained, tested = train_and_test(run, train_loader, test_loader, cfg, epoch, progress)
             check_test_loss(tested[0], epoch)  # never record, checkpoint or schedule on a NaN
             run.step_schedule(tested[0])
             # Record the epoch, print its line, checkpoint it; keep the folder's lock alive.
@@ -132,6 +130,23 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
     if progress and len(run.history) < cfg.epochs:
         tqdm.write(f"Training on {device_name(device)} in {precision}.")
     return run
+
+
+def train_and_test(run: Run, train_loader, test_loader, cfg: TrainConfig, epoch: int,
+                   progress: bool) -> tuple[tuple, tuple]:
+    """``train_epoch``'s and ``evaluate_epoch``'s results. Out of memory, one TrainingError, raised
+    after the handler (whose traceback holds the step's activations) and with the memory freed,
+    so that a smaller batch can run in the same Jupyter kernel."""
+    try:
+        return (train_epoch(run, train_loader, cfg, epoch, progress=progress),
+                evaluate_epoch(run, test_loader, cfg))
+    except torch.OutOfMemoryError:
+        pass
+    run.optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+    raise out_of_memory(run.device, epoch)
 
 
 def evaluate_epoch(run: Run, loader, cfg: TrainConfig) -> tuple[float, float, float]:

@@ -7,6 +7,7 @@ import torch
 
 import eva_utils as eva
 import eva_utils.precision
+import eva_utils.train
 from eva_utils.checkpoint import load_checkpoint
 from test_train import Tiny, cfg, loaders, mock_amx
 
@@ -120,3 +121,36 @@ def test_an_explicit_cuda_under_torchrun_is_this_processs_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert get_device("cuda") == get_device(None) == torch.device("cuda", 1)
     assert get_device("cuda:0") == torch.device("cuda", 0)  # an index given is kept
+
+
+def test_running_out_of_memory_lets_the_memory_go(tiny, monkeypatch):
+    """The friendly error was raised inside the handler, so its __context__ held the OOM, whose
+    traceback held the step's activations: Jupyter kept them, and "lower the batch size and run
+    again" ran out of memory again in the same kernel. The error now comes alone, the activations
+    are freed, and on CUDA the cache is emptied."""
+    import weakref
+    activations = []
+
+    class Hungry(Tiny):
+        def forward(self, x):
+            out = super().forward(x)
+            if self.training:
+                big = torch.zeros(1000, 1000)  # stands in for the step's activations
+                activations.append(weakref.ref(big))
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return out
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    with pytest.raises(eva.TrainingError, match="ran out of memory in epoch 1") as info:
+        eva.fit(Hungry(), *loaders(tiny), cfg(), progress=False)
+    assert info.value.__context__ is None and info.value.__cause__ is None
+    assert activations and activations[0]() is None
+    model = Tiny()
+    from eva_utils.train import train_and_test
+    run = type("Run", (), {"device": torch.device("cuda"), "optimizer":
+                           torch.optim.SGD(model.parameters(), lr=0.1)})()
+    monkeypatch.setattr(eva_utils.train, "train_epoch", lambda *a, **k: Hungry().train()(
+        torch.zeros(1, 3, 8, 8)))
+    with pytest.raises(eva.TrainingError, match="cuda ran out of memory in epoch 3"):
+        train_and_test(run, None, None, cfg(), 2, False)
+    assert emptied == [1]
