@@ -17,11 +17,13 @@ loaders, no training code.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 import shutil
 import sys
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
@@ -135,6 +137,8 @@ def _same_answers(folder: Path, clf: Classifier, pictures: list[np.ndarray]) -> 
     export whose rebuilt model answers otherwise than the model given, on the examples (or one
     drawn picture), e.g. a model changed after it was built (an activation swapped: the same
     weights in another network), or one with more outputs than the data has classes."""
+    if next(clf.model.parameters()).device.type != "cpu":  # compared where the app answers:
+        clf = replace(clf, model=copy.deepcopy(clf.model).cpu())  # a GPU's TF32 is not the CPU's
     drawn = np.random.default_rng(0).integers(0, 256, (*clf.image_size, 3), dtype=np.uint8)
     outputs = len(clf.probabilities(drawn))
     if outputs != len(clf.classes):

@@ -573,6 +573,25 @@ def test_export_refuses_a_model_the_app_cannot_repeat(trained, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_export_compares_a_gpu_model_with_its_rebuild_on_the_cpu(trained, tmp_path, monkeypatch):
+    """export_app compared the model where it was (a GPU: TF32 convolutions from Ampere on) with
+    its CPU rebuild at 1e-3, and could refuse a correct model. Here the model stands "on a GPU"
+    whose answers are 0.01 off the CPU's; a CPU copy of it is what is compared."""
+    import copy
+    model = copy.deepcopy(trained["model"])
+    cpu = eva.Classifier.probabilities
+
+    def on_gpu(self, picture, *args, **kwargs):
+        p = cpu(self, picture, *args, **kwargs)
+        return p + 0.01 * (self.model is model)  # the GPU's arithmetic, this model's alone
+    monkeypatch.setattr(eva.Classifier, "probabilities", on_gpu)
+    real = next(model.parameters()).device
+    monkeypatch.setattr(torch.Tensor, "device", property(
+        lambda t: torch.device("cuda", 0) if any(t is p for p in model.parameters()) else real))
+    folder = eva.export_app(model, trained["data"], trained["predictions"], tmp_path / "app")
+    assert (folder / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("file, change, words", [
     ("model.json", {"std": [0.2, 0.0, 0.2]}, r"std=\[0.2, 0.0, 0.2\]: give three numbers > 0"),
     ("model.json", {"classes": ["a", "b", "c"]}, r"names 3 classes for a model with 4 outputs"),
