@@ -70,11 +70,16 @@ class EvaModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def on_fit_start(self) -> None:
-        # The memory layout fit would choose on this device (NHWC on CUDA and the CPU).
-        self.nhwc = Precision.choose(self.device, channels_last=self.cfg.channels_last).channels_last
+    def setup(self, stage: str) -> None:
+        # The memory layout fit would choose on the device it will train on (NHWC on CUDA and the
+        # CPU), set before the strategy wraps the model in DDP, whose gradient buckets take the
+        # weights' layout as they are then.
+        device = self.trainer.strategy.root_device
+        self.nhwc = Precision.choose(device, channels_last=self.cfg.channels_last).channels_last
         if self.nhwc:
             self.model.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
         # What evaluate and predict answer in afterwards, as after fit: the Trainer's arithmetic.
         mixed = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
         self.model.eva_precision = Precision(mixed.get(str(self.trainer.precision)), self.nhwc)

@@ -126,13 +126,19 @@ def use_channels_last(device: torch.device, channels_last: bool | None) -> bool:
     return device.type in ("cuda", "cpu") if channels_last is None else channels_last
 
 
-def tune_convolutions(device: torch.device) -> None:
-    """On CUDA, let cuDNN time its convolution algorithms once per input shape and keep the fastest
-    (every batch of our loaders has one size, but the last test batch), unless the user asked for
-    deterministic algorithms (``torch.use_deterministic_algorithms(True)``), which benchmarking
-    would undo. Nothing elsewhere."""
+@contextmanager
+def tuned_convolutions(device: torch.device):
+    """Inside the block, on CUDA, cuDNN times its convolution algorithms once per input shape and
+    keeps the fastest (every batch of our loaders has one size, but the last test batch), unless
+    the user asked for deterministic algorithms (``torch.use_deterministic_algorithms(True)``),
+    which benchmarking would undo. The process's setting is restored after it."""
+    before = torch.backends.cudnn.benchmark
     if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
         torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):

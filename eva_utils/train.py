@@ -30,7 +30,7 @@ from .history import History
 from .inference import scores
 from .precision import Precision
 from .run import Run, loader_fingerprint
-from .runtime import device_name, seed_everything, to_device, tune_convolutions
+from .runtime import device_name, seed_everything, to_device, tuned_convolutions
 from .schedule import build_optimizer, build_scheduler
 
 
@@ -57,7 +57,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     main = distributed.is_main()  # the one process that prints and writes checkpoints
     progress = progress and main
     folder = RunFolder(cfg.checkpoint_dir) if cfg.checkpoint_dir and main else None
-    with folder or contextlib.nullcontext():
+    with folder or contextlib.nullcontext(), tuned_convolutions(device):
         # Set up: the optimizer, schedule and precision, then the checkpoint's state if resuming.
         run = start_run(model, train_loader, cfg, device, resume, folder, progress)
         budget = Budget(time_budget, run.history)
@@ -97,7 +97,6 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
     ckpt = load_checkpoint(resume) if resume is not None else None
     precision, kept = Precision.for_run(device, cfg, ckpt, resume)
     seed_everything(cfg.seed)
-    tune_convolutions(device)
     model.to(device, memory_format=torch.channels_last if precision.channels_last
              else torch.preserve_format)
     model.eva_precision = precision  # what evaluate and predict answer in afterwards

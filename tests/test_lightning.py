@@ -157,3 +157,25 @@ def test_resuming_another_models_or_another_configs_checkpoint_is_refused(tiny, 
     module = EvaModule.load_from_checkpoint(path, model=eva.SmallResNet(num_classes=10, repeats=1),
                                             cfg=cases[1][1])
     assert module.cfg.label_smoothing == 0.1  # weights to predict with: the config is not checked
+
+
+def test_the_weights_are_channels_last_before_the_strategy_wraps_them(tiny, tmp_path,
+                                                                      monkeypatch):
+    """EvaModule turned the weights channels-last in on_fit_start, after the strategy had set the
+    model up (under DDP: its gradient buckets were built for the old layout). It does so in setup,
+    before the strategy's own setup."""
+    strategy = type(trainer(tmp_path, 1).strategy)
+    original, seen = strategy.setup, []
+
+    def setup(self, run):
+        conv = next(p for p in run.lightning_module.parameters() if p.dim() == 4)
+        seen.append(conv.is_contiguous(memory_format=torch.channels_last)
+                    and not conv.is_contiguous())
+        return original(self, run)
+    monkeypatch.setattr(strategy, "setup", setup)
+    cfg = eva.TrainConfig(epochs=1, lr=0.05, channels_last=True, amp=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer(tmp_path, 1, enable_checkpointing=False).fit(
+            EvaModule(eva.PlainCNN(num_classes=10), cfg), EvaDataModule(*data_loaders(tiny)))
+    assert seen == [True]

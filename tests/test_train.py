@@ -14,6 +14,7 @@ from torch import nn
 
 import eva_utils as eva
 import eva_utils.precision
+import eva_utils.train
 from eva_utils.ema import EMA
 from eva_utils.runtime import TrainingError, amp_dtype, use_channels_last
 
@@ -406,17 +407,23 @@ def test_a_skipped_float16_step_does_not_step_the_schedule(monkeypatch, tiny, tm
     assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
 
 
-def test_cudnn_picks_its_fastest_convolutions_unless_determinism_is_asked(monkeypatch):
-    from eva_utils.runtime import tune_convolutions
+def test_cudnn_picks_its_fastest_convolutions_unless_determinism_is_asked(monkeypatch, tiny):
+    """Inside fit only: the process's setting was left on for good after a run."""
+    from eva_utils.runtime import tuned_convolutions
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    tune_convolutions(torch.device("cpu"))
-    assert torch.backends.cudnn.benchmark is False
-    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
-    tune_convolutions(torch.device("cuda"))
-    assert torch.backends.cudnn.benchmark is False
-    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
-    tune_convolutions(torch.device("cuda"))
-    assert torch.backends.cudnn.benchmark is True
+    seen = []
+    for device, deterministic in (("cpu", False), ("cuda", True), ("cuda", False)):
+        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
+        with tuned_convolutions(torch.device(device)):
+            seen.append(torch.backends.cudnn.benchmark)
+        assert torch.backends.cudnn.benchmark is False  # restored
+    assert seen == [False, False, True]
+    monkeypatch.setattr(eva_utils.train, "train_epoch", lambda *a, **k: seen.append(
+        torch.backends.cudnn.benchmark) or (1.0, 50.0, 0.1))
+    monkeypatch.setattr(eva_utils.train, "tuned_convolutions", lambda device: tuned_convolutions(
+        torch.device("cuda")))  # as on a GPU
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1), progress=False)
+    assert seen[-1] is True and torch.backends.cudnn.benchmark is False
 
 
 @pytest.mark.parametrize("config, scaler, devices, want", [
