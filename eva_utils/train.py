@@ -94,7 +94,10 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
     (exactly: weights, optimizer, schedule, history and random state)."""
     if folder is not None:
         folder.check_new_run(resume)
-    ckpt = load_checkpoint(resume) if resume is not None else None
+    # Under torchrun rank 0 decides whether the run resumes and sends its checkpoint to every
+    # process: a node-local checkpoint folder has it on one node only.
+    ckpt = load_checkpoint(resume) if resume is not None and distributed.is_main() else None
+    ckpt = distributed.from_main(ckpt, device)
     precision, kept = Precision.for_run(device, cfg, ckpt, resume)
     seed_everything(cfg.seed)
     model.to(device, memory_format=torch.channels_last if precision.channels_last
@@ -102,9 +105,7 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
     model.eva_precision = precision  # what evaluate and predict answer in afterwards
     optimizer = build_optimizer(model, cfg)
     scheduler, step_every = build_scheduler(optimizer, cfg, len(train_loader))
-    forward = distributed.wrap(model, device)  # DDP under torchrun; the model itself otherwise
-    run = Run(model, torch.compile(forward) if cfg.compile else forward, optimizer, scheduler,
-              step_every, precision, precision.scaler(device),
+    run = Run(model, model, optimizer, scheduler, step_every, precision, precision.scaler(device),
               EMA(model, cfg.ema_decay) if cfg.ema_decay else None, device, History(),
               [m for m in model.modules() if not m.training] if model.training else [], folder)
     if ckpt is not None:
@@ -126,6 +127,10 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
                 tqdm.write(epoch_line(run.history, i))
             if kept:
                 tqdm.write(kept)
+    # DDP under torchrun, wrapped after the restore: its first broadcast then starts every process
+    # from the same weights. The model itself otherwise.
+    forward = distributed.wrap(model, device)
+    run.forward = torch.compile(forward) if cfg.compile else forward
     if progress and len(run.history) < cfg.epochs:
         tqdm.write(f"Training on {device_name(device)} in {precision}.")
     return run

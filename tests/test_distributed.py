@@ -163,3 +163,53 @@ def test_the_example_script_trains_under_torchrun(tmp_path):
     assert "checkpoint_dir=args.checkpoint_dir).suggested_lr" in code
     assert ("checkpoint_dir=args.checkpoint_dir)\n"
             "    history = eva.fit(model, train, test, config, resume=True)") in code
+
+
+NODE_LOCAL = '''
+import json, os, sys, warnings
+from pathlib import Path
+import torch
+from torch import nn
+import eva_utils as eva
+
+out, rank = Path(sys.argv[1]), int(os.environ["RANK"])
+data = eva.synthetic_data(train=240, test=100, seed=1)
+train = eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std, 40, train=True)
+test = eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 50, train=False)
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 10))
+
+def config(folder):  # each process's own folder: a node-local disk, as on two machines
+    return eva.TrainConfig(epochs=3, lr=0.05, seed=0, amp=False, checkpoint_dir=str(folder))
+
+whole = model()
+eva.fit(whole, train, test, config(out / f"whole-{rank}"), progress=False)
+try:  # a first stretch: one epoch, then the budget stops every process
+    eva.fit(model(), train, test, config(out / f"cut-{rank}"), time_budget=1e-9, progress=False)
+except eva.BudgetSpent:
+    pass
+cut = model()
+history = eva.fit(cut, train, test, config(out / f"cut-{rank}"), resume=True, progress=False)
+for a, b in zip(cut.state_dict().values(), whole.state_dict().values()):
+    assert torch.equal(a, b)
+(out / f"done-{rank}.json").write_text(json.dumps(history.resumed_at))
+eva.distributed.stop()
+'''
+
+
+def test_a_run_resumes_on_every_node_from_rank_0s_checkpoint(tmp_path):
+    """With a node-local checkpoint folder only rank 0's node holds last.pt: each process decided
+    on its own, node 1 started from scratch after DDP's one broadcast, the replicas diverged and
+    hung in an all-reduce. Rank 0 decides and sends its checkpoint; the restore comes before DDP's
+    broadcast; both finish as an unbroken run."""
+    script = tmp_path / "train.py"
+    script.write_text(NODE_LOCAL)
+    ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", str(script), str(tmp_path)],
+                         capture_output=True, text=True, timeout=240)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert [json.loads((tmp_path / f"done-{r}.json").read_text()) for r in (0, 1)] == [[1], [1]]
+    assert not (tmp_path / "cut-1" / "last.pt").exists()  # rank 1's node never held one
