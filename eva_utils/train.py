@@ -73,15 +73,14 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
             trained, tested = train_and_test(run, train_loader, test_loader, cfg, epoch, progress)
             check_test_loss(tested[0], epoch)  # never record, checkpoint or schedule on a NaN
             run.step_schedule(tested[0])
-            # Record the epoch, print its line, checkpoint it; keep the folder's lock alive.
+            # Record the epoch, print its line, checkpoint it.
             best = run.record(trained, tested, lr, cfg.tta)
             if progress:
                 tqdm.write(epoch_line(run.history, epoch))
-            if folder is not None:
+            if folder is not None:  # still this run's folder (a timer keeps its lock alive)?
+                folder.check()
                 folder.save(run.state(cfg, train_loader), best=best)
             budget.record_epoch(time.perf_counter() - started)
-            if folder is not None:  # alive, and how long the next epoch may stay silent
-                folder.beat(longest=budget.longest)
     if run.ema is not None:  # leave the averaged weights in the caller's model
         model.load_state_dict(run.ema.module.state_dict())
     warn_if_tta_hurt(cfg, run.history)
@@ -231,7 +230,7 @@ def train_epoch(run: Run, loader, cfg: TrainConfig, epoch: int, *,
             seen += len(y)
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
                 if run.folder is not None:
-                    run.folder.beat()  # at most once a minute
+                    run.folder.check()
                 check_finite(losses[:i + 1], epoch, run.optimizer, math.log(max(logits.shape[1], 2)))
                 if progress:
                     bar.set_postfix(loss=f"{losses[:i + 1].mean().item():.3f}",

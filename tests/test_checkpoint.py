@@ -178,11 +178,6 @@ def test_one_run_owns_a_folder(tiny, tmp_path, monkeypatch):
     assert not (tmp_path / "last.pt").exists()
     eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), progress=False)
     assert not lock.exists() and (tmp_path / "last.pt").exists()  # taken over, then released
-    lock.write_text(json.dumps({"pid": 1, "host": "another-machine"}))  # cannot be checked
-    with pytest.raises(CheckpointError, match="process 1 on another-machine"):
-        eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), resume=True,
-                progress=False)
-    lock.unlink()
 
     def crash(*args, **kwargs):
         raise RuntimeError("boom")
@@ -265,47 +260,133 @@ def test_cuda_random_states_of_more_gpus_than_this_machine_has(monkeypatch):
     assert [(d, s.sum().item()) for d, s in restored] == [(0, 0)]
 
 
-def test_a_dead_machines_lock_is_taken_over_and_a_live_ones_refused(tiny, tmp_path, monkeypatch,
-                                                                    capsys):
+@pytest.fixture
+def quick_lock(monkeypatch):
+    """The lock's timings in tenths of a second: a beat, a drive's delay (patience 0.5 s)."""
+    monkeypatch.setattr(RunFolder, "BEAT", 0.1)
+    monkeypatch.setattr(RunFolder, "DELAY", 0.3)
+    monkeypatch.setattr(RunFolder, "SAY_EVERY", 0.2)
+
+
+def vanish(folder: RunFolder) -> None:
+    """The machine holding ``folder`` is gone: its timer stops, its lock stays on the drive."""
+    folder._stop.set()
+    folder._timer.join()
+
+
+def test_a_dead_machines_lock_is_taken_over_after_watching_it(tiny, tmp_path, monkeypatch,
+                                                              capsys, quick_lock):
     """After a Colab disconnect the new VM has another hostname and the old VM's lock is still on
-    Drive. A lock refreshed lately (a second notebook on the same folder, live) is refused; one
-    silent for longer than its run's longest epoch plus RunFolder.MARGIN is taken over, in one
-    line."""
+    Drive. The new run waits in place, saying how long, while the lock stays unchanged, then takes
+    over. No clock is read: a lock dated an hour ahead (another machine's clock) is taken all the
+    same, where it blocked for the hour."""
     monkeypatch.setattr(socket, "gethostname", lambda: "old-vm")
     dead = RunFolder(tmp_path)
-    dead.__enter__()  # the old VM held the folder, then vanished without releasing it
-    dead.beat(longest=120.0)  # its longest epoch: 2 minutes
-    monkeypatch.setattr(socket, "gethostname", lambda: "new-vm")
+    dead.__enter__()
+    vanish(dead)
     lock = tmp_path / RunFolder.LOCK
-
-    def silent_for(minutes):
-        then = time.time() - 60 * minutes
-        os.utime(lock, (then, then))
-    silent_for(11)  # within 2 min + the 10 min margin: maybe alive
-    with pytest.raises(CheckpointError, match=rf"process {os.getpid()} on old-vm, last alive at "
-                       r".*taken over once its lock has not been refreshed for 12 min"):
-        eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), progress=False)
-    silent_for(13)
+    ahead = time.time() + 3600
+    os.utime(lock, (ahead, ahead))
+    monkeypatch.setattr(socket, "gethostname", lambda: "new-vm")
     eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), progress=False)
-    took = [line for line in capsys.readouterr().out.splitlines() if "Took over" in line]
-    assert took == [f"Took over {tmp_path} from process {os.getpid()} on old-vm, whose lock had "
-                    "not been refreshed for 13 min (a disconnected machine, gone)."]
+    out = capsys.readouterr().out
+    assert (f"{tmp_path} is held by process {os.getpid()} on old-vm, which may have disconnected. "
+            "Waiting for its lock to stay unchanged for ") in out
+    assert re.search(r"\n  unchanged for \d s; taken over in \d s\.\n", out)
+    assert re.search(rf"Took over {re.escape(str(tmp_path))} from process {os.getpid()} on old-vm, "
+                     r"whose lock did not change for \d s \(a disconnected machine, gone\)\.", out)
     assert not lock.exists() and (tmp_path / "last.pt").exists()
 
 
-def test_a_training_run_keeps_its_lock_alive(tiny, tmp_path, monkeypatch):
-    """The lock is rewritten as the run starts, after every epoch (with the longest epoch so far),
-    and within an epoch at most once a RunFolder.BEAT (here 0 s: at every progress update)."""
-    written = []
-    real_write = RunFolder._write
+def test_a_live_machines_lock_is_refused_whatever_its_date(tiny, tmp_path, monkeypatch,
+                                                           quick_lock):
+    """A lock that changes while watched belongs to a live run on another machine (a second
+    notebook on the same Drive folder): refused, however old the file's date says it is (a
+    reader's clock an hour ahead took live runs)."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "vm-a")
+    live = RunFolder(tmp_path).__enter__()
+    lock = tmp_path / RunFolder.LOCK
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    monkeypatch.setattr(socket, "gethostname", lambda: "vm-b")
+    try:
+        with pytest.raises(CheckpointError, match=rf"in use by another training run \(process "
+                           rf"{os.getpid()} on vm-a; its lock changed while this run watched it\)"):
+            eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path),
+                    progress=False)
+    finally:
+        live.__exit__(None, None, None)
+    assert not lock.exists() and not (tmp_path / "last.pt").exists()
 
-    def write(self):
-        real_write(self)
-        written.append(json.loads(self.lock.read_text())["longest"])
-    monkeypatch.setattr(RunFolder, "_write", write)
-    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=tmp_path / "a"), progress=False)
-    assert len(written) == 1 + 2 and written[0] == 0 and 0 < written[1] <= written[2]
-    written.clear()
-    monkeypatch.setattr(RunFolder, "BEAT", 0.0)  # 5 steps an epoch, log_every=2: steps 2, 4, 5
-    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, checkpoint_dir=tmp_path / "b"), progress=False)
-    assert len(written) == 1 + 2 * (3 + 1)
+
+TAKE = """
+import socket, sys, time
+from eva_utils.run_folder import RunFolder
+RunFolder.BEAT, RunFolder.DELAY = 0.1, 0.3
+socket.gethostname = lambda: sys.argv[2]
+try:
+    with RunFolder(sys.argv[1]):
+        print("won", flush=True)
+        time.sleep(1.5)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_of_runs_that_find_one_dead_lock_one_takes_the_folder(tmp_path):
+    """Taking over was read, check, unlink, create: two processes that read one stale lock both
+    took the folder (last.pt's epochs on disk went 7, 6, 8). Now one wins; the others find the
+    winner's lock and are refused."""
+    (tmp_path / RunFolder.LOCK).write_text(json.dumps({"pid": 1, "host": "gone", "count": 9}))
+    runs = [subprocess.Popen([sys.executable, "-c", TAKE, str(tmp_path), f"vm-{i}"],
+                             stdout=subprocess.PIPE, text=True) for i in range(3)]
+    said = [run.communicate(timeout=60)[0] for run in runs]
+    assert sum("won" in s for s in said) == 1, said
+    assert sum("in use by another training run" in s for s in said) == 2, said
+    assert not any(tmp_path.glob("*takeover*"))
+
+
+def test_a_run_whose_folder_was_taken_stops(tmp_path, quick_lock):
+    """beat() rewrote the lock without checking it was still its own, so a run whose folder was
+    taken (its machine suspended past the patience) went on for ever beside the new owner. The
+    timer stops rewriting, the run stops at its next check, and leaves the new owner's lock."""
+    held = RunFolder(tmp_path).__enter__()
+    lock = tmp_path / RunFolder.LOCK
+    lock.write_text(json.dumps({"pid": 4242, "host": "thief", "token": "other", "count": 1}))
+    time.sleep(0.5)
+    with pytest.raises(CheckpointError, match=r"was taken over by process 4242 on thief.*stops"):
+        held.check()
+    held.__exit__(None, None, None)
+    assert json.loads(lock.read_text())["host"] == "thief"
+
+
+def test_the_lock_is_kept_alive_by_a_timer_while_testing_too(tmp_path, quick_lock):
+    """The lock was refreshed every log_every steps and never while testing (73 s gaps in an
+    epoch of 6 slow steps). A timer rewrites it every BEAT, whatever the run is doing."""
+    with RunFolder(tmp_path):
+        lock = tmp_path / RunFolder.LOCK
+        first = json.loads(lock.read_text())["count"]
+        time.sleep(0.55)  # the main thread busy elsewhere (a long test pass)
+        assert json.loads(lock.read_text())["count"] >= first + 3
+    assert not lock.exists()
+
+
+def test_a_dead_local_process_is_taken_over_in_one_line_and_odd_locks_are_named(
+        tiny, tmp_path, capsys, quick_lock):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True).stdout.strip()
+    lock = tmp_path / RunFolder.LOCK
+    lock.write_text(json.dumps({"pid": int(ended), "host": socket.gethostname()}))
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), progress=False)
+    assert (f"Took over {tmp_path} from process {ended} on this machine, which has ended."
+            in capsys.readouterr().out)
+    lock.mkdir()
+    with pytest.raises(CheckpointError, match=r"\.eva-run\.lock is a folder, not eva's lock "
+                                              r"file. Fix: remove it"):
+        eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), resume=True,
+                progress=False)
+    lock.rmdir()
+    lock.write_text("")  # a lock created and never written (its process killed at once)
+    eva.fit(Tiny(), *loaders(tiny), cfg(epochs=1, checkpoint_dir=tmp_path), resume=True,
+            progress=False)
+    assert "Took over" in capsys.readouterr().out and not lock.exists()

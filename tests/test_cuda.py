@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 import eva_utils as eva
-from test_resume import ROOT, same_run
+from test_train import same_run
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -137,3 +140,103 @@ def test_a_cpu_model_scores_a_gpu_loader_as_it_scores_a_cpu_one():
     want = eva.evaluate(model, on_cpu, amp=False)
     torch.cuda._sleep(1_000_000_000)  # about a second of GPU cycles queued before the copies
     assert eva.evaluate(model, on_gpu, amp=False) == want
+
+
+def test_a_bfloat16_run_resumes_on_a_t4_in_float16(tmp_path, monkeypatch):
+    """Begun in bfloat16 (this GPU, Ampere or later), resumed as on a T4 (capability patched):
+    float16 with a fresh loss scaler, not torch's "source state dict is empty"."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("this GPU predates bfloat16")
+    train, test = loaders()
+    config = eva.TrainConfig(epochs=2, lr=0.05, checkpoint_dir=str(tmp_path))
+    with pytest.raises(eva.BudgetSpent):
+        eva.fit(eva.CustomResNet(num_classes=10), train, test, config, time_budget=1e-9,
+                progress=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    history = eva.fit(eva.CustomResNet(num_classes=10), train, test, config, resume=True,
+                      progress=False)
+    assert history.precision == ["bfloat16", "float16"]
+
+
+def test_a_sweep_kept_on_the_gpu_is_the_cpus_too(tmp_path, capsys):
+    """The kept range test belongs to the model, data, loss and sweep, not the device: swept on
+    the GPU, loaded on the CPU (the same loader's images there)."""
+    data = eva.synthetic_data(train=512, test=256, seed=1)
+    kw = dict(num_iter=10, verbose=True, checkpoint_dir=tmp_path)
+    on_gpu = eva.lr_range_test(eva.PlainCNN(num_classes=10), eva.TensorLoader(
+        data.train_images, data.train_labels, data.mean, data.std, 32, train=True,
+        device="cuda"), **kw)
+    capsys.readouterr()
+    on_cpu = eva.lr_range_test(eva.PlainCNN(num_classes=10), eva.TensorLoader(
+        data.train_images, data.train_labels, data.mean, data.std, 32, train=True), **kw)
+    assert on_cpu == on_gpu and "loaded from" in capsys.readouterr().out
+
+
+def test_device_arguments_on_a_gpu(tmp_path):
+    """evaluate refuses a device the model is not on; Classifier.load puts the model there."""
+    pytest.importorskip("safetensors")
+    model = eva.PlainCNN(num_classes=10)
+    _, test = loaders("cpu")
+    with pytest.raises(ValueError, match=r"device='cuda', but the model's weights are on cpu"):
+        eva.evaluate(model, test, device="cuda")
+    assert eva.evaluate(model.to("cuda"), test, device="cuda") == eva.evaluate(model, test)
+    eva.Classifier(model.cpu(), [str(i) for i in range(10)], (0.5,) * 3, (0.25,) * 3,
+                   (32, 32)).save(tmp_path)
+    loaded = eva.Classifier.load(tmp_path, device="cuda")
+    assert next(loaded.model.parameters()).is_cuda
+
+
+def test_after_running_out_of_memory_a_smaller_batch_trains_in_the_same_process():
+    """The friendly error no longer keeps the failed step's activations alive: the memory comes
+    back, and the smaller batch the message suggests trains in the same process (a notebook)."""
+    data = eva.synthetic_data(train=64, test=64, seed=1)
+    free = torch.cuda.mem_get_info()[0]
+    side = int((free / 4 / 3 / 16) ** 0.5)  # one batch of 16 images whose activations cannot fit
+    huge = torch.nn.functional.interpolate(torch.from_numpy(data.train_images[:16]).permute(
+        0, 3, 1, 2).float(), size=side).permute(0, 2, 3, 1).to(torch.uint8).numpy()
+    train = eva.TensorLoader(huge, data.train_labels[:16], data.mean, data.std, 16, train=True)
+    test = eva.TensorLoader(huge[:2], data.train_labels[:2], data.mean, data.std, 2, train=False)
+    before = torch.cuda.memory_allocated()
+    with pytest.raises(eva.TrainingError, match="ran out of memory") as info:
+        eva.fit(eva.PlainCNN(num_classes=10), train, test, eva.TrainConfig(epochs=1, lr=0.05),
+                progress=False)
+    assert info.value.__context__ is None
+    assert torch.cuda.memory_allocated() - before < 2**30
+    small, test = loaders()
+    history = eva.fit(eva.PlainCNN(num_classes=10), small, test, eva.TrainConfig(epochs=1,
+                      lr=0.05), progress=False)
+    assert len(history) == 1
+
+
+def test_export_app_takes_a_gpu_model(tmp_path):
+    """Compared with its rebuild on the CPU, where the app answers: TF32 convolutions on the GPU
+    (Ampere on) no longer refuse a correct model."""
+    pytest.importorskip("gradio")
+    torch.backends.cudnn.allow_tf32 = True
+    data = eva.synthetic_data(train=64, test=40, seed=1)
+    train = eva.TensorLoader(data.train_images, data.train_labels, data.mean, data.std, 16,
+                             train=True, classes=data.classes)
+    test = eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 40,
+                            train=False, classes=data.classes)
+    model = eva.CustomResNet(num_classes=10)
+    eva.fit(model, train, test, eva.TrainConfig(epochs=1, lr=0.05), progress=False)
+    assert next(model.parameters()).is_cuda
+    folder = eva.export_app(model, data, eva.predict(model, test, data.classes), tmp_path / "app")
+    assert (folder / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_ddp_with_device_cuda_resumes_every_node_from_rank_0(tmp_path):
+    """device="cuda" under torchrun is each process's own GPU, and a node-local checkpoint folder
+    resumes every process from rank 0's checkpoint, to an unbroken run's weights."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_distributed import NODE_LOCAL
+    script = tmp_path / "train.py"
+    script.write_text("import torch\ntorch.use_deterministic_algorithms(True)\n"
+                      + NODE_LOCAL.replace("progress=False)", 'progress=False, device="cuda")'))
+    ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", str(script), str(tmp_path)],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"})
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert [json.loads((tmp_path / f"done-{r}.json").read_text()) for r in (0, 1)] == [[1], [1]]

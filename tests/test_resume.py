@@ -15,20 +15,9 @@ import torch
 
 import eva_utils as eva
 from eva_utils.checkpoint import load_checkpoint
-from test_train import Tiny, cfg, loaders
+from test_train import Tiny, cfg, loaders, same_run
 
 ROOT = Path(__file__).resolve().parent.parent
-LEARNED = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "test_acc_plain")  # not seconds
-
-
-def same_run(a: dict, b: dict) -> None:
-    """Two checkpoints hold the same weights, optimizer state and learning history."""
-    assert a["epoch"] == b["epoch"]
-    for key in LEARNED:
-        assert a["history"][key] == pytest.approx(b["history"][key], rel=1e-5), key
-    for name, tensor in a["model"].items():
-        torch.testing.assert_close(tensor, b["model"][name], msg=name)
-
 
 def test_a_budget_stops_at_an_epoch_end_and_resume_true_finishes_the_same_run(tiny, tmp_path):
     torch.manual_seed(0)

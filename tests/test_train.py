@@ -41,6 +41,18 @@ def loaders(data, batch=40, labels=None):
             eva.TensorLoader(data.test_images, data.test_labels, data.mean, data.std, 50, train=False))
 
 
+LEARNED = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "test_acc_plain")  # not seconds
+
+
+def same_run(a: dict, b: dict) -> None:
+    """Two checkpoints hold the same weights, optimizer state and learning history."""
+    assert a["epoch"] == b["epoch"]
+    for key in LEARNED:
+        assert a["history"][key] == pytest.approx(b["history"][key], rel=1e-5), key
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(tensor, b["model"][name], msg=name)
+
+
 def cfg(**kw):
     return eva.TrainConfig(**{"epochs": 3, "lr": 0.05, "log_every": 2, **kw})
 
