@@ -71,8 +71,11 @@ def plot_history(runs: History | dict[str, History], path=None) -> Figure:
     for ax in (ax_acc, ax_loss):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
-    return save_figure(fig, path)
+    # One legend, under both plots: inside either it covered a curve.
+    handles, labels = ax_acc.get_legend_handles_labels()
+    rows = -(-len(labels) // 4)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
+    return save_figure(fig, path, rect=(0, 0.07 * rows, 1, 1))
 
 
 def plot_lr_schedule(lrs, steps_per_epoch: int | None = None, path=None) -> Figure:

@@ -391,6 +391,12 @@ def test_plots_return_figures_and_save(tiny, tmp_path):
     fig = eva.plot_history({"CNN": h, "ResNet": h}, path=tmp_path / "h.png")
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 4 and (tmp_path / "h.png").exists()
     assert fig.axes[0].lines[0].get_marker() == "o"  # few epochs: each one marked
+    fig.canvas.draw()  # one legend, under the plots: inside one it covered a curve
+    legend = fig.legends[0].get_window_extent()
+    assert not any(ax.get_legend() for ax in fig.axes)
+    assert all(legend.y1 <= ax.get_window_extent().y0 for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == \
+        ["CNN test", "CNN train", "ResNet test", "ResNet train"]
     assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
     cfg = eva.TrainConfig(epochs=4, lr=0.4)
     fig = eva.plot_lr_schedule(eva.lr_schedule(cfg, 10), 10)
