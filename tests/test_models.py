@@ -109,3 +109,17 @@ def test_models_train_with_deterministic_cuda_kernels(make, monkeypatch):
         monkeypatch.setattr(torch.nn.functional, name, no_deterministic_kernel(name))
     model = make(num_classes=10)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+def test_the_small_resnet_without_its_skips_is_the_same_layers_plain():
+    """skip=False: the same parameters, each block's F(x) alone; rebuilt from its arguments."""
+    torch.manual_seed(0)
+    with_skips = SmallResNet(num_classes=10)
+    plain = SmallResNet(num_classes=10, skip=False)
+    plain.load_state_dict(with_skips.state_dict())
+    assert count_parameters(plain) == 491_082 and "skip" not in with_skips.init_args
+    x = torch.randn(2, 64, 8, 8)
+    block, bare = with_skips.block2.eval(), plain.block2.eval()
+    assert torch.equal(block(x), x + bare(x)) and (bare(x) >= 0).all()  # F ends in a ReLU
+    from eva_utils.models import build_model
+    assert build_model("SmallResNet", plain.init_args).block1.skip is False
