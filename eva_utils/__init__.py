@@ -34,7 +34,7 @@ Modules, one noun each:
     history       History: a run's per-epoch record
     ema           the weight average
     inference     evaluate and predict, one path; misclassified, confusion_matrix
-    results       run_record, save_json
+    results       run_record, save_runs, save_json
     lr_finder     lr_range_test and its named rules
     plots         figures of training: curves, schedules, the range test, augmentation
     galleries     figures of answers: confusion matrix, mistakes, Grad-CAM panels
@@ -68,9 +68,9 @@ from .loaders import TensorLoader
 from .lr_finder import RangeTest, lr_range_test
 from .models import (CustomResNet, PlainCNN, ResNet18, SmallResNet, build_model, count_parameters,
                      torchvision_resnet)
-from .galleries import plot_confusion, plot_gradcam, plot_misclassified
-from .plots import figure_path, plot_augmentations, plot_history, plot_lr_finder, plot_lr_schedule
-from .results import run_record, save_json
+from .plots import (figure_path, plot_augmentations, plot_history, plot_lr_finder, plot_lr_schedule,
+                    save_figure)
+from .results import run_record, save_json, save_runs
 from .runtime import TrainingError, device_name, eval_mode, get_device, seed_everything
 from .schedule import build_optimizer, build_scheduler, lr_schedule
 from .streaming import folder_loader
@@ -79,7 +79,7 @@ from .history import History
 from .images import DataError
 from .budget import BudgetSpent
 from .config import TrainConfig
-from .train import fit
+from .train import fit, fit_each
 from .transforms import Augment, classic_augment, denormalize
 from .workers import make_loader
 

@@ -45,3 +45,13 @@ def save_json(path: str | os.PathLike | None, record: dict) -> None:
         path = Path(path).expanduser()  # "~/runs/04.json" means the home folder, as in a shell
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def save_runs(path: str | os.PathLike | None, histories: dict[str, History],
+              models: dict[str, nn.Module], device, /, **labels) -> list[dict]:
+    """Each run's ``run_record`` (labelled with its model's name and ``labels``), written to
+    ``path`` as {"runs": [...]} (nothing written when ``path`` is None); returns the records."""
+    records = [run_record(h, models[name], device, **labels, model=name)
+               for name, h in histories.items()]
+    save_json(path, {"runs": records})
+    return records

@@ -11,7 +11,7 @@ import gc
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +85,24 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
         model.load_state_dict(run.ema.module.state_dict())
     warn_if_tta_hurt(cfg, run.history)
     return run.history
+
+
+def fit_each(models: dict[str, nn.Module], train_loader, test_loader, cfg: TrainConfig, *,
+             device=None, checkpoint_dir=None, time_budget: float | None = None,
+             progress: bool = True) -> dict[str, History]:
+    """``fit`` each of ``models`` (name -> model) with the same loaders and config, one after the
+    other; returns name -> History. With ``checkpoint_dir`` each model keeps its run in
+    ``checkpoint_dir/<name>`` and resumes from it (a finished one is read back, not trained
+    again); ``time_budget`` (seconds) is shared by all of them."""
+    deadline = None if time_budget is None else time.monotonic() + time_budget
+    histories = {}
+    for name, model in models.items():
+        run = replace(cfg, checkpoint_dir=f"{checkpoint_dir}/{name}" if checkpoint_dir else None)
+        left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
+        histories[name] = fit(model, train_loader, test_loader, run, device=device,
+                              resume=checkpoint_dir is not None, time_budget=left,
+                              progress=progress)
+    return histories
 
 
 def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, resume,

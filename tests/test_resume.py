@@ -3,6 +3,7 @@ notebook's checkpoint and budget wiring, and notebook 01 interrupted at smoke si
 same weights and history as an unbroken run."""
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -154,7 +155,8 @@ def up_to_the_record(path: Path, folder: Path) -> Path:
     """The notebook's cells up to the one that saves its run record: what resuming touches (the
     figures after it are the nbval run's to test)."""
     nb = nbformat.read(path, as_version=4)
-    last = next(i for i, c in enumerate(nb.cells) if "save_json(RESULTS_JSON" in c.source)
+    last = next(i for i, c in enumerate(nb.cells)
+                if "save_json(RESULTS_JSON" in c.source or "save_runs(RESULTS_JSON" in c.source)
     nb.cells = nb.cells[:last + 1]
     short = folder / path.name
     nbformat.write(nb, short)
@@ -163,19 +165,24 @@ def up_to_the_record(path: Path, folder: Path) -> Path:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
 def test_every_notebook_wires_its_checkpoints_and_budget_into_fit(path):
-    """What makes a notebook resumable, read from its code: every TrainConfig keeps its checkpoints
-    in CHECKPOINT_DIR (01: a folder per model inside it), and every fit resumes from there and
-    stops at TIME_BUDGET. 01, the one notebook whose models share a budget, is also run,
-    interrupted and resumed below; the others' resumption is fit's, tested above."""
+    """What makes a notebook resumable, read from its code: the run's training (its config built
+    from EPOCHS) keeps its checkpoints in CHECKPOINT_DIR, resumes from there and stops at
+    TIME_BUDGET: through fit, or fit_each for several models sharing one budget (01, also run,
+    interrupted and resumed below). A lesson's short experiment (minutes) runs again instead."""
     code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells
                      if c.cell_type == "code")
-    configs, fits = code.count("eva.TrainConfig("), code.count("eva.fit(")
-    assert configs >= 1 and fits >= 1
-    kept = code.count("checkpoint_dir=CHECKPOINT_DIR)") + code.count("checkpoint_dir=CHECKPOINT_DIR,")
-    assert kept + code.count('.checkpoint_dir = f"{CHECKPOINT_DIR}/') >= configs
-    assert code.count("resume=CHECKPOINT_DIR is not None") == fits
-    # 01 splits one TIME_BUDGET between its two models ("left" of it)
-    assert code.count("time_budget=TIME_BUDGET") + code.count("time_budget=left") == fits
+    calls = re.findall(r"eva\.fit(?:_each)?\((?:[^()]|\([^()]*\))*\)", code)
+    runs = [c for c in calls if "time_budget=" in c]
+    assert runs, "no fit of the run's own"
+    for call in runs:  # 04: what is left of TIME_BUDGET after its range test
+        assert "time_budget=TIME_BUDGET" in call or "time_budget=left" in call
+        assert ("checkpoint_dir=CHECKPOINT_DIR" in call if call.startswith("eva.fit_each(")
+                else "resume=CHECKPOINT_DIR is not None" in call)
+    configs = re.findall(r"eva\.TrainConfig\((?:[^()]|\([^()]*\))*\)", code)
+    run_configs = [c for c in configs if "epochs=EPOCHS" in c]
+    assert run_configs
+    for config in run_configs:  # fit_each gives each model its own folder inside CHECKPOINT_DIR
+        assert "checkpoint_dir=CHECKPOINT_DIR" in config or "eva.fit_each(" in code
 
 
 def test_an_interrupted_notebook_resumes_to_the_same_run(tmp_path, monkeypatch):
