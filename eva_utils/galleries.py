@@ -85,6 +85,12 @@ def no_mistakes(path) -> Figure:
     return save_figure(fig, path)
 
 
+def percent(p: float) -> str:
+    """A probability in [0, 1] as a percentage with one decimal; "> 99.9 %" rather than a 100.0
+    that no softmax reaches (whole percentages made most confident mistakes read 100 %)."""
+    return "> 99.9 %" if p >= 0.9995 else f"{100 * p:.1f} %"
+
+
 def plot_misclassified(wrong: Predictions, mean, std, n: int = 10, cols: int = 5,
                        path=None) -> Figure:
     """Gallery of the first ``n`` of ``wrong`` (``eva.misclassified(...)``: most confident first;
@@ -106,7 +112,7 @@ def plot_misclassified(wrong: Predictions, mean, std, n: int = 10, cols: int = 5
         if i < n:
             ax.imshow(pictures[i])
             ax.set_title(f"{wrong.classes[wrong.labels[i]]}\n→ {wrong.classes[wrong.preds[i]]} "
-                         f"({100 * wrong.confidence[i]:.0f}%)", fontsize=10)
+                         f"({percent(float(wrong.confidence[i]))})", fontsize=10)
     fig.suptitle("Misclassified, most confident first: true → predicted (confidence)", fontsize=12)
     return save_figure(fig, path, layout=False)
 

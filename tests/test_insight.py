@@ -261,7 +261,10 @@ def test_misclassified_gallery_panels_and_titles(tiny, test_loader, tmp_path):
     assert len(shown) == 7 and (tmp_path / "m.png").stat().st_size > 0
     c = tiny.classes
     assert shown[0].get_title() == (f"{c[wrong.labels[0]]}\n→ {c[wrong.preds[0]]} "
-                                    f"({100 * wrong.confidence[0]:.0f}%)")
+                                    f"({100 * wrong.confidence[0]:.1f} %)")
+    from eva_utils.galleries import percent
+    assert [percent(p) for p in (0.12345, 0.9994, 0.9995, 1.0)] == \
+        ["12.3 %", "99.9 %", "> 99.9 %", "> 99.9 %"]
     few = eva.misclassified(eva.predict(eva.PlainCNN(num_classes=10), test_loader, tiny.classes))
     few = few[:3]
     fig = eva.plot_misclassified(few, tiny.mean, tiny.std, n=10)  # fewer than asked: what there is

@@ -448,3 +448,13 @@ def test_full_runs_shows_the_injected_parameters_as_markdown(tmp_path):
     assert kinds == [("code", ["parameters"]), ("markdown", ["run-parameters"]), ("code", [])]
     shown = nbformat.read(path, as_version=4).cells[1].source
     assert 'SEED = 0\nCHECKPOINT_DIR = "ckpt/new"\n```' in shown and "# Parameters" not in shown
+
+
+def test_the_licence_and_the_changelog_a_reader_needs():
+    """pyproject.toml declared the MIT licence with no LICENSE file, and the notebooks install a
+    release tag that no changelog described."""
+    import eva_utils
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
+    assert declared == "MIT" and (ROOT / "LICENSE").read_text().startswith("MIT License")
+    changes = (ROOT / "CHANGELOG.md").read_text()
+    assert f"\n## {eva_utils.__version__} (" in changes and "\n## Unreleased\n" in changes
