@@ -1,7 +1,7 @@
 """A trained classifier as a web page (Gradio): upload an image or pick an example, read its top
 classes, look at Grad-CAM from any layer at any opacity, and browse the test images it got wrong.
 
-    python -m eva_utils.serve checkpoints/04-seed0/best.pt --data data    # try a finished run
+    python -m eva_utils.serve runs/ckpt-04/best.pt --data data    # try a finished run
     python app.py                                                       # in a folder export_app wrote
 
 Gradio is an optional extra (``pip install "eva-utils[app]"``): ``import eva_utils`` never imports
@@ -164,8 +164,11 @@ def build_app(clf: Classifier, examples=(), mistakes=(), *, title: str = "Image 
             with gr.Row():
                 show_wrong = gr.Checkbox(label="Show misclassified test images",
                                          elem_id="show-wrong")
-                n_wrong = gr.Slider(1, len(mistakes), value=min(10, len(mistakes)), step=1,
-                                    label="How many", elem_id="n-wrong")
+                if len(mistakes) > 1:
+                    n_wrong = gr.Slider(1, len(mistakes), value=min(10, len(mistakes)), step=1,
+                                        label="How many", elem_id="n-wrong")
+                else:  # a slider needs two ends (Gradio refuses Slider(1, 1)): one is shown alone
+                    n_wrong = gr.Number(1, visible=False, elem_id="n-wrong")
             gallery = gr.Gallery(label="true → predicted (confidence), most confident first",
                                  columns=5, height="auto", visible=False, elem_id="wrong")
             for control in (show_wrong, n_wrong, show_cam, layer, opacity):

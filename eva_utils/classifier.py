@@ -3,7 +3,7 @@ classes, and a Grad-CAM picture of where it looked. Also the folder format a tra
 in (``save`` / ``load``): weights as safetensors (read without unpickling any code) beside a small
 ``model.json`` naming the architecture and its arguments, the classes, mean/std and image size.
 
-    clf = Classifier.load("space")                 # a folder written by eva.export_app
+    clf = Classifier.load("app")                 # a folder written by eva.export_app
     original, seen = clf.pictures("cat.jpg")       # the upload as a viewer shows it; the model's view
     clf.top(clf.probabilities(seen), k=3)          # {"cat": 0.91, "dog": 0.06, "frog": 0.01}
     clf.heatmap(seen, "layer3", opacity=0.5)       # uint8 (H, W, 3): Grad-CAM over the picture

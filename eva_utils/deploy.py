@@ -1,13 +1,13 @@
 """A trained model as a folder that runs wherever Gradio does (a Hugging Face Space, a laptop):
 ``export_app``. And a finished run's checkpoint in the browser without writing any code:
 
-    python -m eva_utils.serve checkpoints/04-seed0/best.pt --data data    # serves on 127.0.0.1:7860
-    python -m eva_utils.serve checkpoints/04-seed0/best.pt --data data --out space --no-launch
+    python -m eva_utils.serve runs/ckpt-04/best.pt --data data    # serves on 127.0.0.1:7860
+    python -m eva_utils.serve runs/ckpt-04/best.pt --data data --out app --no-launch
 
 In a notebook, after training and ``predictions = eva.predict(model, test_loader, data.classes)``:
 
-    eva.export_app(model, data, predictions, "space")
-    # then: cd space && pip install -r requirements.txt && python app.py
+    eva.export_app(model, data, predictions, "app")
+    # then: cd app && pip install -r requirements.txt && python app.py
 
 The folder holds the app (``app.py``), pinned ``requirements.txt``, the weights (safetensors) and
 ``model.json``, 10 example images (one per class where possible), the test images the model got
@@ -18,6 +18,7 @@ loaders, no training code.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -97,7 +98,7 @@ def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: st
     refused leaves the folder as it was."""
     if not str(folder).strip():  # Path("") would be the current folder
         raise FileExistsError(f"folder={folder!r}: give the folder to write the app into, e.g. "
-                              '"space".')
+                              '"app".')
     folder = Path(folder).expanduser()
     if folder.is_symlink() and not folder.exists():
         raise FileExistsError(f"{folder} is a link to {os.readlink(folder)}, which does not "
@@ -119,6 +120,9 @@ def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: st
                                   "Fix: give a folder in a place you can write to.") from None
         _write(draft, clf, pictures, mistakes, title, about)
         _same_answers(draft, clf, [p for _, p in pictures])
+        if importlib.util.find_spec("gradio") is not None:  # the page, built as app.py will
+            from .app import load_app
+            load_app(draft)
         folder.mkdir(parents=True, exist_ok=True)
         for entry in sorted(draft.iterdir()):
             old = folder / entry.name

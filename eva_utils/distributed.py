@@ -21,16 +21,22 @@ each function returns its input, so single-process training is unchanged, bit fo
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .runtime import TrainingError, torchrun_place
+
+MEET_WITHIN = 300.0  # seconds a process waits for the others at the start before it gives up
+
 
 def world() -> tuple[int, int]:
     """(this process's rank, number of processes): (0, 1) unless started by torchrun."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, _, size = torchrun_place()
+    return rank, size
 
 
 def is_main() -> bool:
@@ -40,11 +46,24 @@ def is_main() -> bool:
 
 def start(device: torch.device) -> None:
     """Join torchrun's process group, once per process: NCCL on CUDA, gloo on the CPU."""
-    if world()[1] == 1 or dist.is_initialized():
+    rank, size = world()
+    if size == 1 or dist.is_initialized():
         return
+    missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(n)]
+    if missing:
+        raise TrainingError(f"WORLD_SIZE={size}, but {' and '.join(missing)} not set: where the "
+                            "processes meet. Fix: start the script with torchrun (it sets them), "
+                            "or unset RANK LOCAL_RANK WORLD_SIZE.")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    try:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=MEET_WITHIN))
+    except (RuntimeError, dist.DistStoreError) as exc:  # a process that never came
+        raise TrainingError(f"Process {rank} of {size} waited {MEET_WITHIN:.0f} s at {where} and "
+                            f"not every process came ({str(exc).splitlines()[0][:200]}). Fix: "
+                            f"start all {size} (torchrun --nproc-per-node ..., on every node).") from None
 
 
 def stop() -> None:

@@ -13,7 +13,7 @@ augmentation, LR finder, figures, Grad-CAM and the app stay the same.
                         gradient_clip_val=cfg.grad_clip, deterministic=True)
     trainer.fit(module, EvaDataModule(train, test))
     predictions = eva.predict(module.model, test, data.classes)      # every figure as before
-    eva.export_app(module.model, data, predictions, "space")
+    eva.export_app(module.model, data, predictions, "app")
 
 With a constant LR and no augmentation, two epochs end with the weights ``eva.fit`` gets from the
 same start, to float tolerance (tests/test_lightning.py). What Lightning does its own way:

@@ -39,13 +39,31 @@ def get_device(preferred: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def torchrun_place() -> tuple[int, int, int]:
+    """(RANK, LOCAL_RANK, WORLD_SIZE) as torchrun sets them; (0, 0, 1) in a plain run. One
+    TrainingError, naming the variables, if they cannot be torchrun's (a RANK left in the shell).
+    (Here, not in ``distributed``: the web app carries this module and no training code.)"""
+    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+    given = {n: os.environ.get(n) for n in names}
+    try:
+        rank, local, size = (int(given[n] or d) for n, d in zip(names, ("0", "0", "1")))
+        problem = ("WORLD_SIZE must be 1 or more" if size < 1 else
+                   "RANK must be from 0 to WORLD_SIZE - 1" if not 0 <= rank < size else
+                   "LOCAL_RANK must be 0 or more" if local < 0 else "")
+    except ValueError:
+        problem = "each must be a whole number"
+    if problem:
+        shown = ", ".join(f"{n}={v!r}" for n, v in given.items() if v is not None)
+        raise TrainingError(f"torchrun's variables say {shown}: {problem}. Left in the shell from "
+                            "another run? Fix: unset RANK LOCAL_RANK WORLD_SIZE for a plain run, "
+                            "or start the script with torchrun.")
+    return rank, local, size
+
+
 def local_cuda() -> torch.device:
-    """This process's GPU: cuda:LOCAL_RANK when torchrun started several processes, else cuda.
-    (Read from torchrun's variables here, not from ``distributed``: the web app carries this module
-    and no training code.)"""
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
-        return torch.device("cuda")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    """This process's GPU: cuda:LOCAL_RANK when torchrun started several processes, else cuda."""
+    _, local, size = torchrun_place()
+    return torch.device("cuda") if size == 1 else torch.device("cuda", local)
 
 
 def device_name(device: torch.device | str) -> str:

@@ -1,8 +1,8 @@
 """A finished run in the browser, without writing any code: the checkpoint ``fit`` wrote becomes
 the web app (``export_checkpoint``), served on 127.0.0.1:7860 or kept as a folder.
 
-    python -m eva_utils.serve checkpoints/04-seed0/best.pt --data data
-    python -m eva_utils.serve checkpoints/04-seed0/best.pt --data data --out space --no-launch
+    python -m eva_utils.serve runs/ckpt-04/best.pt --data data
+    python -m eva_utils.serve runs/ckpt-04/best.pt --data data --out app --no-launch
 
 (A module of its own, which ``import eva_utils`` does not import, so ``python -m`` runs it cleanly.)
 """
@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-launch", action="store_true", help="export only, do not serve")
     args = parser.parse_args(argv)
     if args.out is not None and not args.out.strip():
-        parser.error(f"--out {args.out!r}: give the folder to write the app into, e.g. --out space")
+        parser.error(f"--out {args.out!r}: give the folder to write the app into, e.g. --out app")
     if args.no_launch and not args.out:
         parser.error("--no-launch keeps only the app folder: say where with --out FOLDER")
     if not 1 <= args.port <= 65535:

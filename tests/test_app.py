@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import eva_utils as eva
+import eva_utils.app
 from eva_utils.app import upload_problem
 from eva_utils.deploy import CARRIED, REQUIREMENTS
 from eva_utils.serve import main as serve
@@ -658,3 +659,28 @@ def test_a_decompression_bomb_is_called_one(trained, tmp_path):
     said = upload_problem(caught.value, bomb)
     assert said.startswith("Image bomb.png claims more pixels than Pillow will open")
     assert "megapixels this decodes" in said and "truncated" not in said
+
+
+def test_an_export_with_one_mistake_starts_and_one_the_page_refuses_is_never_written(
+        trained, tmp_path, monkeypatch):
+    """With exactly one mistake the page asked Gradio for Slider(1, 1), which it refuses when the
+    page is built: export_app reported success and `python app.py` failed. One mistake is shown
+    without a slider, and the page is built from the draft before anything moves into place."""
+    from eva_utils.app import load_app
+    p = trained["predictions"]
+    wrong = (p.preds != p.labels).nonzero().flatten()
+    assert len(wrong) >= 1
+    keep = p.preds == p.labels
+    keep[wrong[0]] = True
+    one = p[keep]
+    assert len(eva.misclassified(one)) == 1
+    folder = eva.export_app(trained["model"], trained["data"], one, tmp_path / "one")
+    assert len(json.loads((folder / "app.json").read_text())["mistakes"]) == 1
+    load_app(folder)  # builds, as `python app.py` does
+
+    def refused(*args, **kwargs):
+        raise ValueError("Slider minimum must be less than maximum")
+    monkeypatch.setattr(eva_utils.app, "build_app", refused)
+    with pytest.raises(ValueError, match="Slider minimum"):
+        eva.export_app(trained["model"], trained["data"], one, tmp_path / "never")
+    assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never*"))

@@ -213,3 +213,44 @@ def test_a_run_resumes_on_every_node_from_rank_0s_checkpoint(tmp_path):
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert [json.loads((tmp_path / f"done-{r}.json").read_text()) for r in (0, 1)] == [[1], [1]]
     assert not (tmp_path / "cut-1" / "last.pt").exists()  # rank 1's node never held one
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"RANK": "1", "WORLD_SIZE": "1"}, r"RANK='1', WORLD_SIZE='1': RANK must be from 0 to WORLD_SIZE - 1"),
+    ({"WORLD_SIZE": "0"}, r"WORLD_SIZE='0': WORLD_SIZE must be 1 or more"),
+    ({"WORLD_SIZE": "abc"}, r"WORLD_SIZE='abc': each must be a whole number"),
+    ({"WORLD_SIZE": "-2"}, r"WORLD_SIZE='-2': WORLD_SIZE must be 1 or more"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, r"WORLD_SIZE=2, but MASTER_ADDR and MASTER_PORT not set"),
+])
+def test_torchruns_variables_are_checked(monkeypatch, tiny, env, words):
+    """A RANK left in a shell gave an IndexError in loaders.py, WORLD_SIZE=0 a ZeroDivisionError,
+    'abc' int()'s ValueError, -2 torch's "number of sections", a missing MASTER_ADDR torch's
+    rendezvous error: one message naming the variables instead."""
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(eva.TrainingError, match=words + r".*Fix: "):
+        train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20,
+                                 train=True)
+        eva.fit(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)), train,
+                eva.TensorLoader(tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 50,
+                                 train=False), eva.TrainConfig(epochs=1, lr=0.1), progress=False)
+
+
+def test_a_process_that_never_comes_is_named_after_a_timeout(monkeypatch):
+    """A missing second process hung without a word: the first waits MEET_WITHIN seconds, then
+    says where it waited and for how many."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setattr(eva.distributed, "MEET_WITHIN", 2.0)
+    with pytest.raises(eva.TrainingError, match=rf"Process 0 of 2 waited 2 s at 127.0.0.1:{port} "
+                                                r"and not every process came.*Fix: start all 2"):
+        eva.distributed.start(torch.device("cpu"))
+    assert not torch.distributed.is_initialized()
