@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 
 from .data import check_labels
 from .precision import Precision
-from .runtime import eval_mode, to_device
+from .runtime import check_float32, eval_mode, to_device
 
 
 @torch.no_grad()
@@ -34,11 +34,7 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
         raise ValueError("This loader was built with train=True: it augments and reshuffles, and "
                          "drops the last partial batch, so answers would change every call and "
                          "images would be missing. Fix: a loader built with train=False.")
-    weights = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if weights is not None and weights.dtype != torch.float32:
-        raise TypeError(f"The model's weights are {weights.dtype}; the loaders' images are float32. "
-                        "Fix: model.float() (mixed precision is amp=..., not model.half() or "
-                        "model.double()).")
+    check_float32(model)
     device = model_device(model, device)
     arithmetic = Precision.of(model, device, amp, channels_last)  # fit's, after fit
     with eval_mode(model):

@@ -33,7 +33,7 @@ from torch_lr_finder import LRFinder, TrainDataLoaderIter
 from . import distributed
 from .budget import duration
 from .precision import Precision
-from .runtime import get_device, kept_modes, to_device
+from .runtime import check_float32, get_device, kept_modes, to_device
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
 RISE = 0.1  # first_minimum: a loss 10 % above the lowest so far ends the first valley
@@ -139,11 +139,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
                         f"{' (a learning-rate scheduler?)' if hasattr(optimizer, 'get_last_lr') else ''}"
                         ". Fix: pass the optimizer itself, e.g. torch.optim.SGD(model.parameters(), "
                         "lr=1e-5), or none for the suite's.")
-    weights = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if weights is not None and weights.dtype != torch.float32:
-        raise TypeError(f"The model's weights are {weights.dtype}; the range test feeds float32 "
-                        "batches. Fix: model.float() (mixed precision belongs in training, "
-                        "TrainConfig(amp=...)).")
+    check_float32(model)
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=start_lr, momentum=0.9, nesterov=True,
                                     weight_decay=5e-4)

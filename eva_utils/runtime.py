@@ -170,6 +170,16 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_l
     return x, y.to(device, non_blocking=y.device.type == "cpu" != device.type)
 
 
+def check_float32(model: nn.Module) -> None:
+    """One TypeError unless ``model``'s floating-point weights are float32, as the loaders' images
+    are (mixed precision is autocast's business, not the weights')."""
+    weights = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weights is not None and weights.dtype != torch.float32:
+        raise TypeError(f"The model's weights are {weights.dtype}; the loaders' images are float32. "
+                        "Fix: model.float() (mixed precision is TrainConfig(amp=...), not "
+                        "model.half() or model.double()).")
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and every GPU). Loaders carry their own seeds."""
     random.seed(seed)
