@@ -28,7 +28,7 @@ Modules, one noun each:
     train         fit -> train_epoch -> train_step
     run           Run: a run's live state, saved and restored by checkpoints
     guards        fit's checks (arguments, first batch, NaN, divergence, memory)
-    budget        time_budget, BudgetSpent
+    budget        TimeBudget, BudgetSpent: long runs in stretches
     checkpoint    random states, durable checkpoint files, the resume checks
     run_folder    RunFolder: one run per checkpoint folder, its lock kept alive
     history       History: a run's per-epoch record
@@ -77,7 +77,7 @@ from .streaming import folder_loader
 from .summary import summary
 from .history import History
 from .images import DataError
-from .budget import BudgetSpent
+from .budget import BudgetSpent, TimeBudget
 from .config import TrainConfig
 from .train import fit, fit_each
 from .transforms import Augment, classic_augment, denormalize

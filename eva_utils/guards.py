@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .budget import TimeBudget
 from .config import TrainConfig, number
 from .data import check_labels
 from .history import History
@@ -56,7 +57,8 @@ def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_
         raise ValueError(f"{'resume=True' if resume is True else 'time_budget'} needs "
                          "TrainConfig(checkpoint_dir=...): that is where the run is kept between "
                          "stretches.")
-    if time_budget is not None and not (number(time_budget) and time_budget > 0):
+    if time_budget is not None and not isinstance(time_budget, TimeBudget) \
+            and not (number(time_budget) and time_budget > 0):
         raise ValueError(f"time_budget={time_budget!r}: give seconds, a number > 0, or None.")
     if resume is True:
         resume = ckpt_dir / "last.pt" if (ckpt_dir / "last.pt").exists() else None

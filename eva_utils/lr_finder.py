@@ -31,7 +31,7 @@ from torch import nn
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from . import distributed
-from .budget import duration
+from .budget import BudgetSpent, as_budget, duration
 from .precision import Precision
 from .runtime import check_float32, get_device, kept_modes, to_device
 
@@ -101,7 +101,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
                   criterion: nn.Module | None = None, verbose: bool = True,
                   checkpoint_dir: str | os.PathLike | None = None,
                   device: str | torch.device | None = None, amp: bool | None = None,
-                  channels_last: bool | None = None) -> RangeTest:
+                  channels_last: bool | None = None, time_budget=None) -> RangeTest:
     """Sweep from ``start_lr`` to ``end_lr`` over ``num_iter`` batches (None: as many as one pass
     over the training set has, but at least 50 and at most 100, so a small set is passed over more
     than once; stops early if the loss explodes), saying first what it will cost. Weights,
@@ -122,6 +122,9 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     model, loader, loss and sweep loads it instead of sweeping again, on any device and in any
     arithmetic, so a run resumed on another machine keeps its picks.
     Under torchrun rank 0 sweeps its share of the batches and every process gets its result.
+    ``time_budget`` (seconds, or the ``TimeBudget`` that ``fit`` will draw on next): a sweep that
+    its first steps show would not fit in what is left stops there with ``BudgetSpent`` (run again);
+    one longer than the whole budget is refused (TrainingError).
     """
     if not 0 < start_lr < end_lr:
         raise ValueError(f"start_lr={start_lr} and end_lr={end_lr}: the sweep needs "
@@ -195,7 +198,8 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
             for group in optimizer.param_groups:  # the sweep starts from start_lr
                 group["lr"] = start_lr
             batches_in = Batches(train_loader, device, nhwc,
-                                 Progress(num_iter, optimizer, sys.stdout if verbose else None))
+                                 Progress(num_iter, optimizer, sys.stdout if verbose else None,
+                                          as_budget(time_budget)))
             with contextlib.redirect_stdout(io.StringIO()):  # its "see the graph with .plot()" hint
                 finder.range_test(batches_in, start_lr=start_lr, end_lr=end_lr,
                                   num_iter=num_iter, step_mode="exp")
@@ -250,9 +254,10 @@ class Progress:
     last line. ``out`` None: silent."""
 
     EVERY = 60.0  # seconds between lines
+    MEASURE = 3   # steps timed before the sweep's length is judged against a time budget
 
-    def __init__(self, steps: int, optimizer: torch.optim.Optimizer, out):
-        self.steps, self.optimizer, self.out = steps, optimizer, out
+    def __init__(self, steps: int, optimizer: torch.optim.Optimizer, out, budget=None):
+        self.steps, self.optimizer, self.out, self.budget = steps, optimizer, out, budget
         self.begun, self.started = 0, time.perf_counter()
         self.last = self.started
 
@@ -260,6 +265,16 @@ class Progress:
         """A step begins: ``begun - 1`` are done."""
         self.begun += 1
         now, done = time.perf_counter(), self.begun - 1
+        if self.budget is not None and done == self.MEASURE < self.steps:
+            spent = now - self.started
+            sweep = spent / done * self.steps
+            self.budget.too_short(sweep, "the LR range test")
+            if sweep - spent > self.budget.left():
+                raise BudgetSpent(
+                    f"The LR range test would take about {duration(sweep)}, more than the "
+                    f"{duration(self.budget.left())} left of the {duration(self.budget.seconds)} "
+                    f"budget: stopped after {done} of its {self.steps} steps, nothing kept. To go "
+                    "on, run the same code again (the sweep comes first then).")
         if self.out is None or done == 0 or now - self.last < self.EVERY:
             return
         self.last, spent = now, now - self.started

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .budget import Budget
+from .budget import Budget, as_budget
 from .checkpoint import check_resumable, load_checkpoint
 from .run_folder import RunFolder
 from .config import TrainConfig
@@ -44,15 +44,18 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     ``best.pt`` at each new best test accuracy, and refuses a folder that holds another run.
     ``resume=".../last.pt"`` continues such a run at the next epoch, exactly, if model, data and
     config are the same; ``resume=True`` does so from ``checkpoint_dir/last.pt`` when there is one
-    and starts afresh when there is none. ``time_budget`` (seconds of this call) stops at the end
-    of the last epoch that fits in it and raises ``BudgetSpent``: run the same code again with
-    ``resume=True`` to go on. With ``cfg.ema_decay`` the weight average is what gets tested, and
+    and starts afresh when there is none. ``time_budget`` (seconds from this call, or a
+    ``TimeBudget`` the range test drew on first) stops at the end of the last epoch that fits in it
+    and raises ``BudgetSpent``: run the same code again with ``resume=True`` to go on. A new run
+    trains its first epoch whatever the budget; a resumed run whose budget is shorter than one of
+    its epochs is refused (TrainingError), as running again would never train one. With ``cfg.ema_decay`` the weight average is what gets tested, and
     copied into ``model`` at the end. Started by torchrun, it trains with DistributedDataParallel,
     as ``distributed`` describes. Afterwards ``evaluate`` and ``predict`` answer, by default, in
     the run's precision and layout (``model.eva_precision``).
     """
     cfg, device, resume = check_arguments(model, train_loader, test_loader, cfg, device, resume,
                                           time_budget, progress)
+    time_budget = as_budget(time_budget)  # counts from here, unless the caller's already does
     distributed.start(device)  # under torchrun: join the other processes (nothing otherwise)
     main = distributed.is_main()  # the one process that prints and writes checkpoints
     progress = progress and main
@@ -94,13 +97,12 @@ def fit_each(models: dict[str, nn.Module], train_loader, test_loader, cfg: Train
     other; returns name -> History. With ``checkpoint_dir`` each model keeps its run in
     ``checkpoint_dir/<name>`` and resumes from it (a finished one is read back, not trained
     again); ``time_budget`` (seconds) is shared by all of them."""
-    deadline = None if time_budget is None else time.monotonic() + time_budget
+    time_budget = as_budget(time_budget)  # one budget, counted from here, for all of them
     histories = {}
     for name, model in models.items():
         run = replace(cfg, checkpoint_dir=f"{checkpoint_dir}/{name}" if checkpoint_dir else None)
-        left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
         histories[name] = fit(model, train_loader, test_loader, run, device=device,
-                              resume=checkpoint_dir is not None, time_budget=left,
+                              resume=checkpoint_dir is not None, time_budget=time_budget,
                               progress=progress)
     return histories
 

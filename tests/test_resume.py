@@ -34,11 +34,17 @@ def test_a_budget_stops_at_an_epoch_end_and_resume_true_finishes_the_same_run(ti
         return eva.fit(model, *loaders(tiny), cfg(checkpoint_dir=str(tmp_path / "cut")),
                        resume=True, progress=False, **kw)
 
-    with pytest.raises(eva.BudgetSpent, match=r"Stopped after epoch 1 of 3.*resume=True"):
-        stretch(time_budget=1e-9)  # the first epoch always runs: the budget cannot measure it sooner
+    # The first epoch always runs (the budget cannot measure it sooner); then the stop says the
+    # budget is shorter than an epoch, and what would fit.
+    with pytest.raises(eva.BudgetSpent, match=r"Stopped after epoch 1 of 3.*run it again with "
+                                              r"time_budget=60 or more: the budget is shorter"):
+        stretch(time_budget=1e-9)
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
-    # A budget shorter than the epochs already measured (kept in the checkpoint) trains none.
-    with pytest.raises(eva.BudgetSpent, match="Stopped after epoch 1 of 3"):
+    # A budget shorter than the epochs already measured (kept in the checkpoint) could never train
+    # one: refused up front, with the epoch's length and a budget that fits (it trained 0 epochs,
+    # "an epoch takes about ...", every time it was run again).
+    with pytest.raises(eva.TrainingError, match=r"The time budget, 0 s, is shorter than one epoch "
+                                                r"of this run \(about \d+ s\).*Fix: time_budget=60 or more"):
         stretch(time_budget=1e-9)
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
     history = stretch()
@@ -260,3 +266,54 @@ def test_one_slow_epoch_does_not_cut_every_later_stretch_short(tiny, tmp_path):
     torch.save(ckpt, tmp_path / "last.pt")
     history = eva.fit(Tiny(), *loaders(tiny), run, resume=True, time_budget=100, progress=False)
     assert len(history) == 4
+
+
+def test_one_time_budget_for_the_range_test_and_training(tiny, tmp_path, monkeypatch):
+    """The range test did not look at the budget (a 600 s budget ran 46 minutes: a 31-minute
+    sweep, then an epoch), and the stop then counted only what fit was passed ("15.2 min of 1 s").
+    One TimeBudget is drawn on by both: a sweep longer than the whole budget is refused, one longer
+    than what is left stops before it spends more, and fit's stop counts the whole budget."""
+    clock = [0.0]
+    monkeypatch.setattr(eva.TimeBudget, "clock", staticmethod(lambda: clock[0]))
+    train, test = loaders(tiny)
+
+    def sweep(budget, seconds_a_step):
+        import eva_utils.lr_finder
+        real = eva_utils.lr_finder.Progress.step
+
+        def step(self):  # each step takes seconds_a_step on the budget's clock
+            clock[0] += seconds_a_step
+            self.started -= seconds_a_step  # and on the sweep's own
+            return real(self)
+        monkeypatch.setattr(eva_utils.lr_finder.Progress, "step", step)
+        try:
+            return eva.lr_range_test(Tiny(), train, num_iter=20, time_budget=budget,
+                                     verbose=False, checkpoint_dir=tmp_path)
+        finally:
+            monkeypatch.setattr(eva_utils.lr_finder.Progress, "step", real)
+
+    few = pytest.warns(UserWarning, match="only 5 batches")  # tiny data: the picks do not matter
+    with few, pytest.raises(eva.TrainingError, match=r"The time budget, 60 s, is shorter than the "
+                                                     r"LR range test \(about \d+\.\d min\).*"
+                                                     r"time_budget=\d+"):
+        sweep(eva.TimeBudget(60), 10.0)  # 20 steps of 10 s: never fits in 60 s
+    budget = eva.TimeBudget(600)
+    clock[0] += 500  # most of it spent already
+    with pytest.warns(UserWarning, match="only 5 batches"), \
+            pytest.raises(eva.BudgetSpent, match=r"would take about \d\.\d min, more than the \d+ s "
+                                              r"left of the 10\.0 min budget: stopped after 3 of "
+                                              r"its 20 steps, nothing kept"):
+        sweep(budget, 10.0)
+    assert not (tmp_path / "range_test.json").exists()
+    budget = eva.TimeBudget(600)
+    with pytest.warns(UserWarning, match="only 5 batches"):
+        sweep(budget, 1.0)  # 20 s of the 600
+    real_record = eva.budget.Budget.record_epoch
+    monkeypatch.setattr(eva.budget.Budget, "record_epoch", lambda self, seconds: (
+        real_record(self, 100.0), clock.__setitem__(0, clock[0] + 100.0)))  # epochs of 100 s
+    with pytest.raises(eva.BudgetSpent, match=r"Time budget spent: \d\.\d min of 10\.0 min used, "
+                                              r"\d+ s of it before training \(the range test\), "
+                                              r"and an epoch takes about 100 s\. Stopped after "
+                                              r"epoch 5 of 9.*resume=True"):
+        eva.fit(Tiny(), train, test, cfg(epochs=9, checkpoint_dir=tmp_path), time_budget=budget,
+                progress=False)
