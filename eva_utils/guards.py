@@ -107,6 +107,17 @@ def check_loader(loader, name: str) -> None:
                         "shuffle=True), or use eva.TensorLoader / eva.make_loader.")
 
 
+def check_finite_images(x: torch.Tensor, error: type[Exception]) -> None:
+    """Raise ``error`` if a batch of images holds NaN or infinite values: every loss would then
+    be NaN, whatever the learning rate (one read-back; for a first batch)."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise error(f"The first training batch holds {bad:,} NaN or infinite pixel values (of "
+                    f"{x.numel():,}), so every loss would be NaN whatever the learning rate. Fix: "
+                    "check the images and their normalisation (a std of 0 in a channel divides by "
+                    "zero).")
+
+
 def check_first_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loader) -> None:
     """Turn a model that does not fit the data into one clear message, before training."""
     if y.ndim != 1 or y.is_floating_point():
@@ -116,6 +127,7 @@ def check_first_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loader
         raise TrainingError(f"The labels come as {y.dtype}; the loss needs int64 class numbers. "
                             "Fix: return labels as int64 from your dataset (torch.as_tensor(y, "
                             "dtype=torch.int64), or int(y) per image).")
+    check_finite_images(x, TrainingError)
     if not x.is_floating_point():
         raise TrainingError(f"The images come as {x.dtype} (raw pixels?); fit needs float images "
                             "(batch, channels, H, W), normalised. Fix: torchvision's ToTensor() + "
@@ -155,14 +167,14 @@ def check_first_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loader
     check_labels(torch.as_tensor(labels) if labels is not None else y, out.shape[1], "outputs")
 
 
-def check_finite(losses: torch.Tensor, epoch: int, optimizer: torch.optim.Optimizer,
-                  chance: float) -> None:
+def check_finite(losses: torch.Tensor, epoch: int, rates: list[float], chance: float) -> None:
     """Raise if a loss is NaN or infinite, or has blown up to DIVERGED times the loss of guessing
-    (``chance`` = log(classes)): no run recovers from that, and it would only waste the epochs."""
+    (``chance`` = log(classes)): no run recovers from that, and it would only waste the epochs.
+    ``rates``: the learning rate each of these steps used."""
     bad = ~torch.isfinite(losses) | (losses > DIVERGED * chance)
     if bad.any():
         batch = int(bad.nonzero()[0])
-        lr = optimizer.param_groups[0]["lr"]
+        lr = rates[batch]
         raise TrainingError(f"The loss became {losses[batch].item():.4g} in epoch {epoch + 1}, batch "
                             f"{batch + 1} (learning rate {lr:.3g}). Fix: lower the learning rate "
                             "(e.g. by 10x), or clip gradients with TrainConfig(grad_clip=1.0).")

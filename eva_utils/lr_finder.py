@@ -33,6 +33,7 @@ from torch_lr_finder import LRFinder, TrainDataLoaderIter
 from . import distributed
 from .budget import BudgetSpent, as_budget, duration
 from .precision import Precision
+from .guards import check_finite_images
 from .runtime import check_float32, get_device, kept_modes, to_device
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
@@ -74,8 +75,8 @@ class RangeTest:
         if len(lrs_ok) < MIN_POINTS:
             raise ValueError(f"The range test recorded only {len(lrs_ok)} usable steps before the "
                              f"loss exploded (from lr {lrs[0] if lrs else float('nan'):.3g}): too "
-                             "few to suggest anything. Fix: lower start_lr (e.g. 1e-5) or raise "
-                             "num_iter.")
+                             f"few to suggest anything. Fix: lower start_lr (e.g. "
+                             f"{(lrs[0] if lrs else 1e-3) / 100:.0e}) or raise num_iter.")
         lowest = int(np.argmin(losses_ok))
         if lowest == 0:
             warnings.warn(f"The smoothed loss never went below its first value "
@@ -244,6 +245,8 @@ class Batches(TrainDataLoaderIter):
     def inputs_labels_from_batch(self, batch):
         self.progress.step()
         x, y = super().inputs_labels_from_batch(batch)
+        if self.progress.begun == 1:
+            check_finite_images(x, ValueError)
         return to_device(x, y, self.device, self.channels_last)
 
 

@@ -233,6 +233,7 @@ def train_epoch(run: Run, loader, cfg: TrainConfig, epoch: int, *,
         gc.collect()
     losses = torch.zeros(steps, device=device)   # read back every log_every steps, not every step
     correct = torch.zeros(steps, device=device)
+    rates = []  # the learning rate each step used: what a loss that blew up is reported with
     seen = 0
     bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                leave=False)
@@ -245,13 +246,14 @@ def train_epoch(run: Run, loader, cfg: TrainConfig, epoch: int, *,
             x, y = to_device(x, y, device, run.precision.channels_last)
             if i == 0:
                 check_first_batch(model, x, y, loader)
+            rates.append(run.optimizer.param_groups[0]["lr"])
             losses[i], logits = train_step(run, x, y, cfg)
             correct[i] = (logits.argmax(1) == y).sum()
             seen += len(y)
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
                 if run.folder is not None:
                     run.folder.check()
-                check_finite(losses[:i + 1], epoch, run.optimizer, math.log(max(logits.shape[1], 2)))
+                check_finite(losses[:i + 1], epoch, rates, math.log(max(logits.shape[1], 2)))
                 if progress:
                     bar.set_postfix(loss=f"{losses[:i + 1].mean().item():.3f}",
                                     acc=f"{100 * correct[:i + 1].sum().item() / seen:.1f}%")

@@ -620,3 +620,38 @@ def test_export_into_a_file_or_a_read_only_place_is_named(tiny, tmp_path, monkey
     with pytest.raises(FileExistsError, match=r"Cannot write the app beside .*locked/app "
                                               r"\(Permission denied\)"):
         eva.export_app(model, tiny, predictions, locked / "app")
+
+
+def test_nan_images_are_named_not_blamed_on_the_learning_rate(tiny):
+    """NaN pixels made fit say "lower the learning rate" and the range test "lower start_lr (e.g.
+    1e-5)" when start_lr was 1e-5: the first batch is checked, and named."""
+    train, test = loaders(tiny)
+    broken = [(x.clone().index_fill_(0, torch.tensor([0]), float("nan")), y) for x, y in train]
+    with pytest.raises(eva.TrainingError, match=r"The first training batch holds [\d,]+ NaN or "
+                                                r"infinite pixel values \(of [\d,]+\), so every "
+                                                r"loss would be NaN whatever the learning rate\. "
+                                                r"Fix: check the images"):
+        eva.fit(Tiny(), broken, test, cfg(epochs=1), progress=False)
+    with pytest.warns(UserWarning, match="only 5 batches"), \
+            pytest.raises(ValueError, match=r"holds [\d,]+ NaN or infinite pixel values"):
+        eva.lr_range_test(Tiny(), broken, num_iter=10, verbose=False)
+
+
+def test_a_loss_that_blows_up_is_reported_with_the_rate_its_step_used(tiny):
+    """fit printed one-cycle's rate after the scheduler had stepped (a negative -0.00625 after the
+    last step): the failing step's own rate is reported."""
+    calls = []
+
+    class Breaks(Tiny):
+        def forward(self, x):
+            out = super().forward(x)
+            if self.training:
+                calls.append(1)
+                if len(calls) == 5:  # the epoch's last step
+                    return out * float("nan")
+            return out
+    train, test = loaders(tiny)
+    config = cfg(epochs=1, schedule="onecycle", log_every=100)
+    used = eva.lr_schedule(config, len(train))[4]
+    with pytest.raises(eva.TrainingError, match=rf"batch 5 \(learning rate {used:.3g}\)"):
+        eva.fit(Breaks(), train, test, config, progress=False)
