@@ -93,20 +93,31 @@ def check_writable(folder: Path) -> None:
 
 def atomic_save(obj: dict, path: Path) -> None:
     """Write, flush to disk, then rename: a crash or power cut leaves the old file or the new one,
-    never a half-written or empty one. A failed write (a full disk) removes its partial file."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # never another process's file
+    never a half-written or empty one. A failed write or rename (a full disk, a network drive's
+    I/O error, a folder where the file goes) removes its partial file and raises CheckpointError."""
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        atomic_write(path, lambda f: torch.save(obj, f))
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} yet"
+        kept = (f"the previous {path.name} is intact" if path.is_file() else
+                f"{path} is a folder" if path.is_dir() else f"no {path.name} yet")
         raise CheckpointError(f"Could not write the checkpoint {path} ({exc}); {kept}. Fix: free "
                               "disk space, or point TrainConfig(checkpoint_dir=...) elsewhere, "
                               "then resume.") from None
-    os.replace(tmp, path)
+
+
+def atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temporary beside ``path``, flushed to disk, then renamed onto
+    ``path``; on any failure the temporary is removed and the error raised."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # never another process's file
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     sync_folder(path.parent)
 
 

@@ -33,6 +33,7 @@ from torch_lr_finder import LRFinder, TrainDataLoaderIter
 from . import distributed
 from .budget import BudgetSpent, as_budget, duration
 from .precision import Precision
+from .checkpoint import atomic_write
 from .guards import check_finite_images
 from .runtime import check_float32, get_device, kept_modes, to_device
 
@@ -211,11 +212,16 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
             model.to(memory_format=layout)
     found = replace(RangeTest.from_curve(lrs, losses),
                     seconds=round(time.perf_counter() - batches_in.progress.started, 3))
-    if kept is not None:
-        kept.parent.mkdir(parents=True, exist_ok=True)
+    if kept is not None:  # kept with the run; a disk that refuses it costs a sweep, not the result
         swept = {"device": str(device), "precision": arithmetic.name, "layout": arithmetic.layout}
-        kept.write_text(json.dumps({"setup": setup, "swept": swept, "result": asdict(found)},
-                                   indent=1) + "\n")
+        text = json.dumps({"setup": setup, "swept": swept, "result": asdict(found)}, indent=1)
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(kept, lambda f: f.write(text.encode() + b"\n"))
+        except OSError as exc:
+            warnings.warn(f"Could not keep the range test in {kept} ({exc}); its result is "
+                          "returned, but a resumed run will sweep again. Fix: free disk space or "
+                          "give a checkpoint_dir you can write to.", stacklevel=2)
     return distributed.from_main(found, device)
 
 
@@ -298,6 +304,9 @@ def _load(path: Path | None, setup: dict) -> RangeTest | None:
     file is swept again and overwritten, with a warning, never trusted)."""
     if path is None or not path.exists():
         return None
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not the range test's record. Fix: remove it (or give "
+                         "another checkpoint_dir).")
     try:
         stored = json.loads(path.read_text())
         if stored["setup"] == setup:

@@ -205,6 +205,10 @@ class RunFolder:
         from: None, or a checkpoint path)."""
         if resume is not None and Path(resume).resolve().parent == self.path.resolve():
             return
+        for path in (self.last, self.best):
+            if path.is_dir():
+                raise CheckpointError(f"{path} is a folder, not a checkpoint, where fit writes "
+                                      f"its {path.name}. Fix: remove or rename it.")
         held = [p for p in (self.last, self.best) if p.exists()]
         if not held:
             return

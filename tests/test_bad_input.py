@@ -655,3 +655,43 @@ def test_a_loss_that_blows_up_is_reported_with_the_rate_its_step_used(tiny):
     used = eva.lr_schedule(config, len(train))[4]
     with pytest.raises(eva.TrainingError, match=rf"batch 5 \(learning rate {used:.3g}\)"):
         eva.fit(Breaks(), train, test, config, progress=False)
+
+
+def test_io_failures_outside_torch_save_are_handled_as_its_own(tiny, tmp_path, monkeypatch):
+    """A failing os.replace (ENOSPC or EIO on a network drive) gave a bare OSError and left the
+    .tmp; range_test.json was written with a plain write_text, so a full disk lost the sweep; a
+    best.pt or range_test.json that is a folder gave IsADirectoryError."""
+    import errno
+    import eva_utils.checkpoint
+    import eva_utils.lr_finder
+    train, test = loaders(tiny)
+    real = os.replace
+
+    def failing(src, dst):  # a checkpoint's rename fails; the lock's goes through
+        if str(dst).endswith(".pt"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst)
+    monkeypatch.setattr(eva_utils.checkpoint.os, "replace", failing)
+    with pytest.raises(CheckpointError, match=r"Could not write the checkpoint .*last\.pt "
+                                              r"\(\[Errno 5\] Input/output error\); no last\.pt yet"):
+        eva.fit(Tiny(), train, test, cfg(epochs=1, checkpoint_dir=tmp_path / "a"), progress=False)
+    assert not list((tmp_path / "a").glob("*.tmp"))
+    monkeypatch.setattr(eva_utils.checkpoint.os, "replace", real)
+    (tmp_path / "b" / "best.pt").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"best\.pt is a folder, not a checkpoint.*Fix: remove"):
+        eva.fit(Tiny(), train, test, cfg(epochs=1, checkpoint_dir=tmp_path / "b"), progress=False)
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(eva_utils.lr_finder, "atomic_write", full)
+    with warnings.catch_warnings(record=True) as said:  # a 10-step sweep of tiny data: its picks
+        warnings.simplefilter("always")                  # draw warnings of their own
+        found = eva.lr_range_test(Tiny(), train, num_iter=10, verbose=False,
+                                  checkpoint_dir=tmp_path / "c")
+    assert any(re.search(r"Could not keep the range test in .*No space left.*its result is "
+                         r"returned", str(w.message)) for w in said)
+    assert found.lrs and not (tmp_path / "c" / "range_test.json").exists()
+    (tmp_path / "d" / "range_test.json").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"range_test\.json is a folder, not the range test's "
+                                         r"record\. Fix: remove it"):
+        eva.lr_range_test(Tiny(), train, num_iter=10, verbose=False, checkpoint_dir=tmp_path / "d")
