@@ -17,6 +17,8 @@ from torch import nn
 
 from .runtime import TrainingError
 
+FORMAT = 1  # the checkpoint format this eva_utils writes and reads; a newer one says so
+PRECISIONS = ("float32", "bfloat16", "float16")
 KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "history", "config", "rng", "epoch",
         "model_class", "model_args", "steps_per_epoch")
 # Settings that may differ when a run is resumed: they change how it is watched, not what it learns.
@@ -60,6 +62,10 @@ def saved_precision(ckpt: dict) -> tuple[str, bool]:
     recorded it get the choice eva made then: float16 where a loss scaler ran, float32 with
     amp=False or on a CPU or MPS, else bfloat16 (CUDA); channels-last on CUDA unless set."""
     if "precision" in ckpt:
+        if ckpt["precision"] not in PRECISIONS:
+            raise CheckpointError(f"The checkpoint records precision {ckpt['precision']!r}, none of "
+                                  f"{', '.join(PRECISIONS)}: it is damaged. Fix: resume from "
+                                  "another checkpoint (best.pt or last.pt), or start a new run.")
         return ckpt["precision"], bool(ckpt["channels_last"])
     cfg, devices = ckpt["config"], ckpt["history"].get("devices", [])
     cuda = any(not (d.startswith("cpu") or d == "mps") for d in devices)
@@ -146,6 +152,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                               f"{str(exc).splitlines()[0] if str(exc) else ''}). It may be "
                               "truncated or not written by eva.fit. Fix: resume from another "
                               "checkpoint (best.pt or last.pt) or start a new run.") from None
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("format"), int) and ckpt["format"] > FORMAT:
+        raise CheckpointError(f"{path} was written by a newer eva_utils (checkpoint format "
+                              f"{ckpt['format']}; this one reads up to {FORMAT}). Fix: pip install "
+                              "-U eva-utils, or resume with the version that wrote it.")
     missing = [k for k in KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is not a checkpoint written by eva.fit: it lacks "

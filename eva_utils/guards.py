@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .budget import TimeBudget
+from .checkpoint import CheckpointError
 from .config import TrainConfig, number
 from .data import check_labels
 from .history import History
@@ -61,7 +62,12 @@ def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_
             and not (number(time_budget) and time_budget > 0):
         raise ValueError(f"time_budget={time_budget!r}: give seconds, a number > 0, or None.")
     if resume is True:
-        resume = ckpt_dir / "last.pt" if (ckpt_dir / "last.pt").exists() else None
+        last = ckpt_dir / "last.pt"
+        if last.is_symlink() and not last.exists():  # a drive not mounted yet, or a loop
+            raise CheckpointError(f"{last} is a link to {os.readlink(last)}, which does not lead "
+                                  "to a file: is the drive it points into mounted? Fix: mount it "
+                                  "(in Colab: drive.mount(...)) and run again, or remove the link.")
+        resume = last if last.exists() else None
     elif resume is False:  # e.g. resume=CHECKPOINT_DIR is not None, with no folder given
         resume = None
     elif resume is not None and not isinstance(resume, (str, os.PathLike)):

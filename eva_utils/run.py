@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .checkpoint import model_identity, rng_state, saved_precision, set_rng_state
+from .checkpoint import FORMAT, model_identity, rng_state, saved_precision, set_rng_state
 from .run_folder import RunFolder
 from .config import TrainConfig
 from .ema import EMA
@@ -52,7 +52,7 @@ class Run:
                 "epoch": len(self.history), "model_class": name, "model_args": args,
                 "steps_per_epoch": len(train_loader), "data": loader_fingerprint(train_loader),
                 "inputs": model_inputs(train_loader), "precision": self.precision.name,
-                "channels_last": self.precision.channels_last}
+                "channels_last": self.precision.channels_last, "format": FORMAT}
 
     def restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])

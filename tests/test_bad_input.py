@@ -695,3 +695,33 @@ def test_io_failures_outside_torch_save_are_handled_as_its_own(tiny, tmp_path, m
     with pytest.raises(ValueError, match=r"range_test\.json is a folder, not the range test's "
                                          r"record\. Fix: remove it"):
         eva.lr_range_test(Tiny(), train, num_iter=10, verbose=False, checkpoint_dir=tmp_path / "d")
+
+
+def test_odd_checkpoints_are_named(tiny, tmp_path):
+    """A last.pt that is a dangling link (a Drive not mounted yet) or a loop, a checkpoint from a
+    newer eva_utils, and a damaged precision each get one message that says what is wrong."""
+    train, test = loaders(tiny)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "last.pt").symlink_to(tmp_path / "drive" / "MyDrive" / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last\.pt is a link to .*MyDrive/last\.pt, which "
+                                              r"does not lead to a file: is the drive"):
+        eva.fit(Tiny(), train, test, cfg(epochs=1, checkpoint_dir=tmp_path / "a"), resume=True,
+                progress=False)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "last.pt").symlink_to(tmp_path / "b" / "last.pt")  # a loop
+    with pytest.raises(CheckpointError, match=r"is a link to .*, which does not lead to a file"):
+        eva.fit(Tiny(), train, test, cfg(epochs=1, checkpoint_dir=tmp_path / "b"), resume=True,
+                progress=False)
+    eva.fit(Tiny(), train, test, cfg(epochs=1, checkpoint_dir=tmp_path / "c"), progress=False)
+    last = tmp_path / "c" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["format"] == 1
+    for change, words in (({"format": 2}, r"written by a newer eva_utils \(checkpoint format 2; "
+                                          r"this one reads up to 1\)\. Fix: pip install -U"),
+                          ({"precision": "bfloat17"}, r"records precision 'bfloat17', none of "
+                                                      r"float32, bfloat16, float16: it is damaged"),
+                          ({"precision": "float64"}, r"records precision 'float64'")):
+        torch.save({**ckpt, **change}, last)
+        with pytest.raises(CheckpointError, match=words):
+            eva.fit(Tiny(), train, test, cfg(epochs=2, checkpoint_dir=tmp_path / "c"),
+                    resume=True, progress=False)
