@@ -38,6 +38,13 @@ def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_
         raise TrainingError("test_loader was built with train=True: it would be scored on "
                             "augmented, reshuffled images (the accuracy changes every call) and "
                             "drop its last partial batch. Fix: build it with train=False.")
+    names = [(getattr(loader, "fingerprint", None) or {}).get("classes")
+             for loader in (train_loader, test_loader)]
+    if all(names) and names[0] != names[1]:
+        raise TrainingError(f"The test loader's classes ({', '.join(names[1])}) are not the "
+                            f"training loader's ({', '.join(names[0])}): its images would be "
+                            "scored against other names. Fix: build both loaders from the same "
+                            "data, with classes=data.classes.")
     if getattr(train_loader, "train", True) is False:
         warnings.warn("train_loader was built with train=False: it is neither shuffled nor "
                       "augmented, so every epoch sees the same batches in the same order. Fix: "

@@ -725,3 +725,19 @@ def test_odd_checkpoints_are_named(tiny, tmp_path):
         with pytest.raises(CheckpointError, match=words):
             eva.fit(Tiny(), train, test, cfg(epochs=2, checkpoint_dir=tmp_path / "c"),
                     resume=True, progress=False)
+
+
+def test_a_test_loader_of_other_classes_is_refused(tiny):
+    """fit compared the model's outputs with the training loader only: a test loader naming other
+    classes, or 3 of the 4, was scored without a word."""
+    four = ["circle", "cross", "ring", "square"]
+    labels = tiny.train_labels % 4
+    with pytest.warns(UserWarning, match="too few to learn well"):
+        train = eva.TensorLoader(tiny.train_images, labels, tiny.mean, tiny.std, 40, train=True,
+                                 classes=four)
+    for other in (["circle", "cross", "ring"], ["cat", "dog", "ring", "square"]):
+        test = eva.TensorLoader(tiny.test_images, tiny.test_labels % len(other), tiny.mean,
+                                tiny.std, 50, train=False, classes=other)
+        with pytest.raises(eva.TrainingError, match=rf"The test loader's classes \({', '.join(other)}"
+                                                    r"\) are not the training loader's"):
+            eva.fit(Tiny(classes=4), train, test, cfg(epochs=1), progress=False)
