@@ -458,3 +458,20 @@ def test_the_licence_and_the_changelog_a_reader_needs():
     assert declared == "MIT" and (ROOT / "LICENSE").read_text().startswith("MIT License")
     changes = (ROOT / "CHANGELOG.md").read_text()
     assert f"\n## {eva_utils.__version__} (" in changes and "\n## Unreleased\n" in changes
+
+
+def test_the_step_profile_runs_and_its_table_is_generated(tmp_path):
+    """benchmarks/profile_step.py at smoke size: a record with each model's operators and the share
+    outside convolutions, rendered by results_table into the README's table."""
+    out = tmp_path / "profile_step-test.json"
+    ran = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--smoke",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    record = json.loads(out.read_text())
+    run = record["runs"][0]
+    assert record["smoke"] and run["model"] == "PlainCNN" and len(run["top"]) == 10
+    assert 0 <= run["outside_convolutions_and_matmuls"] < 1 and run["tflops"] > 0
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import results_table
+    table = "\n".join(results_table.profile(tmp_path))
+    assert "SMOKE: not a result" in table and "| PlainCNN |" in table
