@@ -28,6 +28,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ NOTEBOOKS = {"01": "01_cnn_vs_resnet", "02": "02_resnet_under_500k",
              "03": "03_resnet18_layernorm", "04": "04_custom_resnet"}
 SEEDS = {"04": [0, 1, 2]}  # mean ± std over seeds where the spread is the point
 CPU_JOBS, GPU_JOBS = ["01", "02"], ["03", "04", "benchmark"]
+IPYKERNEL_FILE = re.compile(r"\S*ipykernel_\d+[/\\]\d+\.py")  # where a cell's code runs from
 UNFINISHED = 75  # exit status when the budget ran out: run the same command again (EX_TEMPFAIL)
 
 
@@ -65,8 +67,8 @@ def clean(path: Path) -> None:
             cell.outputs = [o for o in cell.outputs
                             if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
             for o in cell.outputs:  # "image folder /home/x/repo/data": the repository's own path
-                if "text" in o:
-                    o.text = o.text.replace(f"{ROOT}/", "")
+                if "text" in o:  # and a warning's "/tmp/ipykernel_123/456.py:8": the cell's
+                    o.text = IPYKERNEL_FILE.sub("cell", o.text.replace(f"{ROOT}/", ""))
     nbformat.write(nb, path)
 
 

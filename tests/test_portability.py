@@ -475,3 +475,12 @@ def test_the_step_profile_runs_and_its_table_is_generated(tmp_path):
     import results_table
     table = "\n".join(results_table.profile(tmp_path))
     assert "SMOKE: not a result" in table and "| PlainCNN |" in table
+
+
+def test_a_warning_in_a_committed_notebook_names_no_machines_path():
+    """A warning printed by a cell named the kernel's temporary file (/tmp/ipykernel_10901/...):
+    full_runs writes "cell" instead."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import full_runs
+    said = "/tmp/ipykernel_10901/284011598.py:8: UserWarning: Mirror test-time augmentation"
+    assert full_runs.IPYKERNEL_FILE.sub("cell", said) == "cell:8: UserWarning: Mirror test-time augmentation"
