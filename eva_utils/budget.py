@@ -66,9 +66,10 @@ def as_budget(time_budget) -> TimeBudget | None:
 class Budget:
     """``fit``'s ``time_budget``, spent an epoch at a time."""
 
-    def __init__(self, time_budget: TimeBudget | None, history: History):
+    def __init__(self, time_budget: TimeBudget | None, history: History, shared: bool = False):
         self.given = time_budget
-        self.before = time_budget.used() if time_budget else 0.0  # e.g. the range test's
+        # What the caller's budget spent before this training began (a range test, say).
+        self.before = time_budget.used() if time_budget and shared else 0.0
         # The longest epoch, training and testing, in seconds: first guessed from the median of
         # the epochs a resumed run already trained (a median, so that one epoch slowed by other
         # work on the machine does not cut every later stretch short; 1.2x, since only training
@@ -89,7 +90,7 @@ class Budget:
                       f"{Path(cfg.checkpoint_dir) / 'last.pt'}")
 
     def stop(self, where: str) -> None:
-        before = (f", {duration(self.before)} of it before training (the range test)"
+        before = (f", {duration(self.before)} of it before this training began"
                   if self.before >= 1 else "")
         again = ("run the same code again with resume=True (a notebook: run it again)"
                  if self.longest <= self.given.seconds else

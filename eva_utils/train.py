@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .budget import Budget, as_budget
+from .budget import Budget, TimeBudget, as_budget
 from .checkpoint import check_resumable, load_checkpoint
 from .run_folder import RunFolder
 from .config import TrainConfig
@@ -55,6 +55,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     """
     cfg, device, resume = check_arguments(model, train_loader, test_loader, cfg, device, resume,
                                           time_budget, progress)
+    shared = isinstance(time_budget, TimeBudget)  # the caller's, drawn on before (a range test)
     time_budget = as_budget(time_budget)  # counts from here, unless the caller's already does
     distributed.start(device)  # under torchrun: join the other processes (nothing otherwise)
     main = distributed.is_main()  # the one process that prints and writes checkpoints
@@ -63,7 +64,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     with folder or contextlib.nullcontext(), tuned_convolutions(device):
         # Set up: the optimizer, schedule and precision, then the checkpoint's state if resuming.
         run = start_run(model, train_loader, cfg, device, resume, folder, progress)
-        budget = Budget(time_budget, run.history)
+        budget = Budget(time_budget, run.history, shared)
         for epoch in range(len(run.history), cfg.epochs):
             # Stop cleanly, checkpoint written, if the next epoch would overrun the budget.
             budget.check(epoch, cfg, device)

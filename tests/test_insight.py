@@ -178,6 +178,8 @@ def test_other_ranks_join_fits_process_group_not_gloo(tiny, a_t4, monkeypatch):
     backends = []
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # torchrun sets these too
+    monkeypatch.setenv("MASTER_PORT", "29500")
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     monkeypatch.setattr(dist, "is_initialized", lambda: bool(backends))
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: backends.append(backend))

@@ -353,13 +353,15 @@ def test_results_table_shows_each_seed_its_mean_and_where_each_ran(tmp_path):
     row = [line for line in results_table.rows(tmp_path) if line.startswith("| 04 |")]
     assert row == ["| 04 | CustomResNet | 92.30 % (24 x 65 s), 24 | 90.36 / 90.50 / 89.90 % (seeds 0 / 1 / 2), "
                    "mean 90.25 ± 0.31 % | 91.06 / 91.20 / 90.60 % (seeds 0 / 1 / 2), mean 90.95 ± 0.31 % | "
-                   "90.0 % (003's target): missed (2 of 3 seeds reach it) | 24 | 6,573,120 | 200 s (mean) | "
+                   "90.0 % (003's target): missed (2 of 3 seeds reach it) | "
+                   f"{results_table.RECIPES['04']} | 24 | 6,573,120 | 200 s (mean) | "
                    "cpu: A (seeds 0, 1); cpu: B (seed 2) | bfloat16, NHWC (seeds 0, 1); float32, NHWC (seed 2) "
                    "| `cmd` (2026-12-05) |"]
     record["runs"] = record["runs"][:1]
     (tmp_path / "04.json").write_text(json.dumps(record))
     row = [line for line in results_table.rows(tmp_path) if line.startswith("| 04 |")]
-    assert "| 90.36 % | 91.06 % | 90.0 % (003's target): met | 24 | 6,573,120 | 100 s | cpu: A | bfloat16, NHWC |" in row[0]
+    assert (f"| 90.36 % | 91.06 % | 90.0 % (003's target): met | {results_table.RECIPES['04']} | 24 | "
+            "6,573,120 | 100 s | cpu: A | bfloat16, NHWC |") in row[0]
 
 
 def test_precision_comparison_shows_each_models_means_beside_the_seed_spread():
