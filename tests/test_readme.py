@@ -55,7 +55,7 @@ def as_case(model: str, image_size: int, epochs: int, seed: int) -> str:
 # (SmallResNet: 16, another seed).
 # Every model's forward pass at every size is tests/test_models.py's job; resizing and gray
 # conversion of mixed folders is test_portability's.
-CASES = [("README", 32, False, 0), ("PlainCNN", 28, True, 0), ("SmallResNet", 16, False, 1)]
+CASES = [("README", 16, False, 0), ("PlainCNN", 28, True, 0), ("SmallResNet", 16, False, 1)]
 
 
 @pytest.mark.parametrize("model, side, gray, seed", CASES,
