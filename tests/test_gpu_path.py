@@ -154,3 +154,39 @@ def test_running_out_of_memory_lets_the_memory_go(tiny, monkeypatch):
     with pytest.raises(eva.TrainingError, match="cuda ran out of memory in epoch 3"):
         train_and_test(run, None, None, cfg(), 2, False)
     assert emptied == [1]
+
+
+def test_notebook_04_sweeps_the_range_test_with_the_loss_it_trains_with(monkeypatch, tmp_path):
+    """Label smoothing raises the whole curve (a floor near 0.87 for 0.2 and 10 classes) and moves
+    its picks, so 04's sweep must use the smoothed loss its training uses, not plain cross-entropy.
+    Runs 04's code cells in smoke mode on stand-in data up to the sweep, which a spy stops."""
+    import nbformat
+    from pathlib import Path
+    from torch import nn
+
+    monkeypatch.setenv("EVA_SMOKE", "1")
+    monkeypatch.setenv("EVA_DATA_DIR", str(tmp_path))  # no images there: the synthetic stand-in
+    monkeypatch.setattr("matplotlib.pyplot.show", lambda *a, **k: None)
+    seen = {}
+
+    class Swept(Exception):
+        pass
+
+    def spy(model, loader, **kwargs):
+        seen.update(kwargs)
+        raise Swept
+
+    monkeypatch.setattr(eva, "lr_range_test", spy)
+    path = Path(__file__).resolve().parent.parent / "notebooks" / "04_custom_resnet.ipynb"
+    namespace = {}
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == "code":
+            source = "\n".join(line for line in cell.source.splitlines()
+                               if not line.startswith("%"))  # IPython magics
+            try:
+                exec(compile(source, "04", "exec"), namespace)
+            except Swept:
+                break
+    criterion = seen["criterion"]
+    assert isinstance(criterion, nn.CrossEntropyLoss)
+    assert criterion.label_smoothing == namespace["LABEL_SMOOTHING"] == 0.2

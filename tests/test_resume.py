@@ -180,8 +180,8 @@ def test_every_notebook_wires_its_checkpoints_and_budget_into_fit(path):
     calls = re.findall(r"eva\.fit(?:_each)?\((?:[^()]|\([^()]*\))*\)", code)
     runs = [c for c in calls if "time_budget=" in c]
     assert runs, "no fit of the run's own"
-    for call in runs:  # 04: what is left of TIME_BUDGET after its range test
-        assert "time_budget=TIME_BUDGET" in call or "time_budget=left" in call
+    for call in runs:  # 04: the TimeBudget its range test drew on first
+        assert "time_budget=TIME_BUDGET" in call or "time_budget=budget" in call
         assert ("checkpoint_dir=CHECKPOINT_DIR" in call if call.startswith("eva.fit_each(")
                 else "resume=CHECKPOINT_DIR is not None" in call)
     configs = re.findall(r"eva\.TrainConfig\((?:[^()]|\([^()]*\))*\)", code)
