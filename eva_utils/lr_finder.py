@@ -4,7 +4,7 @@ rate, recording the smoothed loss; the model and optimizer are restored afterwar
 Named rules read a learning rate off the curve (as fastai names its suggestion rules):
 * ``valley`` (fastai's default): halfway along the longest stretch over which the loss keeps
   falling. It is the suggestion (``suggested_lr``): ``benchmarks/lr_rules.py`` compares the rules,
-  and README's table shows why;
+  and docs/own-assignment.md's table shows why;
 * ``steepest``: where the loss falls fastest against log(lr), at or before the loss minimum;
 * ``minimum``: the lowest smoothed loss, just before the loss rises;
 * ``first_minimum``: the bottom of the curve's first valley, the lowest loss before the loss first
