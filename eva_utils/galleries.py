@@ -141,7 +141,8 @@ def plot_gradcam(model: nn.Module, wrong: Predictions, layers, mean, std, *, n: 
                       "earlier layer (eva.gradcam_layers(model)), or larger images.", stacklevel=2)
     from pytorch_grad_cam.utils.image import show_cam_on_image  # lazily, as in gradcam.gradcam
 
-    masks = [gradcam(model, images, layer, explained) for layer in layers]
+    check_normalised(images)  # once, not once per layer
+    masks = [gradcam(model, images, layer, explained, check=False) for layer in layers]
     cols = min(cols, n)  # 2 images: 2 columns, not 5 with 3 blank
     pictures = denormalize(images, mean, std).numpy()
     groups, rows_per = -(-n // cols), 1 + len(layers)
