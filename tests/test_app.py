@@ -2,6 +2,7 @@
 eva.predict, bad uploads, the exported folder (complete, no training code, runs on its own) and the
 deploy command. The page itself is driven in a browser in test_browser.py."""
 import ast
+import copy
 import dataclasses
 import json
 import os
@@ -684,3 +685,21 @@ def test_an_export_with_one_mistake_starts_and_one_the_page_refuses_is_never_wri
     with pytest.raises(ValueError, match="Slider minimum"):
         eva.export_app(trained["model"], trained["data"], one, tmp_path / "never")
     assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_a_half_precision_model_exports_in_float32_and_the_package_folder_is_refused(trained,
+                                                                                      tmp_path):
+    """export_app(model.half()) failed in torch's dtype check (float16 weights, float32 pictures);
+    the app computes in float32, so the export does too, from a copy (the model stays float16). An
+    export into eva_utils itself would be carried inside every later export: refused."""
+    data, p = trained["data"], trained["predictions"]
+    half = copy.deepcopy(trained["model"]).half()
+    folder = eva.export_app(half, data, p, tmp_path / "half")
+    assert next(half.parameters()).dtype == torch.float16
+    clf = eva.Classifier.load(folder)
+    assert next(clf.model.parameters()).dtype == torch.float32
+    package = Path(eva.__file__).parent
+    for inside in (package, package / "app"):
+        with pytest.raises(FileExistsError, match="inside the eva_utils package"):
+            eva.export_app(trained["model"], data, p, inside)
+    assert not (package / "app").exists()
