@@ -347,6 +347,11 @@ def test_gradcam_targets_and_panel(tiny, test_loader):
     assert [fig.axes[5 * r].get_ylabel() for r in range(6)] == \
         ["image", "layer2 (16x16)", "layer3 (8x8)"] * 2
     assert fig.axes[0].get_title() == f"{tiny.classes[wrong.labels[0]]} / {tiny.classes[wrong.preds[0]]}"
+    # the second group's titles stand apart from the first group's last row (they sat on it)
+    fig.draw_without_rendering()
+    above = fig.axes[2 * 5].get_window_extent()  # first group, layer3 row
+    title = fig.axes[3 * 5].title.get_window_extent()  # second group's first title
+    assert title.y1 < above.y0 - 2 * title.height  # 0.4 title heights before
     with pytest.raises(ValueError, match=r"has no layer 'layer9'. Valid names: stem, .*layer2\.0\.conv1"):
         eva.gradcam(model, images, "layer9")
     with pytest.raises(ValueError, match="not part of this"):
