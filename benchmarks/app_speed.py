@@ -7,7 +7,7 @@ CustomResNet of notebook 04 and the ResNet18 of notebook 03.
 
 Times the app's handler in this process (``Classifier``: what each request runs), not the network
 or Gradio's queue. Random weights answer exactly as slowly as trained ones. The record (default
-results/app_speed.json) is what README's table is generated from (scripts/results_table.py). Run
+results/app_speed.json) is what docs/deploy.md's table is generated from (scripts/results_table.py). Run
 it on an idle machine.
 """
 import argparse

@@ -6,7 +6,7 @@ model on this machine's default device, both layouts measured in one run, altern
 
 Why: ``runtime.use_channels_last`` turns NHWC on for CUDA only; this prints the evidence for the
 CPU (and checks it on a GPU). The record (default results/channels_last.json) names the device and
-is what README's layout table is generated from (scripts/results_table.py). Run it on an idle
+is what docs/performance.md's layout table is generated from (scripts/results_table.py). Run it on an idle
 machine: a second job on the two cores halves both layouts' speeds unevenly.
 """
 import argparse

@@ -20,9 +20,9 @@ float32 on the others, and the channels-last (NHWC) layout on every CPU (``runti
    trains only the runs not kept yet and writes the record when every run is there.
 
 One record per kind of processor (results/cpu_precision-<kind>.json: amx, avx512_bf16, avx512 or
-other), from which scripts/results_table.py generates the README's tables. Run it on an idle
+other), from which scripts/results_table.py generates docs/performance.md's tables. Run it on an idle
 machine: a second job on the cores slows the variants unevenly. --learn needs CIFAR-10 as the
-README's Data section says (or --smoke: synthetic).
+docs/data.md says (or --smoke: synthetic).
 """
 import argparse
 import datetime

@@ -7,7 +7,7 @@ Draws 4 classes of outlined shapes (240 training and 120 test images, 28x28 gray
 32x32, since PlainCNN needs 32), then for each model and seed runs the README's own-assignment
 recipe: one LR range test (the default length), and for each rule a fresh copy of the same initial
 weights trained with one-cycle at that rule's learning rate. A run whose loss blows up counts as
-"diverged". Writes results/lr_rules.json, from which scripts/results_table.py draws README's table.
+"diverged". Writes results/lr_rules.json, from which scripts/results_table.py draws docs/own-assignment.md's table.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ products.
 Each model trains through fit's own step (``train.train_step``: autocast, loss, backward, SGD with
 Nesterov momentum) at the notebooks' batch size, on random 32x32 images, after one warm-up step. Run
 it on an idle machine: the record goes to results/profile_step-<kind>.json, from which
-scripts/results_table.py generates the README's table.
+scripts/results_table.py generates docs/performance.md's table.
 """
 import argparse
 import datetime

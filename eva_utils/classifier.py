@@ -123,8 +123,11 @@ class Classifier:
         cpu.load_state_dict({k: v.detach().cpu().contiguous()
                              for k, v in model.state_dict().items()})
         save_model(cpu, str(folder / "model.safetensors"))
+        with torch.no_grad(), eval_mode(cpu):
+            answer = cpu(drawn_picture(self.image_size))[0].tolist()
         about = {"architecture": name, "arguments": args, "classes": list(self.classes),
-                 "mean": list(self.mean), "std": list(self.std), "image_size": list(self.image_size)}
+                 "mean": list(self.mean), "std": list(self.std), "image_size": list(self.image_size),
+                 "answer": answer}
         (folder / "model.json").write_text(json.dumps(about, indent=2) + "\n")
 
     @classmethod
@@ -147,10 +150,15 @@ class Classifier:
                              f"Fix: {AGAIN}.") from None
         model.to(device)  # before the probe, which runs on the device
         with torch.no_grad(), eval_mode(model):  # every request would fail otherwise
-            outputs = model(torch.zeros(1, 3, *about["image_size"], device=device)).shape[1]
-        if outputs != len(about["classes"]):
+            answer = model(drawn_picture(about["image_size"]).to(device))[0].float().cpu()
+        if len(answer) != len(about["classes"]):
             raise ValueError(f"{folder / 'model.json'} names {len(about['classes'])} classes for a "
-                             f"model with {outputs} outputs. Fix: export the app again.")
+                             f"model with {len(answer)} outputs. Fix: export the app again.")
+        kept = about.get("answer")  # exports before eva_utils kept it have none
+        if kept is not None and not torch.allclose(answer, torch.tensor(kept), rtol=1e-2, atol=1e-3):
+            raise ValueError(f"The {about['architecture']} rebuilt from {folder / 'model.json'} answers "
+                             "a drawn picture otherwise than the exported model did (its arguments "
+                             f"were changed?). Fix: {AGAIN}.")
         return cls(model, about["classes"], tuple(about["mean"]), tuple(about["std"]),
                    tuple(about["image_size"]))
 
@@ -186,14 +194,67 @@ def model_json_problem(about) -> str:
     classes = about.get("classes")
     if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
         return f"classes={classes!r}: give two class names or more"
-    if not numbers(about.get("mean"), 3):
-        return f"mean={about.get('mean')!r}: give three numbers"
-    if not (numbers(about.get("std"), 3) and all(x > 0 for x in about["std"])):
-        return f"std={about.get('std')!r}: give three numbers > 0"
+    if len(set(classes)) != len(classes):
+        return f"classes={classes!r}: a class name appears twice, give each class its own name"
+    wrong = arguments_problem(about["architecture"], about["arguments"], len(classes))
+    if wrong:
+        return wrong
+    if not (numbers(about.get("mean"), 3) and all(abs(x) <= 1e6 for x in about["mean"])):
+        return f"mean={about.get('mean')!r}: give three numbers from -1e6 to 1e6"
+    if not (numbers(about.get("std"), 3) and all(1e-6 <= x <= 1e6 for x in about["std"])):
+        return f"std={about.get('std')!r}: give three numbers > 0 (from 1e-6 to 1e6)"
+    answer = about.get("answer", [0.0] * len(classes))
+    if not numbers(answer, len(classes)):
+        return f"answer: give {len(classes)} numbers, the exported model's logits"
     size = about.get("image_size")
     if not (numbers(size, 2) and all(isinstance(x, int) and 1 <= x <= LARGEST for x in size)):
         return f"image_size={size!r}: give [height, width], whole numbers from 1 to {LARGEST}"
     return ""
+
+
+LARGEST_REPEAT = 64  # an integer argument other than num_classes (SmallResNet's repeats): at most
+
+
+def arguments_problem(architecture: str, arguments: dict, classes: int) -> str:
+    """What makes ``arguments`` unusable for ``architecture``'s constructor, or "": names it does
+    not take, values of another type than its defaults, num_classes other than the class count,
+    other whole numbers beyond ``LARGEST_REPEAT`` (a model that would never answer)."""
+    import inspect
+
+    from .models import ARCHITECTURES
+    if arguments.get("num_classes") != classes or type(arguments.get("num_classes")) is not int:
+        return f"arguments: num_classes={arguments.get('num_classes')!r}, but {classes} classes are named"
+    if architecture not in ARCHITECTURES:
+        return ""  # torchvision's ResNet: build_model names its own problems
+    takes = inspect.signature(ARCHITECTURES[architecture]).parameters
+    for key, value in arguments.items():
+        if key not in takes:
+            return f"arguments: {architecture} takes no argument {key!r}"
+        default = takes[key].default
+        if key == "num_classes" or default is inspect.Parameter.empty:
+            continue
+        want = float if type(default) is float else type(default)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if want is float \
+            else type(value) is want
+        if not ok:
+            kind = {int: "a whole number", float: "a number", bool: "true or false",
+                    str: "text"}.get(want, want.__name__)
+            return f"arguments: {key}={value!r}: give {kind}, like its default {default!r}"
+        if want is int and not 0 <= value <= LARGEST_REPEAT:
+            return f"arguments: {key}={value!r}: give a whole number from 0 to {LARGEST_REPEAT}"
+        if want is float and not np.isfinite(value):
+            return f"arguments: {key}={value!r}: give a finite number"
+    return ""
+
+
+def drawn_picture(size) -> torch.Tensor:
+    """(1, 3, H, W) float32: a fixed, smooth pattern of the size a model takes, the picture whose
+    answer model.json keeps (any picture would do; this one needs no file)."""
+    h, w = int(size[0]), int(size[1])
+    y = torch.linspace(-1, 1, h).view(1, 1, h, 1)
+    x = torch.linspace(-1, 1, w).view(1, 1, 1, w)
+    c = torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)
+    return torch.sin(3 * c * x) * torch.cos(2 * c * y) + 0.5 * x * y
 
 
 def safetensors():

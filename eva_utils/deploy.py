@@ -54,6 +54,8 @@ def export_app(model: nn.Module, data, predictions, folder: str | Path, *,
     the examples come from); ``predictions``: ``eva.predict`` on its test split (the ``mistakes``
     most confident wrong answers are shown in the app)."""
     model = unwrapped(model)  # torch.compile's and DataParallel's wrappers: the same network
+    if any(t.is_floating_point() and t.dtype != torch.float32 for t in model.state_dict().values()):
+        model = copy.deepcopy(model).float()  # model.half(): the app computes in float32
     classes = tuple(data.classes)
     if tuple(predictions.classes) != classes:
         raise ValueError(f"The predictions name the classes {list(predictions.classes)}, the data "
@@ -103,6 +105,9 @@ def write_app(folder, clf: Classifier, pictures, mistakes, title: str, about: st
     if folder.is_symlink() and not folder.exists():
         raise FileExistsError(f"{folder} is a link to {os.readlink(folder)}, which does not "
                               "exist. Fix: give a new or empty folder (or make the link's target).")
+    if folder.resolve() == PACKAGE or PACKAGE in folder.resolve().parents:
+        raise FileExistsError(f"{folder} is inside the eva_utils package, which the app carries "
+                              "a copy of. Fix: give a folder outside it, e.g. \"app\".")
     if not folder.resolve().name:
         raise FileExistsError(f"{folder} is the file system's root. Fix: give a new or empty folder.")
     if folder.exists() and not folder.is_dir():

@@ -141,15 +141,24 @@ def plot_gradcam(model: nn.Module, wrong: Predictions, layers, mean, std, *, n: 
                       "earlier layer (eva.gradcam_layers(model)), or larger images.", stacklevel=2)
     from pytorch_grad_cam.utils.image import show_cam_on_image  # lazily, as in gradcam.gradcam
 
-    masks = [gradcam(model, images, layer, explained) for layer in layers]
+    check_normalised(images)  # once, not once per layer
+    masks = [gradcam(model, images, layer, explained, check=False) for layer in layers]
     cols = min(cols, n)  # 2 images: 2 columns, not 5 with 3 blank
     pictures = denormalize(images, mean, std).numpy()
     groups, rows_per = -(-n // cols), 1 + len(layers)
-    fig, axes = plt.subplots(groups * rows_per, cols, figsize=(2.0 * cols, 2.15 * groups * rows_per),
-                             squeeze=False)
-    for ax in axes.flat:
+    # A thin empty row between groups, so that a group's titles stand apart from the group above.
+    step, gap = rows_per + 1, 0.2
+    ratios = ([1.0] * rows_per + [gap]) * groups
+    fig, grid = plt.subplots(groups * step - 1, cols, squeeze=False,
+                             figsize=(2.0 * cols, 2.15 * (groups * rows_per + (groups - 1) * gap)),
+                             gridspec_kw={"height_ratios": ratios[:-1]})
+    for ax in grid.flat:
         ax.set(xticks=[], yticks=[])
         ax.set_frame_on(False)
+    for g in range(1, groups):
+        for ax in grid[g * step - 1]:
+            ax.remove()
+    axes = np.stack([grid[g * step + r] for g in range(groups) for r in range(rows_per)])
     for i in range(n):
         g, c = divmod(i, cols)
         top = axes[g * rows_per, c]

@@ -17,7 +17,7 @@ from .checkpoint import CheckpointError
 from .config import TrainConfig, number
 from .data import check_labels
 from .history import History
-from .runtime import TrainingError, eval_mode, get_device
+from .runtime import TrainingError, check_weights, eval_mode, get_device
 
 DIVERGED = 100  # a loss this many times that of guessing (log classes) means training diverged
 
@@ -49,6 +49,7 @@ def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_
         warnings.warn("train_loader was built with train=False: it is neither shuffled nor "
                       "augmented, so every epoch sees the same batches in the same order. Fix: "
                       "build it with train=True.", stacklevel=3)
+    check_weights(model)
     if not any(p.requires_grad for p in model.parameters()):
         raise TrainingError("Every parameter of the model is frozen (requires_grad=False): there "
                             "is nothing to train. Fix: unfreeze what should learn, e.g. "

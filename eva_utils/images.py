@@ -7,6 +7,7 @@ on numpy, Pillow and torch: the exported app carries this module.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -87,18 +88,22 @@ def model_input(pictures: np.ndarray, mean, std) -> torch.Tensor:
 
 
 def check_normalised(images: torch.Tensor) -> None:
-    """Raise if ``images`` (B, 3, H, W) look like raw pixels instead of the loaders' normalised
-    tensors. Raw pixels are never negative and are either fractions up to 1 or whole numbers up
-    to 255; normalised ones, (x - mean) / std, are negative wherever a pixel is darker than the
-    mean, and a bright picture with no such pixel has fractions above 1 (white is about 2 with
-    CIFAR-10's statistics), so it passes."""
+    """Raise if ``images`` (B, 3, H, W) are whole numbers above 1 (raw 0-255 pixels), warn if they
+    could be raw fractions (all in [0, 1]). Normalised images, (x - mean) / std, are negative
+    wherever a pixel is darker than the mean; a picture with no such pixel is bright (white is about
+    2 with CIFAR-10's statistics) or light and flat, and a light grey one, about 0.3 everywhere,
+    looks exactly like dark raw fractions: so that case is a warning, never a refusal."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"Expected images of shape (B, 3, H, W); got {tuple(images.shape)}.")
     if not len(images) or images.min() < 0:
         return
-    top = images.max()
-    if top <= 1 or torch.equal(images, images.round()):
-        raise ValueError(
-            f"These images look unnormalised (values in [{images.min():.3g}, {top:.3g}]). "
-            "Pass them as the loaders yield them: normalised with the data set's mean and std "
-            "(data.mean, data.std), e.g. from eva.predict(...).images.")
+    low, top = images.min(), images.max()
+    fix = ("Pass them as the loaders yield them: normalised with the data set's mean and std "
+           "(data.mean, data.std), e.g. from eva.predict(...).images.")
+    if top > 1 and torch.equal(images, images.round()):
+        raise ValueError(f"These images look unnormalised: whole numbers in [{low:.3g}, {top:.3g}], "
+                         f"raw 0-255 pixels. {fix}")
+    if top <= 1:
+        warnings.warn(f"These images may be unnormalised: every value is in [{low:.3g}, {top:.3g}], "
+                      "as raw pixels in [0, 1] are. If they are normalised (a light, flat picture "
+                      f"looks like this too), ignore this warning; if not: {fix}", stacklevel=3)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 
 from .data import check_labels
 from .precision import Precision
-from .runtime import check_float32, eval_mode, to_device
+from .runtime import check_weights, eval_mode, to_device
 
 
 @torch.no_grad()
@@ -34,7 +34,7 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
         raise ValueError("This loader was built with train=True: it augments and reshuffles, and "
                          "drops the last partial batch, so answers would change every call and "
                          "images would be missing. Fix: a loader built with train=False.")
-    check_float32(model)
+    check_weights(model)
     device = model_device(model, device)
     arithmetic = Precision.of(model, device, amp, channels_last)  # fit's, after fit
     with eval_mode(model):

@@ -4,7 +4,7 @@ rate, recording the smoothed loss; the model and optimizer are restored afterwar
 Named rules read a learning rate off the curve (as fastai names its suggestion rules):
 * ``valley`` (fastai's default): halfway along the longest stretch over which the loss keeps
   falling. It is the suggestion (``suggested_lr``): ``benchmarks/lr_rules.py`` compares the rules,
-  and README's table shows why;
+  and docs/own-assignment.md's table shows why;
 * ``steepest``: where the loss falls fastest against log(lr), at or before the loss minimum;
 * ``minimum``: the lowest smoothed loss, just before the loss rises;
 * ``first_minimum``: the bottom of the curve's first valley, the lowest loss before the loss first
@@ -35,7 +35,7 @@ from .budget import BudgetSpent, as_budget, duration
 from .precision import Precision
 from .checkpoint import atomic_write
 from .guards import check_finite_images
-from .runtime import check_float32, get_device, kept_modes, to_device
+from .runtime import check_weights, get_device, kept_modes, to_device
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
 RISE = 0.1  # first_minimum: a loss 10 % above the lowest so far ends the first valley
@@ -144,7 +144,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
                         f"{' (a learning-rate scheduler?)' if hasattr(optimizer, 'get_last_lr') else ''}"
                         ". Fix: pass the optimizer itself, e.g. torch.optim.SGD(model.parameters(), "
                         "lr=1e-5), or none for the suite's.")
-    check_float32(model)
+    check_weights(model)
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=start_lr, momentum=0.9, nesterov=True,
                                     weight_decay=5e-4)
@@ -310,10 +310,17 @@ def _load(path: Path | None, setup: dict) -> RangeTest | None:
     try:
         stored = json.loads(path.read_text())
         if stored["setup"] == setup:
-            return RangeTest(**stored["result"])
+            found = RangeTest(**stored["result"])
+            lrs = np.asarray(found.lrs, float)
+            picks = np.asarray([found.valley, found.steepest, found.minimum], float)
+            if not (len(lrs) == len(found.losses) >= MIN_POINTS and np.isfinite(lrs).all()
+                    and (lrs > 0).all() and np.isfinite(picks).all()
+                    and (lrs.min() <= picks).all() and (picks <= lrs.max()).all()):
+                raise ValueError("picks outside its own curve")
+            return found
         why = "another model, loss, loader or sweep"
     except (ValueError, KeyError, TypeError) as exc:
-        why = f"unreadable: {type(exc).__name__}"
+        why = f"unreadable: {type(exc).__name__}: {str(exc)[:100]}"
     warnings.warn(f"{path} holds a range test of {why}; sweeping again and replacing it.",
                   stacklevel=3)
     return None

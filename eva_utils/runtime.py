@@ -170,9 +170,15 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_l
     return x, y.to(device, non_blocking=y.device.type == "cpu" != device.type)
 
 
-def check_float32(model: nn.Module) -> None:
-    """One TypeError unless ``model``'s floating-point weights are float32, as the loaders' images
-    are (mixed precision is autocast's business, not the weights')."""
+def check_weights(model: nn.Module) -> None:
+    """One error unless ``model``'s weights hold numbers (not the meta device's placeholders) and
+    its floating-point weights are float32, as the loaders' images are (mixed precision is
+    autocast's business, not the weights')."""
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        raise ValueError("The model's weights are on the meta device: shapes without numbers, "
+                         "nothing to compute with. Fix: build the model on a real device, or give "
+                         "it weights, e.g. model.to_empty(device=\"cpu\") and then "
+                         "model.load_state_dict(state).")
     weights = next((p for p in model.parameters() if p.is_floating_point()), None)
     if weights is not None and weights.dtype != torch.float32:
         raise TypeError(f"The model's weights are {weights.dtype}; the loaders' images are float32. "

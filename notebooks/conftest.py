@@ -18,6 +18,6 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("!", "notebooks ran on SYNTHETIC stand-in data", yellow=True)
     terminalreporter.write_line(
         f"No CIFAR-10 under {root}, so the notebook tests used a small synthetic data set. To test "
-        "on the real images, put CIFAR-10 in data/ as the README's Data section says, or set "
+        "on the real images, put CIFAR-10 in data/ as docs/data.md says, or set "
         "EVA_DATA_DIR.", yellow=True)
 

@@ -17,7 +17,7 @@ stopped in a later seed continues there (and results/NN.json already holds the f
 
 A full run overwrites notebooks/NN_*.ipynb with the executed notebook (seed 0's; other seeds' go to
 runs/), writes figures to images/, each run's record to results/raw/, their summary with the command
-to results/NN.json (results/benchmark.json) and regenerates README's results table
+to results/NN.json (results/benchmark.json) and regenerates the results tables (README.md, docs/)
 (scripts/results_table.py). A smoke run writes all of that under --out and touches nothing
 tracked. The data is found as everywhere else: $EVA_DATA_DIR, else the nearest data/ folder.
 """
@@ -200,7 +200,7 @@ def main() -> None:
             print(f"\nUnfinished: {exc}\nRun the same command again to continue.", flush=True)
             sys.exit(UNFINISHED)
     subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"),
-                    "--results", str(out / "results"), "--readme", str(out / "README.md")],
+                    "--results", str(out / "results"), "--root", str(out)],
                    check=True)
 
 

@@ -1,8 +1,11 @@
-"""Regenerate README's results table, running times and benchmark tables from the run records in
-results/*.json (never typed by hand).
+"""Regenerate the results table (README.md), the running times and the benchmark tables (docs/*.md)
+from the run records in results/*.json (never typed by hand).
 
-    python scripts/results_table.py                 # rewrites every block between README's markers
-    python scripts/results_table.py --check         # exit 1 if README is out of date
+    python scripts/results_table.py                 # rewrites every block between the markers
+    python scripts/results_table.py --check         # exit 1 if a page is out of date
+
+Each block's markers appear once, in README.md or one of docs/*.md; where neither exists (a smoke
+run's --root), every block goes into one new README.md.
 
 Each results/NN.json is written by scripts/full_runs.py: {"notebook", "command", "date", "smoke",
 "runs": [run records]}. A notebook without one says so in its row.
@@ -343,37 +346,47 @@ def app_speed(results: Path) -> list[str]:
     return lines
 
 
-def replace(text: str, markers: tuple[str, str], lines: list[str], readme: Path) -> str:
+def replace(text: str, markers: tuple[str, str], lines: list[str]) -> str:
     start, end = markers
-    if start not in text or end not in text:
-        raise SystemExit(f"{readme} has no markers {start} ... {end}.")
     before, rest = text.split(start, 1)
     return before + "\n".join([start, *lines, end]) + rest.split(end, 1)[1]
+
+
+def pages(root: Path) -> dict[Path, str]:
+    """README.md and docs/*.md under ``root`` with their text; one README.md holding every block's
+    markers if ``root`` has none."""
+    found = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    found = {path: path.read_text() for path in found if path.exists()}
+    return found or {root / "README.md": "\n\n".join(f"{a}\n{b}" for a, b in BLOCKS) + "\n"}
+
+
+BLOCKS = [(START, END), TIMES, LR_RULES, STREAMING, LAYOUTS, PRECISION, APP_SPEED, PROFILE]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--results", type=Path, default=ROOT / "results")
-    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    p.add_argument("--root", type=Path, default=ROOT, help="where README.md and docs/ are")
     p.add_argument("--check", action="store_true")
     args = p.parse_args()
-    text = (args.readme.read_text() if args.readme.exists()
-            else "\n\n".join(f"{a}\n{b}" for a, b in [(START, END), TIMES, LR_RULES, STREAMING,
-                                                      LAYOUTS, PRECISION, APP_SPEED, PROFILE])
-            + "\n")
-    new = replace(text, (START, END), rows(args.results), args.readme)
-    new = replace(new, TIMES, times(args.results), args.readme)
-    new = replace(new, LR_RULES, lr_rules(args.results), args.readme)
-    new = replace(new, STREAMING, streaming(args.results), args.readme)
-    new = replace(new, LAYOUTS, layouts(args.results), args.readme)
-    new = replace(new, PRECISION, cpu_precision(args.results), args.readme)
-    new = replace(new, APP_SPEED, app_speed(args.results), args.readme)
-    new = replace(new, PROFILE, profile(args.results), args.readme)
+    texts = pages(args.root)
+    new = dict(texts)
+    tables = [rows, times, lr_rules, streaming, layouts, cpu_precision, app_speed, profile]
+    for markers, table in zip(BLOCKS, tables):
+        holders = [path for path, text in new.items() if markers[0] in text and markers[1] in text]
+        if len(holders) != 1:
+            raise SystemExit(f"{markers[0]} ... {markers[1]} must be in exactly one of "
+                             f"{', '.join(map(str, new))}; found in {len(holders)}.")
+        new[holders[0]] = replace(new[holders[0]], markers, table(args.results))
+    stale = [path for path in new if new[path] != texts.get(path)]
     if args.check:
-        raise SystemExit(0 if new == text else f"{args.readme}'s results table is out of date: "
-                         "run python scripts/results_table.py")
-    args.readme.write_text(new)
-    print(new[new.index(START):new.index(END)])
+        raise SystemExit(0 if not stale else f"out of date: {', '.join(map(str, stale))}: run "
+                         "python scripts/results_table.py")
+    for path in stale:
+        path.write_text(new[path])
+    readme = new.get(args.root / "README.md", "")
+    if START in readme:
+        print(readme[readme.index(START):readme.index(END)])
 
 
 if __name__ == "__main__":

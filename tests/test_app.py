@@ -2,6 +2,7 @@
 eva.predict, bad uploads, the exported folder (complete, no training code, runs on its own) and the
 deploy command. The page itself is driven in a browser in test_browser.py."""
 import ast
+import copy
 import dataclasses
 import json
 import os
@@ -595,14 +596,33 @@ def test_export_compares_a_gpu_model_with_its_rebuild_on_the_cpu(trained, tmp_pa
 
 @pytest.mark.parametrize("file, change, words", [
     ("model.json", {"std": [0.2, 0.0, 0.2]}, r"std=\[0.2, 0.0, 0.2\]: give three numbers > 0"),
-    ("model.json", {"classes": ["a", "b", "c"]}, r"names 3 classes for a model with 4 outputs"),
+    ("model.json", {"classes": ["a", "b", "c"]}, r"num_classes=4, but 3 classes are named"),
     ("model.json", {"image_size": [0, 32]}, r"image_size=\[0, 32\]: give \[height, width\]"),
     ("model.json", {"image_size": [100000, 100000]}, r"whole numbers from 1 to 4096"),
     ("app.json", {"examples": "examples/00.png"}, r"examples is not a list of file names"),
+    # the same weights under other arguments: shared blocks applied 3 times answer otherwise
+    ("model.json", {"arguments": {"repeats": 3, "num_classes": 4}},
+     r"answers a drawn picture otherwise than the exported model did"),
+    ("model.json", {"arguments": {"repeats": 10**9, "num_classes": 4}},
+     r"repeats=1000000000: give a whole number from 0 to 64"),
+    ("model.json", {"arguments": {"repeats": "4", "num_classes": 4}},
+     r"repeats='4': give a whole number, like its default 1"),
+    ("model.json", {"arguments": {"repeats": True, "num_classes": 4}}, r"repeats=True: give a whole"),
+    ("model.json", {"arguments": {"repeats": 1, "num_classes": 4, "colour": 1}},
+     r"SmallResNet takes no argument 'colour'"),
+    ("model.json", {"arguments": {"repeats": 1, "num_classes": 10**12}},
+     r"num_classes=1000000000000, but 4 classes are named"),
+    ("model.json", {"arguments": {"repeats": 1, "num_classes": 4.0}}, r"num_classes=4.0, but 4"),
+    ("model.json", {"std": [1e-300, 0.2, 0.2]}, r"give three numbers > 0 \(from 1e-6 to 1e6\)"),
+    ("model.json", {"mean": [1e308, 0.0, 0.0]}, r"give three numbers from -1e6 to 1e6"),
+    ("model.json", {"classes": ["cat", "cat", "dog", "cow"]}, r"a class name appears twice"),
+    ("model.json", {"answer": [0.1, "x", 0.2, 0.3]}, r"answer: give 4 numbers"),
 ])
 def test_a_damaged_export_is_named_when_the_app_starts(trained, tmp_path, file, change, words):
     """A hand-edited or damaged folder started a server whose every request failed, answered NaN
-    (std 0), or ran out of memory (image size 100000): one message at start instead."""
+    (std 0 or 1e-300, mean 1e308), ran out of memory (image size 100000, 10**12 classes), never
+    started (repeats 10**9), collapsed its top classes (one name four times) or answered otherwise
+    than the exported model, silently (repeats 3 with the same weights): one message at start."""
     import eva_utils.app
     folder = tmp_path / "space"
     shutil.copytree(trained["folder"], folder)
@@ -684,3 +704,21 @@ def test_an_export_with_one_mistake_starts_and_one_the_page_refuses_is_never_wri
     with pytest.raises(ValueError, match="Slider minimum"):
         eva.export_app(trained["model"], trained["data"], one, tmp_path / "never")
     assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_a_half_precision_model_exports_in_float32_and_the_package_folder_is_refused(trained,
+                                                                                      tmp_path):
+    """export_app(model.half()) failed in torch's dtype check (float16 weights, float32 pictures);
+    the app computes in float32, so the export does too, from a copy (the model stays float16). An
+    export into eva_utils itself would be carried inside every later export: refused."""
+    data, p = trained["data"], trained["predictions"]
+    half = copy.deepcopy(trained["model"]).half()
+    folder = eva.export_app(half, data, p, tmp_path / "half")
+    assert next(half.parameters()).dtype == torch.float16
+    clf = eva.Classifier.load(folder)
+    assert next(clf.model.parameters()).dtype == torch.float32
+    package = Path(eva.__file__).parent
+    for inside in (package, package / "app"):
+        with pytest.raises(FileExistsError, match="inside the eva_utils package"):
+            eva.export_app(trained["model"], data, p, inside)
+    assert not (package / "app").exists()

@@ -160,7 +160,8 @@ def test_wrong_objects_where_a_loader_or_model_belongs(tiny):
             return super().forward(x), x
     with pytest.raises(TrainingError, match="returns a tuple.*only the logits"):
         eva.fit(Pair(), train, test, cfg(), progress=False)
-    with pytest.raises(TrainingError, match=r"float64 but the images torch.float32.*model.float\(\)"):
+    with pytest.raises(TypeError, match=r"weights are torch.float64; the loaders' images are "
+                                        r"float32.*model.float\(\)"):  # as the range test and predict say
         eva.fit(Tiny().double(), train, test, cfg(), progress=False)
     one_hot = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.zeros(8, 3, 32, 32), torch.eye(10)[torch.arange(8)]),
@@ -741,3 +742,16 @@ def test_a_test_loader_of_other_classes_is_refused(tiny):
         with pytest.raises(eva.TrainingError, match=rf"The test loader's classes \({', '.join(other)}"
                                                     r"\) are not the training loader's"):
             eva.fit(Tiny(classes=4), train, test, cfg(epochs=1), progress=False)
+
+
+def test_a_model_on_the_meta_device_is_one_message_everywhere(tiny):
+    """A model built under torch.device("meta") (shapes, no numbers) met torch's "Cannot copy out
+    of meta tensor" in fit, and other errors in the range test and predict."""
+    with torch.device("meta"):
+        model = Tiny()
+    train, test = loaders(tiny)
+    for call in (lambda: eva.fit(model, train, test, cfg(), progress=False),
+                 lambda: eva.lr_range_test(model, train),
+                 lambda: eva.predict(model, test, tiny.classes)):
+        with pytest.raises(ValueError, match=r"on the meta device.*to_empty"):
+            call()

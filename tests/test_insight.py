@@ -347,6 +347,11 @@ def test_gradcam_targets_and_panel(tiny, test_loader):
     assert [fig.axes[5 * r].get_ylabel() for r in range(6)] == \
         ["image", "layer2 (16x16)", "layer3 (8x8)"] * 2
     assert fig.axes[0].get_title() == f"{tiny.classes[wrong.labels[0]]} / {tiny.classes[wrong.preds[0]]}"
+    # the second group's titles stand apart from the first group's last row (they sat on it)
+    fig.draw_without_rendering()
+    above = fig.axes[2 * 5].get_window_extent()  # first group, layer3 row
+    title = fig.axes[3 * 5].title.get_window_extent()  # second group's first title
+    assert title.y1 < above.y0 - 2 * title.height  # 0.4 title heights before
     with pytest.raises(ValueError, match=r"has no layer 'layer9'. Valid names: stem, .*layer2\.0\.conv1"):
         eva.gradcam(model, images, "layer9")
     with pytest.raises(ValueError, match="not part of this"):
@@ -500,5 +505,23 @@ def test_grad_cam_explains_bright_pictures(tiny):
         clf = eva.Classifier(model, tiny.classes, tiny.mean, tiny.std, (32, 32))
         seen = (picture[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         assert clf.heatmap(seen, "layer3", 0.5).shape == (32, 32, 3), name  # the app: every one
-    with pytest.raises(ValueError, match="look unnormalised"):  # raw pixels as fractions
+    with pytest.warns(UserWarning, match="may be unnormalised"):  # raw pixels as fractions?
         eva.gradcam(model, torch.rand(2, 3, 32, 32), "layer3")
+
+
+def test_a_light_grey_normalised_picture_is_explained_with_a_warning_not_refused(tiny):
+    """Normalised, a light grey picture is about 0.3 everywhere, exactly what dark raw fractions
+    look like: Grad-CAM and its panels refused it ("look unnormalised"). They explain it and warn
+    once that the values could be raw; whole numbers above 1 (raw 0-255 pixels) stay refused."""
+    model = eva.CustomResNet(num_classes=10)
+    grey = torch.full((2, 3, 32, 32), 0.32) + 0.05 * torch.rand(2, 3, 32, 32)  # 0.32 to 0.37
+    with pytest.warns(UserWarning, match="may be unnormalised") as caught:
+        assert eva.gradcam(model, grey, "layer3").shape == (2, 32, 32)
+    assert len(caught) == 1
+    wrong = Predictions.from_images(grey, torch.zeros(2, dtype=torch.long),
+                                    torch.ones(2, dtype=torch.long), torch.ones(2), tiny.classes)
+    with pytest.warns(UserWarning, match="may be unnormalised") as caught:
+        eva.plot_gradcam(model, wrong, ["layer2", "layer3"], tiny.mean, tiny.std, n=2)
+    assert len([w for w in caught if "unnormalised" in str(w.message)]) == 1  # not once per layer
+    with pytest.raises(ValueError, match="whole numbers in \\[0, 255\\]"):
+        eva.gradcam(model, torch.randint(0, 256, (2, 3, 32, 32)).float(), "layer3")

@@ -464,7 +464,7 @@ def test_the_licence_and_the_changelog_a_reader_needs():
 
 def test_the_step_profile_runs_and_its_table_is_generated(tmp_path):
     """benchmarks/profile_step.py at smoke size: a record with each model's operators and the share
-    outside convolutions, rendered by results_table into the README's table."""
+    outside convolutions, rendered by results_table into docs/performance.md's table."""
     out = tmp_path / "profile_step-test.json"
     ran = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--smoke",
                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -123,6 +123,15 @@ def test_the_range_test_is_kept_with_the_run_and_never_trusted_blindly(tiny, tmp
         sweep(eva.SmallResNet(num_classes=10),
               criterion=torch.nn.CrossEntropyLoss(label_smoothing=0.2))
     assert "label_smoothing=0.2" in json.loads(kept.read_text())["setup"]["loss"]
+    # this very sweep's setup, but picks no curve gives: returned as the result before
+    for damage in ({"valley": -1.0}, {"minimum": float("nan")}, {"losses": [1.0]}):
+        stored = json.loads(kept.read_text())
+        stored["result"].update(damage)
+        kept.write_text(json.dumps(stored))
+        with pytest.warns(UserWarning, match="unreadable.*sweeping again"):
+            redone = sweep(eva.SmallResNet(num_classes=10),
+                           criterion=torch.nn.CrossEntropyLoss(label_smoothing=0.2))
+        assert redone.valley > 0 and redone.minimum == redone.minimum
 
 
 def test_a_run_resumed_on_another_device_keeps_its_range_test(tiny, tmp_path, capsys):
