@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, model_identity, rng_state, saved_precision, set_rng_state
+from .checkpoint import (FORMAT, CheckpointError, model_identity, rng_state, saved_precision,
+                         set_rng_state)
 from .run_folder import RunFolder
 from .config import TrainConfig
 from .ema import EMA
@@ -55,6 +56,19 @@ class Run:
                 "channels_last": self.precision.channels_last, "format": FORMAT}
 
     def restore(self, ckpt: dict) -> None:
+        try:  # first what a damaged file gets wrong with torch's or dataclasses' words
+            history = History(**ckpt["history"])
+        except TypeError as exc:
+            raise CheckpointError(f"The checkpoint's history is damaged ({exc}). Fix: resume from "
+                                  "best.pt, or delete the checkpoint folder to start afresh.") from None
+        before = rng_state()
+        try:
+            set_rng_state(ckpt["rng"])
+        except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as exc:
+            set_rng_state(before)  # as it was
+            raise CheckpointError(f"The checkpoint's random state is damaged ({type(exc).__name__}: "
+                                  f"{str(exc)[:120]}). Fix: resume from best.pt, or delete the "
+                                  "checkpoint folder to start afresh.") from None
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -62,8 +76,7 @@ class Run:
             self.scaler.load_state_dict(ckpt["scaler"])  # run begun in another has no scale yet
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
-        self.history = History(**ckpt["history"])
-        set_rng_state(ckpt["rng"])
+        self.history = history
 
     def step_schedule(self, test_loss: float) -> None:
         """The scheduler's step at an epoch's end (per-batch schedules step in ``train_step``)."""
