@@ -17,7 +17,7 @@ from .precision import Precision
 from .runtime import device_name
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """The live state of one training run: what an epoch updates and a checkpoint saves."""
 

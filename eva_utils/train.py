@@ -125,9 +125,11 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
     model.eva_precision = precision  # what evaluate and predict answer in afterwards
     optimizer = build_optimizer(model, cfg)
     scheduler, step_every = build_scheduler(optimizer, cfg, len(train_loader))
-    run = Run(model, model, optimizer, scheduler, step_every, precision, precision.scaler(device),
-              EMA(model, cfg.ema_decay) if cfg.ema_decay else None, device, History(),
-              [m for m in model.modules() if not m.training] if model.training else [], folder)
+    run = Run(model=model, forward=model, optimizer=optimizer, scheduler=scheduler,
+              step_every=step_every, precision=precision, scaler=precision.scaler(device),
+              ema=EMA(model, cfg.ema_decay) if cfg.ema_decay else None, device=device,
+              history=History(), folder=folder,
+              frozen=[m for m in model.modules() if not m.training] if model.training else [])
     if ckpt is not None:
         check_resumable(ckpt, resume, model, asdict(cfg), len(train_loader),
                         loader_fingerprint(train_loader))
