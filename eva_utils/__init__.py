@@ -21,7 +21,7 @@ The teaching core, what a notebook's lesson uses:
     plots, galleries        curves, schedules, the range test; mistakes, confusion, Grad-CAM panels
     gradcam, summary        Grad-CAM masks; torchinfo tables
 
-The machinery fit runs on (resume and time budgets need the first four):
+The machinery fit runs on (the first four keep a run across interruptions):
     run, checkpoint, run_folder, budget   a run's state, its files and their lock, stretches
     precision, runtime, guards            arithmetic per device, seeding, fit's checks
     history, ema, cache, images, workers  per-epoch record, weight average, decode cache,
