@@ -763,3 +763,16 @@ def test_one_request_cannot_fill_the_disk_and_sigterm_cleans_up(trained, tmp_pat
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) is not None
     assert "mine.png" not in [p.name for p in stored()]  # the upload is gone
+
+
+def test_a_model_whose_head_was_wrapped_is_refused_by_name(trained, tmp_path):
+    """A SmallResNet whose head was wrapped after it was built (dropout in front) is still a
+    SmallResNet, but the app rebuilds a plain one: the export failed in torch's load_state_dict
+    ("Missing key(s) ... Unexpected key(s)"). It is refused, naming the layers that differ."""
+    model = copy.deepcopy(trained["model"])
+    model.head = torch.nn.Sequential(torch.nn.Dropout(0.2), model.head)
+    with pytest.raises(ValueError, match=r"cannot rebuild this model: its layers differ from a new "
+                                         r"SmallResNet.* in head\.1\.1\.bias, head\.1\.1\.weight, "
+                                         r"head\.1\.bias, head\.1\.weight \(was a layer wrapped"):
+        eva.export_app(model, trained["data"], trained["predictions"], tmp_path / "app")
+    assert not (tmp_path / "app").exists()
