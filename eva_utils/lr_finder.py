@@ -180,7 +180,8 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
         return distributed.from_main(stored, device)
     if verbose:
         print(f"LR range test: {num_iter} steps{f' of {size} images' if size else ''} "
-              f"({num_iter / batches:.2g} epochs of the training set), lr {start_lr:.0e} to "
+              f"({num_iter / batches:.2g} epoch{'' if f'{num_iter / batches:.2g}' == '1' else 's'} "
+              f"of the training set), lr {start_lr:.0e} to "
               f"{end_lr:g}, on {device} in {arithmetic.name}, {arithmetic.layout}.",
               flush=True)
     if batches < min(num_iter, 20):
