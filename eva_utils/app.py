@@ -20,8 +20,8 @@ from .images import DataError
 MAX_UPLOAD = "10mb"    # larger uploads are refused by the server before anything is decoded
 MAX_REQUEST = 11 * 2**20  # bytes one upload request may carry: one 10 MB picture and its form
 MAX_FILES = 1          # files one upload request may carry: the page sends one picture at a time
-# Larger pictures are refused before they are decoded: a 6 KB PNG can hold 7000x7000 pixels (5.7 s
-# and 860 MB a request). 16 megapixels takes a phone photo (12) and is plenty for a 32-64 px model.
+# Larger pictures are refused before they are decoded: a few KB of PNG can hold 7000x7000 pixels,
+# seconds and gigabytes to decode. 16 megapixels takes a phone photo and is plenty for a 32-64 px model.
 MAX_PIXELS = 16_000_000
 SHOWN = 224            # pictures smaller than this are enlarged (whole pixels) to be seen
 LONGEST = 2048         # ... and larger ones shrunk to this long side (the page's WebP stops at 16383)
