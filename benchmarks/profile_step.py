@@ -36,7 +36,7 @@ MODELS = {  # model, the batch its notebook trains at
     "PlainCNN": (lambda: eva.PlainCNN(num_classes=10), 128),                             # 01
     "SmallResNet": (lambda: eva.SmallResNet(num_classes=10), 128),                       # 01
     "SmallResNet(repeats=2)": (lambda: eva.SmallResNet(repeats=2, num_classes=10), 256),  # 02
-    "ResNet18": (lambda: eva.ResNet18(num_classes=10), 128),                             # 03
+    "ResNet18": (lambda: eva.ResNet18(num_classes=10), 512),                             # 03
     "CustomResNet": (lambda: eva.CustomResNet(num_classes=10), 512),                     # 04
 }
 ARITHMETIC = ("convolution", "mkldnn_convolution", "addmm", "mm", "bmm", "linear", "matmul")

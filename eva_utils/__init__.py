@@ -10,41 +10,25 @@
     history = eva.fit(model, train, test, eva.TrainConfig(epochs=24, lr=0.1))
     predictions = eva.predict(model, test, data.classes)
 
-Modules, one noun each:
-    data          ImageData (uint8 arrays in memory), held-out splits, channel statistics
-    folders       load_image_folder: any train/<class>, test/<class> tree
-    cache         the decode cache beside an image folder
-    cifar10       load_cifar10: a local copy or a download
-    images        one file as a model's input (channels, size, normalisation)
-    transforms    Augment: one description of the augmentation, two backends
-    loaders       the Loader protocol; TensorLoader (whole split on the device, batched augmentation)
-    workers       make_loader: albumentations per image in DataLoader workers
-    streaming     folder_loader: data larger than memory
-    models        the suite's four networks, torchvision's ResNets, build_model
-    runtime       device, the device's precision choice, seeding, eval mode
-    config        TrainConfig: every setting, its unit and valid range
-    precision     Precision: a run's arithmetic (autocast type, layout), decided once
-    schedule      optimizer and learning-rate schedule
-    train         fit -> train_epoch -> train_step
-    run           Run: a run's live state, saved and restored by checkpoints
-    guards        fit's checks (arguments, first batch, NaN, divergence, memory)
-    budget        TimeBudget, BudgetSpent: long runs in stretches
-    checkpoint    random states, durable checkpoint files, the resume checks
-    run_folder    RunFolder: one run per checkpoint folder, its lock kept alive
-    history       History: a run's per-epoch record
-    ema           the weight average
-    inference     evaluate and predict, one path; misclassified, confusion_matrix
-    results       run_record, save_runs, save_json
-    lr_finder     lr_range_test and its named rules
-    plots         figures of training: curves, schedules, the range test, augmentation
-    galleries     figures of answers: confusion matrix, mistakes, Grad-CAM panels
-    gradcam       Grad-CAM masks, the model left as it was
-    summary       torchinfo tables in the assignments' format
-    distributed   torchrun: process group, DDP, sums over processes
-    classifier    one image in: top classes and Grad-CAM; the app's weights folder
-    app, deploy   the Gradio page; export_app (the page as a folder for Spaces)
-    serve         python -m eva_utils.serve CHECKPOINT; export_checkpoint
-    lightning     EvaModule, EvaDataModule (import it yourself: eva_utils.lightning)
+The teaching core, what a notebook's lesson uses:
+    data, folders, cifar10  ImageData (uint8 arrays), any train/<class> tree, CIFAR-10
+    transforms, loaders     Augment (one description, two backends); TensorLoader
+    models                  the suite's four networks, torchvision's ResNets
+    config, schedule        TrainConfig (every setting, its unit and range); optimizer and schedule
+    train                   fit -> train_epoch -> train_step
+    lr_finder               lr_range_test and its named rules
+    inference, results      evaluate, predict, misclassified; run records
+    plots, galleries        curves, schedules, the range test; mistakes, confusion, Grad-CAM panels
+    gradcam, summary        Grad-CAM masks; torchinfo tables
+
+The machinery fit runs on (the first four keep a run across interruptions):
+    run, checkpoint, run_folder, budget   a run's state, its files and their lock, stretches
+    precision, runtime, guards            arithmetic per device, seeding, fit's checks
+    history, ema, cache, images, workers  per-epoch record, weight average, decode cache,
+                                          one file as input, albumentations in DataLoader workers
+
+Extras: classifier, app, deploy, serve (a model as a web page); distributed (torchrun); streaming
+(data larger than memory); lightning (import it yourself: eva_utils.lightning).
 
 Depends only on torch, torchvision, numpy, pillow, albumentations, opencv, matplotlib, grad-cam,
 torch-lr-finder, torchinfo and tqdm, so the folder can be copied into another project as it is; the

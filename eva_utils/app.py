@@ -18,8 +18,10 @@ from .classifier import MAX_TOP, Classifier, read_json
 from .images import DataError
 
 MAX_UPLOAD = "10mb"    # larger uploads are refused by the server before anything is decoded
-# Larger pictures are refused before they are decoded: a 6 KB PNG can hold 7000x7000 pixels (5.7 s
-# and 860 MB a request). 16 megapixels takes a phone photo (12) and is plenty for a 32-64 px model.
+MAX_REQUEST = 11 * 2**20  # bytes one upload request may carry: one 10 MB picture and its form
+MAX_FILES = 1          # files one upload request may carry: the page sends one picture at a time
+# Larger pictures are refused before they are decoded: a few KB of PNG can hold 7000x7000 pixels,
+# seconds and gigabytes to decode. 16 megapixels takes a phone photo and is plenty for a 32-64 px model.
 MAX_PIXELS = 16_000_000
 SHOWN = 224            # pictures smaller than this are enlarged (whole pixels) to be seen
 LONGEST = 2048         # ... and larger ones shrunk to this long side (the page's WebP stops at 16383)
@@ -227,6 +229,61 @@ def _inside(folder: Path, name) -> bool:
     return path.is_relative_to(folder.resolve()) and path.is_file()
 
 
+class UploadLimit:
+    """ASGI middleware: a POST to Gradio's upload route with more than ``MAX_FILES`` files or
+    ``MAX_REQUEST`` bytes is answered 413 before Gradio stores any of it (one anonymous request
+    could otherwise fill the disk, kept an hour)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" \
+                or not scope["path"].rstrip("/").endswith("/upload"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if int(headers.get(b"content-length", b"0") or 0) > MAX_REQUEST:
+            return await self.refuse(send, f"more than {MAX_REQUEST // 2**20} MB in one request")
+        body, more = b"", True
+        while more:  # read it all (bounded) before Gradio sees any of it
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_REQUEST:
+                return await self.refuse(send, f"more than {MAX_REQUEST // 2**20} MB in one request")
+        kind = headers.get(b"content-type", b"").decode("latin-1")
+        boundary = kind.partition("boundary=")[2].strip('"').encode("latin-1")
+        if boundary and body.count(b"--" + boundary) - 1 > MAX_FILES:
+            return await self.refuse(send, f"more than {MAX_FILES} file in one request")
+        replayed = False
+
+        async def again():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, again, send)
+
+    @staticmethod
+    async def refuse(send, why: str) -> None:
+        text = f"Upload refused: {why}. Upload one picture of at most {MAX_UPLOAD}.".encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain"),
+                                (b"content-length", str(len(text)).encode())]})
+        await send({"type": "http.response.body", "body": text})
+
+
 def launch(folder: str | Path, **options) -> None:
-    """Serve the app in ``folder`` (``options``: ``gradio.Blocks.launch``'s, e.g. server_port)."""
-    load_app(folder).launch(max_file_size=MAX_UPLOAD, **options)
+    """Serve the app in ``folder`` (``options``: ``gradio.Blocks.launch``'s, e.g. server_port).
+    SIGTERM (docker stop, systemd) stops it as Ctrl-C does: Gradio deletes the uploads it kept."""
+    import signal
+    import threading
+
+    from starlette.middleware import Middleware
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # KeyboardInterrupt
+    load_app(folder).launch(max_file_size=MAX_UPLOAD,
+                            app_kwargs={"middleware": [Middleware(UploadLimit)]}, **options)

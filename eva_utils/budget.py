@@ -73,7 +73,9 @@ class Budget:
         # The longest epoch, training and testing, in seconds: first guessed from the median of
         # the epochs a resumed run already trained (a median, so that one epoch slowed by other
         # work on the machine does not cut every later stretch short; 1.2x, since only training
-        # time is kept, and testing adds some), then the longest measured.
+        # time is kept, and testing adds some), then the longest measured in this call: the guess
+        # is dropped once an epoch here is measured (a stretch resumed after one slow epoch planned
+        # for that epoch's length to its end).
         self.longest = 1.2 * statistics.median(history.seconds) if history.seconds else 0.0
         self.trained = 0  # epochs this call trained
 
@@ -103,7 +105,7 @@ class Budget:
 
     def record_epoch(self, seconds: float) -> None:
         """An epoch (training and testing) took ``seconds``: the next check plans for the longest."""
-        self.longest = max(self.longest, seconds)
+        self.longest = max(self.longest, seconds) if self.trained else seconds
         self.trained += 1
 
 

@@ -58,25 +58,15 @@ def set_rng_state(state: dict) -> None:
 
 
 def saved_precision(ckpt: dict) -> tuple[str, bool]:
-    """(precision name, channels-last?) a checkpoint trained with. Checkpoints written before they
-    recorded it get the choice eva made then: float16 where a loss scaler ran, float32 with
-    amp=False or on a CPU or MPS, else bfloat16 (CUDA); channels-last on CUDA unless set."""
-    if "precision" in ckpt:
-        if ckpt["precision"] not in PRECISIONS:
-            raise CheckpointError(f"The checkpoint records precision {ckpt['precision']!r}, none of "
-                                  f"{', '.join(PRECISIONS)}: it is damaged. Fix: resume from "
-                                  "another checkpoint (best.pt or last.pt), or start a new run.")
-        return ckpt["precision"], bool(ckpt["channels_last"])
-    cfg, devices = ckpt["config"], ckpt["history"].get("devices", [])
-    cuda = any(not (d.startswith("cpu") or d == "mps") for d in devices)
-    if ckpt.get("scaler"):
-        precision = "float16"
-    elif cfg.get("amp") is False or not cuda:
-        precision = "float32"
-    else:
-        precision = "bfloat16"
-    nhwc = cfg.get("channels_last")
-    return precision, cuda if nhwc is None else bool(nhwc)
+    """(precision name, channels-last?) a checkpoint trained with."""
+    if "precision" not in ckpt:
+        raise CheckpointError("The checkpoint records no precision: an eva_utils older than 0.2 "
+                              "wrote it. Fix: start a new run (delete the checkpoint folder).")
+    if ckpt["precision"] not in PRECISIONS:
+        raise CheckpointError(f"The checkpoint records precision {ckpt['precision']!r}, none of "
+                              f"{', '.join(PRECISIONS)}: it is damaged. Fix: resume from "
+                              "another checkpoint (best.pt or last.pt), or start a new run.")
+    return ckpt["precision"], bool(ckpt["channels_last"])
 
 
 def model_identity(model: nn.Module) -> tuple[str, dict]:

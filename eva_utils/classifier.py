@@ -120,8 +120,17 @@ class Classifier:
         # safetensors stores plain contiguous tensors: a channels-last model is saved as NCHW
         # (the same numbers), shared weights (SmallResNet's) once.
         cpu = build_model(name, args)
-        cpu.load_state_dict({k: v.detach().cpu().contiguous()
-                             for k, v in model.state_dict().items()})
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        fresh = cpu.state_dict()
+        differ = sorted(set(state) ^ set(fresh)) or [k for k in fresh if state[k].shape != fresh[k].shape]
+        if differ:  # a layer wrapped or replaced after the model was built
+            raise ValueError(f"The app cannot rebuild this model: its layers differ from a new "
+                             f"{name}(**{args}) in {', '.join(differ[:4])}"
+                             f"{', ...' if len(differ) > 4 else ''} (was a layer wrapped or "
+                             "replaced after it was built?). Fix: export a model as its class "
+                             "builds it, or serve yours with your own code (eva.Classifier(model, "
+                             "...) answers one picture at a time).")
+        cpu.load_state_dict(state)
         save_model(cpu, str(folder / "model.safetensors"))
         with torch.no_grad(), eval_mode(cpu):
             answer = cpu(drawn_picture(self.image_size))[0].tolist()

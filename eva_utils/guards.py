@@ -38,22 +38,13 @@ def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_
         raise TrainingError("test_loader was built with train=True: it would be scored on "
                             "augmented, reshuffled images (the accuracy changes every call) and "
                             "drop its last partial batch. Fix: build it with train=False.")
-    names = [(getattr(loader, "fingerprint", None) or {}).get("classes")
-             for loader in (train_loader, test_loader)]
-    if all(names) and names[0] != names[1]:
-        raise TrainingError(f"The test loader's classes ({', '.join(names[1])}) are not the "
-                            f"training loader's ({', '.join(names[0])}): its images would be "
-                            "scored against other names. Fix: build both loaders from the same "
-                            "data, with classes=data.classes.")
+    check_same_classes(train_loader, test_loader)
     if getattr(train_loader, "train", True) is False:
         warnings.warn("train_loader was built with train=False: it is neither shuffled nor "
                       "augmented, so every epoch sees the same batches in the same order. Fix: "
                       "build it with train=True.", stacklevel=3)
     check_weights(model)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise TrainingError("Every parameter of the model is frozen (requires_grad=False): there "
-                            "is nothing to train. Fix: unfreeze what should learn, e.g. "
-                            "model.fc.requires_grad_(True) for a new head on a frozen backbone.")
+    check_trainable(model)
     if len(train_loader) == 0:
         raise TrainingError("The training loader yields no batches: the batch size is larger than "
                             "the training set and incomplete batches are dropped. Fix: lower the "
@@ -105,6 +96,25 @@ def warn_if_tta_hurt(cfg: TrainConfig, h: History) -> None:
                       "keep their class when mirrored (digits, text). Fix: TrainConfig(tta=False), "
                       "and Augment(flip=False) unless mirrored images are still the same class.",
                       stacklevel=3)
+
+
+def check_same_classes(train_loader, test_loader) -> None:
+    """One TrainingError if the loaders name different classes (where both name them)."""
+    names = [(getattr(loader, "fingerprint", None) or {}).get("classes")
+             for loader in (train_loader, test_loader)]
+    if all(names) and names[0] != names[1]:
+        raise TrainingError(f"The test loader's classes ({', '.join(names[1])}) are not the "
+                            f"training loader's ({', '.join(names[0])}): its images would be "
+                            "scored against other names. Fix: build both loaders from the same "
+                            "data, with classes=data.classes.")
+
+
+def check_trainable(model: nn.Module) -> None:
+    """One TrainingError if no parameter of ``model`` would learn."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TrainingError("Every parameter of the model is frozen (requires_grad=False): there "
+                            "is nothing to train. Fix: unfreeze what should learn, e.g. "
+                            "model.fc.requires_grad_(True) for a new head on a frozen backbone.")
 
 
 def check_loader(loader, name: str) -> None:

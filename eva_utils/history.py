@@ -34,3 +34,11 @@ class History:
     def append(self, **values) -> None:
         for key, value in values.items():
             getattr(self, key).append(value)
+
+    def line(self, i: int) -> str:
+        """Epoch ``i``'s progress line (0-based), as ``fit`` prints it after the epoch and replays
+        it on resume."""
+        plain = f" (no TTA {self.test_acc_plain[i]:5.2f}%)" if i < len(self.test_acc_plain) else ""
+        return (f"epoch {i + 1:3d}  train loss {self.train_loss[i]:.3f} acc {self.train_acc[i]:5.2f}%  "
+                f"test loss {self.test_loss[i]:.3f} acc {self.test_acc[i]:5.2f}%{plain}  "
+                f"lr {self.lr[i]:.2e}  {self.seconds[i]:.1f}s")

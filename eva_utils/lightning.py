@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, check_resumable, model_identity
+from .guards import check_same_classes, check_trainable
 from .precision import Precision
 from .runtime import get_device
 from .schedule import build_optimizer, build_scheduler
@@ -181,6 +182,7 @@ class EvaModule(L.LightningModule):
 
     def configure_optimizers(self):
         self._check_the_trainer()  # before the optimizer is built from the config
+        check_trainable(self.model)  # torch's "empty parameter list" otherwise
         epochs = self.trainer.max_epochs
         if self.cfg.schedule == "onecycle" and epochs != self.cfg.epochs:
             raise ValueError(f"Trainer(max_epochs={epochs}) but TrainConfig(epochs={self.cfg.epochs}"
@@ -206,6 +208,7 @@ class EvaDataModule(L.LightningDataModule):
             raise ValueError("EvaDataModule(train_loader, test_loader) takes a loader built with "
                              "train=True, then one built with train=False (eva.TensorLoader or "
                              "eva.make_loader).")
+        check_same_classes(train_loader, test_loader)  # as fit refuses them
         self.train_loader, self.test_loader = train_loader, test_loader
 
     def set_epoch(self, epoch: int) -> None:

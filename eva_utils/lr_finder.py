@@ -9,8 +9,8 @@ Named rules read a learning rate off the curve (as fastai names its suggestion r
 * ``minimum``: the lowest smoothed loss, just before the loss rises;
 * ``first_minimum``: the bottom of the curve's first valley, the lowest loss before the loss first
   rises ``RISE`` above it (notebook 04 takes it as the one-cycle peak, with a tenth of it as the
-  start). A curve can dip again at far higher rates: one sweep of notebook 04 bottomed out at lr
-  0.392, rose 21 % by 1.32 and dipped lower still at 5.94, where ``minimum`` then sat;
+  start). Unlike ``minimum`` it ignores a second dip at far higher rates, which a noisy curve can
+  have;
 * ``minimum_tenth``: fastai's older rule, a tenth of the minimum.
 """
 from __future__ import annotations
@@ -180,7 +180,8 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
         return distributed.from_main(stored, device)
     if verbose:
         print(f"LR range test: {num_iter} steps{f' of {size} images' if size else ''} "
-              f"({num_iter / batches:.2g} epochs of the training set), lr {start_lr:.0e} to "
+              f"({num_iter / batches:.2g} epoch{'' if f'{num_iter / batches:.2g}' == '1' else 's'} "
+              f"of the training set), lr {start_lr:.0e} to "
               f"{end_lr:g}, on {device} in {arithmetic.name}, {arithmetic.layout}.",
               flush=True)
     if batches < min(num_iter, 20):

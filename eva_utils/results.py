@@ -17,9 +17,6 @@ def run_record(history: History, model: nn.Module, device, /, **labels) -> dict:
     parameters, device, precision and memory layout of a run, ``labels`` first. A run resumed on other hardware names every
     device it trained on ("Tesla T4 + NVIDIA L4"), since its seconds come from all of them."""
     devices = list(dict.fromkeys(history.devices)) or [device_name(device)]  # a hand-made History
-    unnamed = len(history) - len(history.devices)  # the first epochs, if a checkpoint written
-    if history.devices and unnamed:                # before eva_utils kept devices was resumed
-        devices.insert(0, f"{unnamed} epoch{'s' * (unnamed != 1)} on an unrecorded device")
     return {**labels, "parameters": count_parameters(model),
             "test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
             **({"test_acc_no_tta": history.test_acc_plain[-1]} if history.test_acc_plain else {}),
@@ -27,16 +24,13 @@ def run_record(history: History, model: nn.Module, device, /, **labels) -> dict:
             "seconds_per_epoch": [round(s, 3) for s in history.seconds],
             **({"resumed_after_epochs": history.resumed_at} if history.resumed_at else {}),
             "device": " + ".join(devices),
-            "precision": _named(history.precision, len(history)),
-            "layout": _named(history.layout, len(history))}
+            "precision": _named(history.precision),
+            "layout": _named(history.layout)}
 
 
-def _named(per_epoch: list, epochs: int) -> str:
+def _named(per_epoch: list) -> str:
     """One name for a per-epoch list ("float32"), or each in order ("float32 + bfloat16")."""
-    names = list(dict.fromkeys(per_epoch))
-    if len(per_epoch) < epochs:  # epochs written before eva_utils kept this
-        names.insert(0, f"{epochs - len(per_epoch)} epochs unrecorded")
-    return " + ".join(names)
+    return " + ".join(dict.fromkeys(per_epoch))
 
 
 def save_json(path: str | os.PathLike | None, record: dict) -> None:

@@ -11,7 +11,8 @@ import gc
 import math
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,18 +21,15 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .budget import Budget, TimeBudget, as_budget
-from .checkpoint import check_resumable, load_checkpoint
-from .run_folder import RunFolder
-from .config import TrainConfig
-from .ema import EMA
 from .guards import (check_arguments, check_finite, check_first_batch, check_test_loss,
                      out_of_memory, warn_if_tta_hurt)
-from .history import History
-from .inference import scores
-from .precision import Precision
-from .run import Run, loader_fingerprint
-from .runtime import device_name, seed_everything, to_device, tuned_convolutions
-from .schedule import build_optimizer, build_scheduler
+from .run import Run, start_run
+from .run_folder import RunFolder
+from .runtime import to_device, tuned_convolutions
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .history import History
 
 
 def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = None, *,
@@ -80,7 +78,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
             # Record the epoch, print its line, checkpoint it.
             best = run.record(trained, tested, lr, cfg.tta)
             if progress:
-                tqdm.write(epoch_line(run.history, epoch))
+                tqdm.write(run.history.line(epoch))
             if folder is not None:  # still this run's folder (a timer keeps its lock alive)?
                 folder.check()
                 folder.save(run.state(cfg, train_loader), best=best)
@@ -108,54 +106,6 @@ def fit_each(models: dict[str, nn.Module], train_loader, test_loader, cfg: Train
     return histories
 
 
-def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, resume,
-              folder: RunFolder | None, progress: bool) -> Run:
-    """Everything an epoch needs, on ``device``: a new run, or the one ``resume`` continues
-    (exactly: weights, optimizer, schedule, history and random state)."""
-    if folder is not None:
-        folder.check_new_run(resume)
-    # Under torchrun rank 0 decides whether the run resumes and sends its checkpoint to every
-    # process: a node-local checkpoint folder has it on one node only.
-    ckpt = load_checkpoint(resume) if resume is not None and distributed.is_main() else None
-    ckpt = distributed.from_main(ckpt, device)
-    precision, kept = Precision.for_run(device, cfg, ckpt, resume)
-    seed_everything(cfg.seed)
-    model.to(device, memory_format=torch.channels_last if precision.channels_last
-             else torch.preserve_format)
-    model.eva_precision = precision  # what evaluate and predict answer in afterwards
-    optimizer = build_optimizer(model, cfg)
-    scheduler, step_every = build_scheduler(optimizer, cfg, len(train_loader))
-    run = Run(model, model, optimizer, scheduler, step_every, precision, precision.scaler(device),
-              EMA(model, cfg.ema_decay) if cfg.ema_decay else None, device, History(),
-              [m for m in model.modules() if not m.training] if model.training else [], folder)
-    if ckpt is not None:
-        check_resumable(ckpt, resume, model, asdict(cfg), len(train_loader),
-                        loader_fingerprint(train_loader))
-        run.restore(ckpt)
-        if folder is not None:
-            folder.repair_best(ckpt)
-        done = len(run.history)
-        if done < cfg.epochs:
-            run.history.resumed_at.append(done)
-        if progress:  # the whole run's lines, so a resumed notebook shows every epoch
-            earlier = "epoch 1 as" if done == 1 else f"epochs 1-{done} as"
-            before = list(dict.fromkeys(run.history.devices))
-            moved = f" on {', '.join(before)}" if before and before != [device_name(device)] else ""
-            tqdm.write(f"Resumed from {resume} after epoch {done} of {cfg.epochs}; {earlier} "
-                       f"trained before{moved}:")
-            for i in range(done):
-                tqdm.write(epoch_line(run.history, i))
-            if kept:
-                tqdm.write(kept)
-    # DDP under torchrun, wrapped after the restore: its first broadcast then starts every process
-    # from the same weights. The model itself otherwise.
-    forward = distributed.wrap(model, device)
-    run.forward = torch.compile(forward) if cfg.compile else forward
-    if progress and len(run.history) < cfg.epochs:
-        tqdm.write(f"Training on {device_name(device)} in {precision}.")
-    return run
-
-
 def train_and_test(run: Run, train_loader, test_loader, cfg: TrainConfig, epoch: int,
                    progress: bool) -> tuple[tuple, tuple]:
     """``train_epoch``'s and ``evaluate_epoch``'s results. Out of memory, one TrainingError, raised
@@ -163,7 +113,7 @@ def train_and_test(run: Run, train_loader, test_loader, cfg: TrainConfig, epoch:
     so that a smaller batch can run in the same Jupyter kernel."""
     try:
         return (train_epoch(run, train_loader, cfg, epoch, progress=progress),
-                evaluate_epoch(run, test_loader, cfg))
+                run.evaluate(test_loader, cfg))
     except torch.OutOfMemoryError:
         pass
     run.optimizer.zero_grad(set_to_none=True)
@@ -171,23 +121,6 @@ def train_and_test(run: Run, train_loader, test_loader, cfg: TrainConfig, epoch:
     if run.device.type == "cuda":
         torch.cuda.empty_cache()
     raise out_of_memory(run.device, epoch)
-
-
-def evaluate_epoch(run: Run, loader, cfg: TrainConfig) -> tuple[float, float, float]:
-    """(mean test loss, accuracy %, accuracy % without TTA) of the run's tested model (the weight average with EMA), in the
-    run's precision and layout, over every process's share of ``loader``."""
-    device = run.device
-    return scores(run.tested_model, loader, device, tta=cfg.tta, amp=run.precision.dtype or False,
-                  channels_last=run.precision.channels_last,
-                  total=lambda c: distributed.total(c, device))
-
-
-def epoch_line(h: History, i: int) -> str:
-    """Epoch ``i``'s progress line (0-based), as printed after it and replayed on resume."""
-    plain = f" (no TTA {h.test_acc_plain[i]:5.2f}%)" if i < len(h.test_acc_plain) else ""
-    return (f"epoch {i + 1:3d}  train loss {h.train_loss[i]:.3f} acc {h.train_acc[i]:5.2f}%  "
-            f"test loss {h.test_loss[i]:.3f} acc {h.test_acc[i]:5.2f}%{plain}  lr {h.lr[i]:.2e}  "
-            f"{h.seconds[i]:.1f}s")
 
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor,

@@ -465,10 +465,15 @@ def test_the_exported_app_runs_from_a_fresh_venv_with_only_its_requirements(trai
 def test_the_app_is_launched_with_an_upload_limit(trained, monkeypatch):
     """Gradio refuses larger uploads before anything is decoded (the page says so)."""
     import eva_utils.app
-    seen = {}
+    import signal
+    seen, handlers = {}, {}
     monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **kw: seen.update(kw))
+    monkeypatch.setattr(signal, "signal", lambda number, handler: handlers.update({number: handler}))
     eva_utils.app.launch(trained["folder"], server_port=1234)
+    middleware = seen.pop("app_kwargs")["middleware"]
     assert seen == {"max_file_size": "10mb", "server_port": 1234}
+    assert [m.cls for m in middleware] == [eva_utils.app.UploadLimit]
+    assert handlers == {signal.SIGTERM: signal.default_int_handler}  # stops as Ctrl-C does
 
 
 def test_the_app_serves_only_files_inside_its_folder(trained, tmp_path, monkeypatch, capsys):
@@ -722,3 +727,52 @@ def test_a_half_precision_model_exports_in_float32_and_the_package_folder_is_ref
         with pytest.raises(FileExistsError, match="inside the eva_utils package"):
             eva.export_app(trained["model"], data, p, inside)
     assert not (package / "app").exists()
+
+
+def test_one_request_cannot_fill_the_disk_and_sigterm_cleans_up(trained, tmp_path):
+    """200 files of 1 MiB in one POST were accepted in 1.4 s and kept an hour (for ever if the
+    server died by SIGTERM). Now a request with more than one file, or more than MAX_REQUEST
+    bytes, is refused with 413 before Gradio stores anything, one picture is accepted, and SIGTERM
+    (docker stop) shuts the server down as Ctrl-C does, deleting the uploads it kept."""
+    import signal
+
+    import httpx
+    from test_browser import free_port, served
+
+    port, cache = free_port(), tmp_path / "gradio-cache"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
+               GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(cache))
+    url = f"http://127.0.0.1:{port}"
+    picture = (trained["folder"] / "examples").iterdir().__next__().read_bytes()
+    stored = lambda: [p for p in cache.rglob("*") if p.is_file()]  # noqa: E731
+    with served([sys.executable, "app.py"], url + "/", tmp_path / "app.log",
+                cwd=trained["folder"], env=env) as server:
+        before = len(stored())
+        many = [("files", (f"{i}.png", b"x" * 1024, "image/png")) for i in range(200)]
+        answer = httpx.post(f"{url}/gradio_api/upload", files=many, timeout=30)
+        assert answer.status_code == 413 and "more than 1 file" in answer.text
+        big = [("files", ("big.png", b"x" * (12 * 2**20), "image/png"))]
+        answer = httpx.post(f"{url}/gradio_api/upload", files=big, timeout=30)
+        assert answer.status_code == 413 and "MB in one request" in answer.text
+        assert len(stored()) == before  # nothing of either kept
+        answer = httpx.post(f"{url}/gradio_api/upload",
+                            files=[("files", ("mine.png", picture, "image/png"))], timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert len(stored()) == before + 1 and [p.name for p in stored()].count("mine.png") == 1
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) is not None
+    assert "mine.png" not in [p.name for p in stored()]  # the upload is gone
+
+
+def test_a_model_whose_head_was_wrapped_is_refused_by_name(trained, tmp_path):
+    """A SmallResNet whose head was wrapped after it was built (dropout in front) is still a
+    SmallResNet, but the app rebuilds a plain one: the export failed in torch's load_state_dict
+    ("Missing key(s) ... Unexpected key(s)"). It is refused, naming the layers that differ."""
+    model = copy.deepcopy(trained["model"])
+    model.head = torch.nn.Sequential(torch.nn.Dropout(0.2), model.head)
+    with pytest.raises(ValueError, match=r"cannot rebuild this model: its layers differ from a new "
+                                         r"SmallResNet.* in head\.1\.1\.bias, head\.1\.1\.weight, "
+                                         r"head\.1\.bias, head\.1\.weight \(was a layer wrapped"):
+        eva.export_app(model, trained["data"], trained["predictions"], tmp_path / "app")
+    assert not (tmp_path / "app").exists()

@@ -700,7 +700,9 @@ def test_io_failures_outside_torch_save_are_handled_as_its_own(tiny, tmp_path, m
 
 def test_odd_checkpoints_are_named(tiny, tmp_path):
     """A last.pt that is a dangling link (a Drive not mounted yet) or a loop, a checkpoint from a
-    newer eva_utils, and a damaged precision each get one message that says what is wrong."""
+    newer eva_utils, a damaged precision, history or random state each get one message that says
+    what is wrong (a history field from a newer eva_utils was a TypeError, a damaged random state
+    torch's size error)."""
     train, test = loaders(tiny)
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "last.pt").symlink_to(tmp_path / "drive" / "MyDrive" / "last.pt")
@@ -725,6 +727,16 @@ def test_odd_checkpoints_are_named(tiny, tmp_path):
         torch.save({**ckpt, **change}, last)
         with pytest.raises(CheckpointError, match=words):
             eva.fit(Tiny(), train, test, cfg(epochs=2, checkpoint_dir=tmp_path / "c"),
+                    resume=True, progress=False)
+    for change, words in (({"history": {**ckpt["history"], "grad_norm": [1.0]}},
+                           r"history is damaged \(.*grad_norm"),
+                          ({"rng": {**ckpt["rng"], "torch": torch.zeros(3, dtype=torch.uint8)}},
+                           r"random state is damaged \(RuntimeError"),
+                          ({"rng": {**ckpt["rng"], "python": (3, (1, 2), None)}},
+                           r"random state is damaged")):
+        torch.save({**ckpt, **change}, last)
+        with pytest.raises(CheckpointError, match=words):  # the same run, resumed
+            eva.fit(Tiny(), train, test, cfg(epochs=1, checkpoint_dir=tmp_path / "c"),
                     resume=True, progress=False)
 
 

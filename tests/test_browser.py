@@ -49,7 +49,7 @@ def served(command: list, probe: str, log_path: Path, **popen):
                 if time.time() > deadline or server.poll() is not None:
                     raise RuntimeError(f"{command[1:3]} did not start:\n" + log_path.read_text()[-3000:])
                 time.sleep(0.5)
-        yield
+        yield server
     finally:
         server.terminate()
         try:

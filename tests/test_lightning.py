@@ -86,6 +86,24 @@ def test_what_lightning_does_its_own_way_is_refused_with_the_fix(tiny, tmp_path)
             run.fit(EvaModule(model, eva.TrainConfig(epochs=3, lr=0.05)), EvaDataModule(train, test))
 
 
+def test_a_test_loader_of_other_classes_and_a_frozen_model_are_refused_as_fit_refuses(tiny,
+                                                                                      tmp_path):
+    """EvaDataModule took a test loader naming other classes without a word, and a fully frozen
+    model met torch's "optimizer got an empty parameter list": fit's messages, from fit's checks."""
+    train, _ = data_loaders(tiny)
+    other = eva.TensorLoader(tiny.test_images, tiny.test_labels % 9, tiny.mean, tiny.std, 50,
+                             train=False, classes=tiny.classes[:9])
+    with pytest.raises(eva.TrainingError, match=r"The test loader's classes .* are not the "
+                                                r"training loader's"):
+        EvaDataModule(train, other)
+    model = eva.SmallResNet(num_classes=10, repeats=1).requires_grad_(False)
+    with pytest.raises(eva.TrainingError, match="Every parameter of the model is frozen"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer(tmp_path, 1).fit(EvaModule(model, eva.TrainConfig(epochs=1, lr=0.05)),
+                                     EvaDataModule(*data_loaders(tiny)))
+
+
 @pytest.mark.parametrize("amx, amp, expected", [(True, None, "bf16-mixed"), (False, None, "32-true"),
                                                 (False, True, "bf16-mixed"), (True, False, "32-true")])
 def test_trainer_precision_follows_fits_rule_on_the_cpu(monkeypatch, amx, amp, expected):

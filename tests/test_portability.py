@@ -1,6 +1,7 @@
 """Colab set-up cell, copyable package, notebook hygiene."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -460,6 +461,21 @@ def test_the_licence_and_the_changelog_a_reader_needs():
     assert declared == "MIT" and (ROOT / "LICENSE").read_text().startswith("MIT License")
     changes = (ROOT / "CHANGELOG.md").read_text()
     assert f"\n## {eva_utils.__version__} (" in changes and "\n## Unreleased\n" in changes
+
+
+def test_every_link_in_the_readme_and_docs_leads_to_a_file():
+    """The README's reference moved to docs/: each relative link in README.md and docs/*.md (pages,
+    notebooks, images) must name a file of the repository, and every docs page must be linked from
+    the README."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert broken == []
+    readme = (ROOT / "README.md").read_text()
+    assert [p.name for p in pages[1:] if f"](docs/{p.name})" not in readme] == []
 
 
 def test_the_step_profile_runs_and_its_table_is_generated(tmp_path):

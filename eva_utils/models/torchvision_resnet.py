@@ -20,8 +20,8 @@ def torchvision_resnet(name: str = "resnet50", *, num_classes: int, small_images
     """
     if name not in NAMES:
         raise ValueError(f"name={name!r}: choose one of {', '.join(NAMES)}.")
-    # Imported here: torchvision (with the torch._dynamo it loads) added 1-2 s to every
-    # `import eva_utils` on a 2-core CPU, and only this function and the CIFAR-10 download need it.
+    # Imported here: torchvision (with the torch._dynamo it loads) slows every `import eva_utils`,
+    # and only this function and the CIFAR-10 download need it.
     from torchvision import models
 
     build = getattr(models, name)
