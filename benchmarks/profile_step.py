@@ -55,8 +55,9 @@ def one_step(name: str):
     cfg = eva.TrainConfig(epochs=1, lr=0.05, schedule="constant")
     optimizer = eva.build_optimizer(model, cfg)
     scheduler, step_every = eva.build_scheduler(optimizer, cfg, 10)
-    run = Run(model, model, optimizer, scheduler, step_every, precision, precision.scaler(device),
-              None, device, eva.History())
+    run = Run(model=model, forward=model, optimizer=optimizer, scheduler=scheduler,
+              step_every=step_every, precision=precision, scaler=precision.scaler(device), ema=None,
+              device=device, history=eva.History())
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=precision.memory_format)
     y = torch.randint(0, 10, (batch,))
     return (lambda: train_step(run, x, y, cfg)), precision, batch

@@ -281,9 +281,8 @@ def launch(folder: str | Path, **options) -> None:
     import signal
     import threading
 
-    from starlette.middleware import Middleware
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # KeyboardInterrupt
+    # (class, args, kwargs): what the web framework's Middleware unpacks to, without importing it
     load_app(folder).launch(max_file_size=MAX_UPLOAD,
-                            app_kwargs={"middleware": [Middleware(UploadLimit)]}, **options)
+                            app_kwargs={"middleware": [(UploadLimit, (), {})]}, **options)

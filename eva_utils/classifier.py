@@ -157,17 +157,19 @@ class Classifier:
             raise ValueError(f"{folder / 'model.safetensors'} cannot be loaded into the "
                              f"{about['architecture']} that model.json names ({said[:200]}). "
                              f"Fix: {AGAIN}.") from None
-        model.to(device)  # before the probe, which runs on the device
-        with torch.no_grad(), eval_mode(model):  # every request would fail otherwise
-            answer = model(drawn_picture(about["image_size"]).to(device))[0].float().cpu()
+        with torch.no_grad(), eval_mode(model):  # on the CPU, in float32, as save answered
+            answer = model(drawn_picture(about["image_size"]))[0]
         if len(answer) != len(about["classes"]):
             raise ValueError(f"{folder / 'model.json'} names {len(about['classes'])} classes for a "
                              f"model with {len(answer)} outputs. Fix: export the app again.")
         kept = about.get("answer")  # exports before eva_utils kept it have none
-        if kept is not None and not torch.allclose(answer, torch.tensor(kept), rtol=1e-2, atol=1e-3):
+        if kept is not None and not torch.allclose(answer, torch.tensor(kept), rtol=1e-3, atol=1e-4):
             raise ValueError(f"The {about['architecture']} rebuilt from {folder / 'model.json'} answers "
                              "a drawn picture otherwise than the exported model did (its arguments "
                              f"were changed?). Fix: {AGAIN}.")
+        model.to(device)  # before the probe, which runs on the device
+        with torch.no_grad(), eval_mode(model):  # every request would fail otherwise
+            model(torch.zeros(1, 3, *about["image_size"], device=device))
         return cls(model, about["classes"], tuple(about["mean"]), tuple(about["std"]),
                    tuple(about["image_size"]))
 

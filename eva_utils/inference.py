@@ -34,8 +34,8 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
         raise ValueError("This loader was built with train=True: it augments and reshuffles, and "
                          "drops the last partial batch, so answers would change every call and "
                          "images would be missing. Fix: a loader built with train=False.")
-    check_weights(model)
-    device = model_device(model, device)
+    device = model_device(model, device)  # the device contract first: a meta model stands in
+    check_weights(model)                  # for another device in the tests
     arithmetic = Precision.of(model, device, amp, channels_last)  # fit's, after fit
     with eval_mode(model):
         for x_in, y_in in loader:

@@ -472,7 +472,7 @@ def test_the_app_is_launched_with_an_upload_limit(trained, monkeypatch):
     eva_utils.app.launch(trained["folder"], server_port=1234)
     middleware = seen.pop("app_kwargs")["middleware"]
     assert seen == {"max_file_size": "10mb", "server_port": 1234}
-    assert [m.cls for m in middleware] == [eva_utils.app.UploadLimit]
+    assert [m[0] for m in middleware] == [eva_utils.app.UploadLimit]
     assert handlers == {signal.SIGTERM: signal.default_int_handler}  # stops as Ctrl-C does
 
 

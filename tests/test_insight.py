@@ -463,8 +463,8 @@ def test_figures_say_what_they_show(tiny, monkeypatch):
         tiny.test_images, tiny.test_labels, tiny.mean, tiny.std, 50, train=False), tiny.classes))
     real = eva_utils.galleries.gradcam
 
-    def first_map_zero(*args):
-        masks = real(*args)
+    def first_map_zero(*args, **kwargs):
+        masks = real(*args, **kwargs)
         masks[0] = 0
         return masks
     monkeypatch.setattr(eva_utils.galleries, "gradcam", first_map_zero)
