@@ -244,7 +244,7 @@ class UploadLimit:
         headers = dict(scope["headers"])
         if int(headers.get(b"content-length", b"0") or 0) > MAX_REQUEST:
             return await self.refuse(send, f"more than {MAX_REQUEST // 2**20} MB in one request")
-        body, more = b"", True
+        body, more = bytearray(), True  # appended in place: linear in the request's size
         while more:  # read it all (bounded) before Gradio sees any of it
             message = await receive()
             body += message.get("body", b"")
@@ -262,7 +262,7 @@ class UploadLimit:
             if replayed:
                 return await receive()
             replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         return await self.app(scope, again, send)
 
