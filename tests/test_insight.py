@@ -159,12 +159,20 @@ def test_the_range_test_sweeps_where_the_data_is(tiny, a_t4, monkeypatch):
             self.history = {"lr": list(np.geomspace(1e-4, 1, 20)),
                             "loss": list(2 - np.sin(np.linspace(0, 3, 20)))}
 
+        replay = []  # nothing kept by an earlier sweep
+
+        def keep_in(self, path, setup):
+            pass
+
         def range_test(self, train_iter, **kwargs):
             seen["channels_last"] = train_iter.channels_last
 
         def reset(self):
             pass
-    monkeypatch.setattr(lr_finder, "LRFinder", Finder)
+
+        def seconds(self):
+            return 1.0
+    monkeypatch.setattr(lr_finder, "KeptFinder", Finder)
     batches = OnTheGpu([(torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))] * 60)
     eva.lr_range_test(eva.PlainCNN(num_classes=10), batches, num_iter=20, verbose=False)
     assert seen == {"device": torch.device("cuda"), "scaler": True, "channels_last": True,
