@@ -107,6 +107,17 @@ class EvaModule(L.LightningModule):
         elif cfg.amp is not None and have != want:
             problems.append(f"TrainConfig(amp={cfg.amp}) means {want!r} here, but Trainer(precision="
                             f"{have!r}). Fix: Trainer(precision=trainer_precision(cfg))")
+        if cfg.schedule == "plateau":  # fit steps it on the test loss after every epoch
+            source = getattr(getattr(trainer.fit_loop.epoch_loop, "val_loop", None),
+                             "_data_source", None)  # Lightning's own record of a val loader
+            if ((source is not None and not source.is_defined()) or trainer.limit_val_batches == 0
+                    or trainer.check_val_every_n_epoch != 1):
+                problems.append("TrainConfig(schedule='plateau') lowers the rate when the test loss "
+                                "stops falling, but this Trainer does not validate after every "
+                                "epoch (no test loader, limit_val_batches=0 or "
+                                "check_val_every_n_epoch other than 1). Fix: "
+                                "trainer.fit(module, EvaDataModule(train_loader, test_loader)) with "
+                                "the Trainer's validation defaults, or another schedule")
         data = trainer.datamodule
         loader = getattr(data, "train_loader", None)
         size = (getattr(loader, "fingerprint", None) or {}).get("image_size")
