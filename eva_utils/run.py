@@ -129,6 +129,12 @@ def loader_fingerprint(loader) -> dict | None:
     return getattr(loader, "fingerprint", None)
 
 
+def checkpoint_folder(cfg: TrainConfig) -> RunFolder | None:
+    """The folder that keeps the run's checkpoints, held while the run trains (``with`` it); None
+    without ``cfg.checkpoint_dir`` and in torchrun's other processes, which never write."""
+    return RunFolder(cfg.checkpoint_dir) if cfg.checkpoint_dir and distributed.is_main() else None
+
+
 def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, resume,
               folder: RunFolder | None, progress: bool) -> Run:
     """Everything an epoch needs, on ``device``: a new run, or the one ``resume`` continues

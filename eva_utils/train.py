@@ -23,8 +23,7 @@ from . import distributed
 from .budget import Budget, TimeBudget, as_budget
 from .guards import (check_arguments, check_finite, check_first_batch, check_test_loss,
                      out_of_memory, warn_if_tta_hurt)
-from .run import Run, start_run
-from .run_folder import RunFolder
+from .run import Run, checkpoint_folder, start_run
 from .runtime import to_device, tuned_convolutions
 
 if TYPE_CHECKING:
@@ -58,7 +57,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     distributed.start(device)  # under torchrun: join the other processes (nothing otherwise)
     main = distributed.is_main()  # the one process that prints and writes checkpoints
     progress = progress and main
-    folder = RunFolder(cfg.checkpoint_dir) if cfg.checkpoint_dir and main else None
+    folder = checkpoint_folder(cfg)
     with folder or contextlib.nullcontext(), tuned_convolutions(device):
         # Set up: the optimizer, schedule and precision, then the checkpoint's state if resuming.
         run = start_run(model, train_loader, cfg, device, resume, folder, progress)

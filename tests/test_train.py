@@ -5,6 +5,7 @@ import random
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -556,3 +557,16 @@ def test_fit_is_bit_for_bit_this_plain_loop(tiny, model, kw):
         assert (history.test_loss[epoch], history.test_acc[epoch]) == (loss, acc)
     for name, tensor in scored.state_dict().items():
         assert torch.equal(tensor, ours.state_dict()[name]), name
+
+
+def test_fit_reads_in_a_few_files():
+    """fit's loop is for reading: train.py imports at most five of the package's modules (it
+    imported 13), so following one epoch visits few files. Imports for type hints only (under
+    ``if TYPE_CHECKING``) do not count: nothing runs them."""
+    import ast
+    tree = ast.parse((Path(eva.__file__).parent / "train.py").read_text())
+    ours = set()
+    for node in tree.body:  # top-level statements: the TYPE_CHECKING block is an If, left out
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            ours |= {node.module} if node.module else {a.name for a in node.names}
+    assert "run" in ours and len(ours) <= 5, sorted(ours)
