@@ -1,26 +1,12 @@
-"""eva models, configs and loaders under PyTorch Lightning, for a course that asks for Lightning:
-``EvaModule`` (a LightningModule doing what ``fit`` does with a ``TrainConfig``: its optimizer, LR
-schedule stepped as often, label smoothing, the mirror test-time augmentation when validating) and
-``EvaDataModule`` (our loaders, reshuffled each epoch as ``fit`` reshuffles them). The models,
-augmentation, LR finder, figures, Grad-CAM and the app stay the same.
-
-    import lightning as L
-    from eva_utils.lightning import EvaDataModule, EvaModule, trainer_precision
-
-    cfg = eva.TrainConfig(epochs=24, lr=found.suggested_lr, schedule="onecycle")
-    module = EvaModule(model, cfg)
+"""eva's models, configs and loaders under PyTorch Lightning: ``EvaModule`` does what ``fit`` does
+with a ``TrainConfig`` (optimizer, schedule stepped as often, label smoothing, mirror TTA when
+validating), ``EvaDataModule`` feeds our loaders, reshuffled as ``fit`` reshuffles them:
     trainer = L.Trainer(max_epochs=cfg.epochs, precision=trainer_precision(cfg),
                         gradient_clip_val=cfg.grad_clip, deterministic=True)
-    trainer.fit(module, EvaDataModule(train, test))
-    predictions = eva.predict(module.model, test, data.classes)      # every figure as before
-    eva.export_app(module.model, data, predictions, "app")
+    trainer.fit(EvaModule(model, cfg), EvaDataModule(train, test))
 
-With a constant LR and no augmentation, two epochs end with the weights ``eva.fit`` gets from the
-same start, to float tolerance (tests/test_lightning.py). What Lightning does its own way:
-checkpoints (``ModelCheckpoint``; ``EvaModule.load_from_checkpoint(path, model=..., cfg=...)``),
-mixed precision (``Trainer(precision=...)``: ``trainer_precision`` applies eva's rule), gradient
-clipping (``gradient_clip_val``), several GPUs (its own DDP), logging. ``TrainConfig.ema_decay`` and
-``compile`` are ``fit``'s alone. Lightning is an optional extra: ``pip install "eva-utils[lightning]"``.
+Checkpoints, precision, clipping, several GPUs and logging are Lightning's own; ``ema_decay`` and
+``compile`` are ``fit``'s alone (docs/scaling.md). Optional extra: ``pip install "eva-utils[lightning]"``.
 """
 from __future__ import annotations
 

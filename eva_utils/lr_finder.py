@@ -1,17 +1,12 @@
 """The LR range test (Leslie Smith, 2015) on torch-lr-finder: an exponential sweep of the learning
-rate, recording the smoothed loss; the model and optimizer are restored afterwards.
-
-Named rules read a learning rate off the curve (as fastai names its suggestion rules):
-* ``valley`` (fastai's default): halfway along the longest stretch over which the loss keeps
-  falling. It is the suggestion (``suggested_lr``): ``benchmarks/lr_rules.py`` compares the rules,
-  and docs/own-assignment.md's table shows why;
-* ``steepest``: where the loss falls fastest against log(lr), at or before the loss minimum;
-* ``minimum``: the lowest smoothed loss, just before the loss rises;
-* ``first_minimum``: the bottom of the curve's first valley, the lowest loss before the loss first
-  rises ``RISE`` above it (notebook 04 takes it as the one-cycle peak, with a tenth of it as the
-  start). Unlike ``minimum`` it ignores a second dip at far higher rates, which a noisy curve can
-  have;
-* ``minimum_tenth``: fastai's older rule, a tenth of the minimum.
+rate recording the smoothed loss, with the model and optimizer restored afterwards, and named rules
+that read a rate off the curve (as fastai names its suggestions):
+* ``valley`` (fastai's default, the suggestion): halfway along the longest stretch of falling loss;
+* ``steepest``: where the loss falls fastest against log(lr), at or before its minimum;
+* ``minimum``: the lowest smoothed loss; ``minimum_tenth``: fastai's older rule, a tenth of it;
+* ``first_minimum``: the bottom of the first valley, before the loss rises ``RISE`` above it (04's
+  one-cycle peak): unlike ``minimum`` it ignores a second dip at far higher rates.
+``benchmarks/lr_rules.py`` compares the rules (docs/own-assignment.md).
 """
 from __future__ import annotations
 

@@ -502,3 +502,18 @@ def test_a_warning_in_a_committed_notebook_names_no_machines_path():
     import full_runs
     said = "/tmp/ipykernel_10901/284011598.py:8: UserWarning: Mirror test-time augmentation"
     assert full_runs.IPYKERNEL_FILE.sub("cell", said) == "cell:8: UserWarning: Mirror test-time augmentation"
+
+
+def test_module_docstrings_stay_short():
+    """A module's docstring says what it holds in at most 10 lines (the package's own may draw the
+    layout in 40): rationale and measurements live in docs/, where they are kept true."""
+    import ast
+    long = {}
+    for path in sorted((ROOT / "eva_utils").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        first = tree.body[0] if tree.body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+            lines = first.end_lineno - first.lineno + 1
+            if lines > (40 if path.name == "__init__.py" and path.parent.name == "eva_utils" else 10):
+                long[str(path.relative_to(ROOT))] = lines
+    assert not long, long
