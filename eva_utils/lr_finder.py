@@ -99,32 +99,22 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
                   checkpoint_dir: str | os.PathLike | None = None,
                   device: str | torch.device | None = None, amp: bool | None = None,
                   channels_last: bool | None = None, time_budget=None) -> RangeTest:
-    """Sweep from ``start_lr`` to ``end_lr`` over ``num_iter`` batches (None: as many as one pass
-    over the training set has, but at least 50 and at most 100, so a small set is passed over more
-    than once; stops early if the loss explodes), saying first what it will cost. Weights,
-    buffers, optimizer state, the model's device and every submodule's train/eval mode are the
-    same afterwards as before.
+    """Sweep the learning rate from ``start_lr`` to ``end_lr`` over ``num_iter`` batches (None: one
+    pass over the training set, but 50 to 100 steps), stopping early if the loss explodes; returns
+    the curve and every rule's pick. Weights, buffers, optimizer state, device and train/eval modes
+    are as before afterwards. It sweeps where and as ``fit`` trains: on ``device`` (None: where the
+    loader keeps its batches, else fit's choice), in fit's precision and layout (``amp``,
+    ``channels_last`` as in ``TrainConfig``). Pass the ``criterion`` you will train with (default
+    cross-entropy) and, if you like, an ``optimizer`` (default: Nesterov SGD, momentum 0.9, weight
+    decay 5e-4): the picks depend on both.
 
-    It sweeps where ``fit`` would train, in the same arithmetic: on ``device`` (None: where the
-    loader keeps its batches, as ``TensorLoader`` does, else CUDA, MPS or the CPU, as ``fit``
-    chooses), with ``amp`` and ``channels_last`` meaning what they mean in ``TrainConfig`` (None:
-    bfloat16 NHWC on a CPU with native bfloat16, float16 on a T4, ...), batches and weights in
-    fit's layout. A model built on the CPU for data on the GPU is swept on the GPU, not the
-    batches copied back every step.
-
-    ``optimizer`` defaults to the suite's: Nesterov SGD, momentum 0.9, weight decay 5e-4;
-    ``criterion`` to cross-entropy: pass the loss you will train with (e.g.
-    ``nn.CrossEntropyLoss(label_smoothing=0.2)``), since the curve's picks depend on it.
-    ``checkpoint_dir`` keeps the result there as ``range_test.json``; a later call with the same
-    model, loader, loss and sweep loads it instead of sweeping again, on any device and in any
-    arithmetic, so a run resumed on another machine keeps its picks. While it sweeps, the steps
-    taken so far are kept there too (``range_test.part.pt``, every minute and when a budget stops
-    the sweep), so a sweep cut off by a disconnect goes on where it was kept when called again
-    with the same setup, on the same kind of device in the same arithmetic.
-    Under torchrun rank 0 sweeps its share of the batches and every process gets its result.
-    ``time_budget`` (seconds, or the ``TimeBudget`` that ``fit`` will draw on next): a sweep that
-    its first steps show would not fit in what is left stops there with ``BudgetSpent``, keeping
-    its steps (run again); one longer than the whole budget is refused (TrainingError).
+    ``checkpoint_dir``: keep the result there (``range_test.json``, loaded instead of sweeping
+    again for the same model, data, loss and sweep, on any device) and, while sweeping, its steps
+    (``range_test.part.pt``, every minute and at a budget stop), so a sweep cut off goes on from
+    them on the same kind of device in the same arithmetic. ``time_budget`` (seconds, or the
+    ``TimeBudget`` fit draws on next): a sweep its first steps show would not fit in what is left
+    stops with ``BudgetSpent``; one longer than the whole budget raises TrainingError. Under
+    torchrun rank 0 sweeps and every process gets its result.
     """
     if not 0 < start_lr < end_lr:
         raise ValueError(f"start_lr={start_lr} and end_lr={end_lr}: the sweep needs "
