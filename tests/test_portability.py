@@ -346,7 +346,7 @@ def test_results_table_shows_each_seed_its_mean_and_where_each_ran(tmp_path):
 
     def run(seed, plain, device="cpu: A", precision="bfloat16"):
         return {"model": "CustomResNet", "seed": seed, "epochs": 24, "parameters": 6573120,
-                "test_acc": plain + 0.7, "test_acc_no_tta": plain, "train_seconds": 100.0 * (seed + 1),
+                "test_acc": plain, "test_acc_tta": plain + 0.7, "train_seconds": 100.0 * (seed + 1),
                 "seconds_per_epoch": [1.0], "device": device, "precision": precision, "layout": "NHWC"}
     record = {"notebook": "04", "command": "cmd", "date": "2026-12-05", "smoke": False,
               "runs": [run(0, 90.36), run(1, 90.5), run(2, 89.9, "cpu: B", "float32")]}

@@ -481,6 +481,11 @@ def test_run_record_and_save_json(tmp_path):
     assert record["test_acc"] == 65.0 and record["train_seconds"] == 3.0 \
         and record["device"].startswith("cpu: ") and "threads" in record["device"]
     assert record["parameters"] == sum(p.numel() for p in Tiny().parameters())
+    assert "test_acc_tta" not in record  # a run without TTA
+    # with TTA: test_acc is the one view (what the assignments measure), TTA's has its own name
+    h.test_acc_plain = [44.0, 64.5]
+    tta = eva.run_record(h, Tiny(), "cpu")
+    assert (tta["test_acc"], tta["best_test_acc"], tta["test_acc_tta"]) == (64.5, 64.5, 65.0)
     eva.save_json(tmp_path / "a" / "r.json", record)
     assert json.loads((tmp_path / "a" / "r.json").read_text()) == record
     eva.save_json(None, record)  # no path: nothing written, no error
