@@ -157,11 +157,10 @@ def check_first_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loader
                             "(batch, channels, H, W), normalised. Fix: torchvision's ToTensor() + "
                             "Normalize(mean, std) in your dataset, or eva.TensorLoader / "
                             "eva.make_loader.")
-    weights = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if weights is not None and weights.dtype != x.dtype:
-        raise TrainingError(f"The model's weights are {weights.dtype} but the images "
-                            f"{x.dtype}. Fix: model.float() (mixed precision is "
-                            "TrainConfig(amp=True), not model.half() or model.double()).")
+    if x.dtype != torch.float32:  # the weights are float32 (check_weights, at the start)
+        raise TrainingError(f"The images come as {x.dtype}; the model's weights are float32. Fix: "
+                            "return float32 images from your dataset (x.float()); mixed precision "
+                            "is TrainConfig(amp=True).")
     try:
         with torch.no_grad(), eval_mode(model):
             out = model(x[:2])

@@ -334,6 +334,8 @@ class OwnData(torch.utils.data.Dataset):
 @pytest.mark.parametrize("image_dtype, label_dtype, words", [
     (torch.float32, torch.int32, "labels come as torch.int32.*int64"),
     (torch.uint8, torch.int64, "images come as torch.uint8.*ToTensor"),
+    (torch.float64, torch.int64, r"images come as torch.float64; the model's weights are float32\. "
+                                 r"Fix: return float32 images"),
 ])
 def test_a_students_own_loader_with_other_types(image_dtype, label_dtype, words):
     loader = torch.utils.data.DataLoader(OwnData(image_dtype, label_dtype), batch_size=8)
