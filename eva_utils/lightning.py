@@ -69,7 +69,7 @@ class EvaModule(L.LightningModule):
     def on_fit_start(self) -> None:
         # What evaluate and predict answer in afterwards, as after fit: the Trainer's arithmetic.
         mixed = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-        self.model.eva_precision = Precision(mixed.get(str(self.trainer.precision)), self.nhwc)
+        Precision(mixed.get(str(self.trainer.precision)), self.nhwc).remember(self.model)
 
     def _check_the_trainer(self) -> None:
         """Refuse, naming each, what Lightning would silently do otherwise than the TrainConfig

@@ -149,7 +149,7 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
     seed_everything(cfg.seed)
     model.to(device, memory_format=torch.channels_last if precision.channels_last
              else torch.preserve_format)
-    model.eva_precision = precision  # what evaluate and predict answer in afterwards
+    precision.remember(model)  # what evaluate and predict answer in afterwards
     optimizer = build_optimizer(model, cfg)
     scheduler, step_every = build_scheduler(optimizer, cfg, len(train_loader))
     run = Run(model=model, forward=model, optimizer=optimizer, scheduler=scheduler,

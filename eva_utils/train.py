@@ -48,7 +48,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     its epochs is refused (TrainingError), as running again would never train one. With ``cfg.ema_decay`` the weight average is what gets tested, and
     copied into ``model`` at the end. Started by torchrun, it trains with DistributedDataParallel,
     as ``distributed`` describes. Afterwards ``evaluate`` and ``predict`` answer, by default, in
-    the run's precision and layout (``model.eva_precision``).
+    the run's precision and layout (``Precision.of``).
     """
     cfg, device, resume = check_arguments(model, train_loader, test_loader, cfg, device, resume,
                                           time_budget, progress)

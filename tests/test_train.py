@@ -305,8 +305,9 @@ def test_predict_after_fit_answers_in_the_runs_arithmetic(monkeypatch, tiny, amp
     train, test = loaders(tiny)
     history = eva.fit(model, train, test, cfg(epochs=1, amp=amp, channels_last=layout),
                       progress=False)
-    assert model.eva_precision == eva_utils.precision.Precision(torch.bfloat16 if amp else None,
-                                                                layout)
+    trained = eva_utils.precision.Precision(torch.bfloat16 if amp else None, layout)
+    assert eva_utils.precision.Precision.of(model, torch.device("cpu")) == trained
+    assert not any(name.startswith("eva") for name in vars(model))  # nothing set on the model
     loss, acc = eva.evaluate(model, test)
     assert (loss, acc) == (history.test_loss[-1], history.test_acc[-1])  # the scored arithmetic
     scored = eva.predict(model, test, tiny.classes)
