@@ -103,11 +103,6 @@ class Predictions:
     # Where the images are: positions -> float (n, 3, H, W), or a tensor of them (kept images)
     source: Callable[[torch.Tensor], torch.Tensor] | torch.Tensor = field(repr=False)
 
-    @classmethod
-    def from_images(cls, images: torch.Tensor, labels, preds, confidence, classes) -> Predictions:
-        """Answers on images you hold: float (N, 3, H, W), normalised, one per answer."""
-        return cls(labels, preds, confidence, tuple(classes), torch.arange(len(labels)), images)
-
     def __len__(self) -> int:
         return len(self.labels)
 

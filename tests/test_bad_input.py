@@ -16,6 +16,7 @@ from torch import nn
 import eva_utils as eva
 from eva_utils.checkpoint import CheckpointError
 from eva_utils.runtime import TrainingError
+from conftest import answers_on
 from test_train import Tiny, cfg, loaders
 
 
@@ -275,7 +276,7 @@ def test_gradcam_checks_layers_classes_and_narrows_the_panel(wrong, tiny):
 
 def test_gradcam_warns_about_a_one_pixel_map(tiny):
     model = eva.CustomResNet(num_classes=2)
-    p = eva.Predictions.from_images(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]),
+    p = answers_on(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]),
                                     torch.tensor([1, 0]), torch.tensor([0.6, 0.7]), ("a", "b"))
     with pytest.warns(UserWarning, match="layer3: a 1-pixel-wide feature map"):
         eva.plot_gradcam(model, p, ["layer3"], (0.5,) * 3, (0.25,) * 3)
@@ -286,7 +287,7 @@ def test_confusion_with_many_classes_shows_the_worst(tmp_path):
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, k, (n,), generator=g)
     preds = torch.where(torch.rand(n, generator=g) < 0.5, labels, (labels + 1) % k)
-    p = eva.Predictions.from_images(torch.zeros(n, 1, 1, 1), labels, preds, torch.ones(n),
+    p = answers_on(torch.zeros(n, 1, 1, 1), labels, preds, torch.ones(n),
                                     tuple(f"class {i}" for i in range(k)))
     fig = eva.plot_confusion(p, path=tmp_path / "c.png")
     assert len(fig.axes) == 2 and "Most confused" in fig.axes[0].get_title()

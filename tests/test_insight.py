@@ -9,7 +9,7 @@ import torch
 
 import eva_utils as eva
 from eva_utils.gradcam import probe
-from eva_utils.inference import Predictions
+from conftest import answers_on
 
 matplotlib.use("Agg")
 
@@ -282,12 +282,12 @@ def test_misclassified_gallery_panels_and_titles(tiny, test_loader, tmp_path):
 
 
 def test_no_mistakes_and_unnormalised_images(tiny):
-    empty = Predictions.from_images(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long),
+    empty = answers_on(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long),
                                     torch.zeros(0, dtype=torch.long), torch.zeros(0), tiny.classes)
     fig = eva.plot_misclassified(empty, tiny.mean, tiny.std)
     assert "No mistakes" in fig.axes[0].texts[0].get_text()
     raw = torch.from_numpy(tiny.test_images[:4]).permute(0, 3, 1, 2).float()
-    bad = Predictions.from_images(raw, torch.zeros(4, dtype=torch.long),
+    bad = answers_on(raw, torch.zeros(4, dtype=torch.long),
                                   torch.ones(4, dtype=torch.long), torch.ones(4), tiny.classes)
     with pytest.raises(ValueError, match="look unnormalised"):
         eva.plot_misclassified(bad, tiny.mean, tiny.std, n=2)
@@ -526,7 +526,7 @@ def test_a_light_grey_normalised_picture_is_explained_with_a_warning_not_refused
     with pytest.warns(UserWarning, match="may be unnormalised") as caught:
         assert eva.gradcam(model, grey, "layer3").shape == (2, 32, 32)
     assert len(caught) == 1
-    wrong = Predictions.from_images(grey, torch.zeros(2, dtype=torch.long),
+    wrong = answers_on(grey, torch.zeros(2, dtype=torch.long),
                                     torch.ones(2, dtype=torch.long), torch.ones(2), tiny.classes)
     with pytest.warns(UserWarning, match="may be unnormalised") as caught:
         eva.plot_gradcam(model, wrong, ["layer2", "layer3"], tiny.mean, tiny.std, n=2)
