@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 
 from .data import check_labels
+from .guards import check_test_loader
 from .precision import Precision
 from .runtime import check_weights, eval_mode, to_device
 
@@ -30,10 +31,7 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
     """
     if not isinstance(tta, bool):  # tta="no" would be truthy
         raise TypeError(f"tta={tta!r}: give True (average each image with its mirror) or False.")
-    if getattr(loader, "train", False) is True:
-        raise ValueError("This loader was built with train=True: it augments and reshuffles, and "
-                         "drops the last partial batch, so answers would change every call and "
-                         "images would be missing. Fix: a loader built with train=False.")
+    check_test_loader(loader, "This loader")
     device = model_device(model, device)  # the device contract first: a meta model stands in
     check_weights(model)                  # for another device in the tests
     arithmetic = Precision.of(model, device, amp, channels_last)  # fit's, after fit
