@@ -301,8 +301,8 @@ class KeptFinder(LRFinder):
                 "same code again.")
 
     def _restore(self, kept: dict) -> None:
-        self.model.load_state_dict(kept["model"])
-        self.optimizer.load_state_dict(kept["optimizer"])
+        self.model.load_state_dict(kept.pop("model"))  # popped: no second copy held while sweeping
+        self.optimizer.load_state_dict(kept.pop("optimizer"))
         if self.grad_scaler is not None and kept["scaler"]:
             self.grad_scaler.load_state_dict(kept["scaler"])
         set_rng_state(kept["rng"])
