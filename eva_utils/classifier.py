@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from .gradcam import gradcam, gradcam_layers
-from .images import model_input, read_image, resized
+from .machinery.images import model_input, read_image, resized
 from .models import build_model, rebuild_problem, unwrapped
-from .runtime import eval_mode
+from .machinery.runtime import eval_mode
 
 MAX_TOP = 10  # the app lists at most this many classes
 

@@ -27,12 +27,13 @@ from PIL import Image
 from torch import nn
 
 from .classifier import Classifier
-from .images import resized
+from .machinery.images import resized
 from .inference import misclassified
 from .models import count_parameters, unwrapped
 from .transforms import denormalize
 
-CARRIED = ("images.py", "runtime.py", "gradcam.py", "classifier.py", "app.py", "models")
+CARRIED = ("machinery/images.py", "machinery/runtime.py", "gradcam.py", "classifier.py", "app.py",
+           "models")
 # Pinned to the versions this export was made with: a Space installs exactly these.
 REQUIREMENTS = ("torch", "torchvision", "numpy", "pillow", "grad-cam", "gradio", "safetensors")
 EXAMPLES = 10
@@ -195,7 +196,9 @@ def _carry_modules(target: Path) -> None:
         if source.is_dir():
             shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (target / name).parent.mkdir(exist_ok=True)
             shutil.copy(source, target / name)
+    shutil.copy(PACKAGE / "machinery" / "__init__.py", target / "machinery")  # imports nothing
     (target / "__init__.py").write_text(
         '"""The part of eva_utils this app needs: one image in, its classes and Grad-CAM out.\n'
         'No training code; the whole package trains the model (github.com/eva-resnet/'

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cache import CACHE_NAME, read_cache, signature, write_cache
+from .machinery.cache import CACHE_NAME, read_cache, signature, write_cache
 from .data import ImageData, channel_stats, data_root
-from .images import DataError, read_image
+from .machinery.images import DataError, read_image
 
 
 def hidden(name: str) -> bool:

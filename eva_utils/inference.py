@@ -12,9 +12,9 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 
 from .data import check_labels
-from .guards import check_test_loader
-from .precision import Precision
-from .runtime import check_weights, eval_mode, to_device
+from .machinery.guards import check_test_loader
+from .machinery.precision import Precision
+from .machinery.runtime import check_weights, eval_mode, to_device
 
 
 @torch.no_grad()

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, check_resumable, model_identity
-from .guards import check_same_classes, check_trainable
-from .precision import Precision
-from .runtime import get_device
+from .machinery.checkpoint import CheckpointError, check_resumable, model_identity
+from .machinery.guards import check_same_classes, check_trainable
+from .machinery.precision import Precision
+from .machinery.runtime import get_device
 from .schedule import build_optimizer, build_scheduler
 from .config import TrainConfig
 

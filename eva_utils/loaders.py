@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from .data import check_labels, to_rgb
-from .distributed import share, world
-from .runtime import get_device
+from .machinery.distributed import share, world
+from .machinery.runtime import get_device
 from .transforms import Augment
 
 MIN_STEPS = 10  # fewer optimizer steps than this an epoch and most runs learn next to nothing

@@ -25,12 +25,12 @@ import torch
 from torch import nn
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
-from . import distributed
-from .budget import BudgetSpent, as_budget, duration
-from .precision import Precision
-from .checkpoint import CheckpointError, atomic_save, atomic_write, rng_state, set_rng_state
-from .guards import check_finite_images
-from .runtime import check_weights, get_device, kept_modes, to_device
+from .machinery import distributed
+from .machinery.budget import BudgetSpent, as_budget, duration
+from .machinery.precision import Precision
+from .machinery.checkpoint import CheckpointError, atomic_save, atomic_write, rng_state, set_rng_state
+from .machinery.guards import check_finite_images
+from .machinery.runtime import check_weights, get_device, kept_modes, to_device
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
 RISE = 0.1  # first_minimum: a loss 10 % above the lowest so far ends the first valley

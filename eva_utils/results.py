@@ -8,8 +8,8 @@ from pathlib import Path
 from torch import nn
 
 from .models import count_parameters
-from .runtime import device_name
-from .history import History
+from .machinery.runtime import device_name
+from .machinery.history import History
 
 
 def run_record(history: History, model: nn.Module, device, /, **labels) -> dict:

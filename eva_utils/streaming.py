@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from .data import channel_stats, data_root
 from .folders import check_image_size, image_files
-from .images import read_image
+from .machinery.images import read_image
 from .loaders import check_stats
 from .workers import SeededDataLoader, seeded_loader
 from .transforms import normalize

@@ -19,16 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
-from .budget import Budget, TimeBudget, as_budget
-from .guards import (check_arguments, check_finite, check_first_batch, check_test_loss,
+from .machinery import distributed
+from .machinery.budget import Budget, TimeBudget, as_budget
+from .machinery.guards import (check_arguments, check_finite, check_first_batch, check_test_loss,
                      out_of_memory, warn_if_tta_hurt)
-from .run import Run, checkpoint_folder, start_run
-from .runtime import to_device, tuned_convolutions
+from .machinery.run import Run, checkpoint_folder, start_run
+from .machinery.runtime import to_device, tuned_convolutions
 
 if TYPE_CHECKING:
     from .config import TrainConfig
-    from .history import History
+    from .machinery.history import History
 
 
 def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = None, *,

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import eva_utils as eva
-from eva_utils.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from eva_utils.run_folder import RunFolder
+from eva_utils.machinery.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from eva_utils.machinery.run_folder import RunFolder
 from test_train import Tiny, cfg, loaders
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ def test_what_may_change_on_resume_is_said_from_the_one_list(tiny, finished):
     """The settings a resumed run may change were listed by hand in the message and the docs (4 of
     the 6 names the check skipped); both now say exactly MAY_CHANGE, and each name in it may
     really change."""
-    from eva_utils.checkpoint import MAY_CHANGE
+    from eva_utils.machinery.checkpoint import MAY_CHANGE
     with pytest.raises(CheckpointError) as refused:
         eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, lr=0.1), resume=finished, progress=False)
     said = re.search(r"only (.*) may change", str(refused.value)).group(1)
@@ -267,7 +267,7 @@ def test_a_run_resumes_on_a_gpu(tiny, tmp_path, monkeypatch):
 
 def test_cuda_random_states_of_more_gpus_than_this_machine_has(monkeypatch):
     """A run saved on 2 GPUs and resumed on 1 restores the first GPU's state and no other."""
-    from eva_utils.checkpoint import rng_state, set_rng_state
+    from eva_utils.machinery.checkpoint import rng_state, set_rng_state
     restored = []
 
     def set_all(states):  # torch's own: one state per GPU, "invalid device ordinal" past the last
@@ -344,7 +344,7 @@ def test_a_live_machines_lock_is_refused_whatever_its_date(tiny, tmp_path, monke
 
 TAKE = """
 import socket, sys, time
-from eva_utils.run_folder import RunFolder
+from eva_utils.machinery.run_folder import RunFolder
 RunFolder.BEAT, RunFolder.DELAY = 0.1, 0.3
 socket.gethostname = lambda: sys.argv[2]
 try:

@@ -156,6 +156,36 @@ def test_student_workflow_with_the_copied_package(tmp_path):
     assert "(12, 40, 40, 3) ('cat', 'dog', 'owl') (3, 3)" in out.stdout
 
 
+EXTRA_MODULES = ("app.py", "classifier.py", "deploy.py", "serve.py", "streaming.py", "lightning.py")
+CORE_ALONE = """
+import sys
+import eva_utils as eva
+data = eva.synthetic_data(train=200, test=100, seed=1)
+train, test = (eva.TensorLoader(getattr(data, f"{s}_images"), getattr(data, f"{s}_labels"),
+                                data.mean, data.std, 20, train=s == "train") for s in ("train", "test"))
+config = eva.TrainConfig(epochs=2, lr=0.01, checkpoint_dir=sys.argv[1])
+found = eva.lr_range_test(eva.PlainCNN(num_classes=10), train, num_iter=10, verbose=False)
+history = eva.fit(eva.PlainCNN(num_classes=10), train, test, config, resume=True, time_budget=600,
+                  progress=False)
+print("trained", len(history), "epochs; extras imported:",
+      sorted(m for m in sys.modules if m.removeprefix("eva_utils.") + ".py" in {EXTRAS}))
+"""
+
+
+def test_the_core_trains_without_the_extras(tmp_path):
+    """The layout's promise: the teaching core and machinery/ alone (the web app, its export and
+    serving, streaming and Lightning left out) import, sweep, and train with checkpoints and a
+    budget."""
+    env = copied_package(tmp_path)
+    for name in EXTRA_MODULES:
+        (tmp_path / "eva_utils" / name).unlink()
+    code = CORE_ALONE.replace("{EXTRAS}", repr(set(EXTRA_MODULES)))
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "trained 2 epochs; extras imported: []" in out.stdout
+    assert (tmp_path / "run" / "last.pt").exists()
+
 def test_package_imports_only_declared_dependencies():
     """Every third-party import in eva_utils is a dependency declared in pyproject.toml."""
     import ast

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import eva_utils as eva
-from eva_utils.checkpoint import load_checkpoint
+from eva_utils.machinery.checkpoint import load_checkpoint
 from test_train import Tiny, cfg, loaders, same_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -352,8 +352,8 @@ def test_a_stretch_plans_with_its_own_epochs_once_it_has_measured_one(tiny, tmp_
     torch.save(ckpt, tmp_path / "last.pt")
     clock = [0.0]
     monkeypatch.setattr(eva.TimeBudget, "clock", staticmethod(lambda: clock[0]))
-    real_record = eva.budget.Budget.record_epoch
-    monkeypatch.setattr(eva.budget.Budget, "record_epoch", lambda self, seconds: (
+    real_record = eva.machinery.budget.Budget.record_epoch
+    monkeypatch.setattr(eva.machinery.budget.Budget, "record_epoch", lambda self, seconds: (
         real_record(self, 100.0), clock.__setitem__(0, clock[0] + 100.0)))  # epochs of 100 s
     history = eva.fit(Tiny(), *loaders(tiny), run, resume=True, time_budget=eva.TimeBudget(1300),
                       progress=False)
@@ -405,8 +405,8 @@ def test_one_time_budget_for_the_range_test_and_training(tiny, tmp_path, monkeyp
     with pytest.warns(UserWarning, match="only 5 batches"):
         sweep(budget, 1.0)  # the 17 steps left: 17 s of the 600
     assert not (tmp_path / "range_test.part.pt").exists()
-    real_record = eva.budget.Budget.record_epoch
-    monkeypatch.setattr(eva.budget.Budget, "record_epoch", lambda self, seconds: (
+    real_record = eva.machinery.budget.Budget.record_epoch
+    monkeypatch.setattr(eva.machinery.budget.Budget, "record_epoch", lambda self, seconds: (
         real_record(self, 100.0), clock.__setitem__(0, clock[0] + 100.0)))  # epochs of 100 s
     with pytest.raises(eva.BudgetSpent, match=r"Time budget spent: \d\.\d min of 10\.0 min used, "
                                               r"\d+ s of it before this training began, "

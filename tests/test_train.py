@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import eva_utils as eva
-import eva_utils.precision
+import eva_utils.machinery.precision
 import eva_utils.train
-from eva_utils.ema import EMA
-from eva_utils.runtime import TrainingError, amp_dtype, use_channels_last
+from eva_utils.machinery.ema import EMA
+from eva_utils.machinery.runtime import TrainingError, amp_dtype, use_channels_last
 
 
 class Tiny(nn.Module):
@@ -270,11 +270,11 @@ def test_cpu_precision_follows_the_processor(monkeypatch, tmp_path, flags, defau
     elsewhere; explicit amp always wins."""
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n")
-    real_path = eva.runtime.Path
-    monkeypatch.setattr(eva.runtime, "Path",
+    real_path = eva.machinery.runtime.Path
+    monkeypatch.setattr(eva.machinery.runtime, "Path",
                         lambda p: real_path(cpuinfo if p == "/proc/cpuinfo" else p))
     cpu = torch.device("cpu")
-    assert eva.runtime.cpu_has_bf16() is (default is not None)
+    assert eva.machinery.runtime.cpu_has_bf16() is (default is not None)
     assert amp_dtype(cpu, None) is default
     assert amp_dtype(cpu, True) is torch.bfloat16 and amp_dtype(cpu, False) is None
     assert amp_dtype(torch.device("mps"), None) is None
@@ -291,7 +291,7 @@ def test_channels_last_default():
 
 def mock_amx(monkeypatch, has_amx: bool) -> None:
     """A CPU with native bfloat16 (AMX or AVX-512 BF16), or one without."""
-    monkeypatch.setattr(eva.runtime, "cpu_has_bf16", lambda: has_amx)
+    monkeypatch.setattr(eva.machinery.runtime, "cpu_has_bf16", lambda: has_amx)
 
 
 @pytest.mark.parametrize("amp, layout", [(False, False), (True, True)])
@@ -305,8 +305,8 @@ def test_predict_after_fit_answers_in_the_runs_arithmetic(monkeypatch, tiny, amp
     train, test = loaders(tiny)
     history = eva.fit(model, train, test, cfg(epochs=1, amp=amp, channels_last=layout),
                       progress=False)
-    trained = eva_utils.precision.Precision(torch.bfloat16 if amp else None, layout)
-    assert eva_utils.precision.Precision.of(model, torch.device("cpu")) == trained
+    trained = eva_utils.machinery.precision.Precision(torch.bfloat16 if amp else None, layout)
+    assert eva_utils.machinery.precision.Precision.of(model, torch.device("cpu")) == trained
     assert not any(name.startswith("eva") for name in vars(model))  # nothing set on the model
     loss, acc = eva.evaluate(model, test)
     assert (loss, acc) == (history.test_loss[-1], history.test_acc[-1])  # the scored arithmetic
@@ -366,7 +366,7 @@ def test_a_resumed_run_leaves_a_precision_the_device_cannot_run(monkeypatch, sav
     """bfloat16 below compute capability 8.0 is emulated (slower than float32), float16 on a CPU
     has no fast convolutions: the device's own choice (or an explicit amp) takes over, in one line
     that says the run is no longer bit-exact. The layout is kept."""
-    from eva_utils.precision import Precision
+    from eva_utils.machinery.precision import Precision
     mock_amx(monkeypatch, amx)
     if gpu:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu)
@@ -376,12 +376,12 @@ def test_a_resumed_run_leaves_a_precision_the_device_cannot_run(monkeypatch, sav
     precision, note = Precision.for_run(device, cfg(amp=amp), ckpt, "last.pt")
     assert precision == Precision(want, False)
     assert note.startswith(f"The run trained in {saved}, which {'Tesla T4' if gpu else 'cpu: '}")
-    assert note.endswith(f"goes on in {eva.runtime.precision_name(want)}, so it is no longer "
+    assert note.endswith(f"goes on in {eva.machinery.runtime.precision_name(want)}, so it is no longer "
                          "bit-exact with an unbroken run.")
 
 
 def test_a_resumed_run_keeps_a_precision_the_device_runs(monkeypatch):
-    from eva_utils.precision import Precision
+    from eva_utils.machinery.precision import Precision
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     ckpt = {"precision": "bfloat16", "channels_last": True}
     assert Precision.for_run(torch.device("cuda"), cfg(), ckpt) == (Precision(torch.bfloat16, True), "")
@@ -396,7 +396,7 @@ def test_a_skipped_float16_step_does_not_step_the_schedule(monkeypatch, tiny, tm
     stepped anyway, and torch warned "Detected call of lr_scheduler.step() before
     optimizer.step()" whenever the first step overflowed."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
-    monkeypatch.setattr(eva_utils.precision, "amp_dtype", lambda device, amp: torch.float16)  # a T4
+    monkeypatch.setattr(eva_utils.machinery.precision, "amp_dtype", lambda device, amp: torch.float16)  # a T4
 
     class Overflowing(torch.amp.GradScaler):
         """torch's scaler, whose first two steps find an overflowed (infinite) gradient."""
@@ -423,7 +423,7 @@ def test_a_skipped_float16_step_does_not_step_the_schedule(monkeypatch, tiny, tm
 
 def test_cudnn_picks_its_fastest_convolutions_unless_determinism_is_asked(monkeypatch, tiny):
     """Inside fit only: the process's setting was left on for good after a run."""
-    from eva_utils.runtime import tuned_convolutions
+    from eva_utils.machinery.runtime import tuned_convolutions
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     seen = []
     for device, deterministic in (("cpu", False), ("cuda", True), ("cuda", False)):
@@ -444,7 +444,7 @@ def test_a_checkpoint_from_before_precision_was_recorded_is_refused():
     """Checkpoints written before eva_utils 0.2 recorded their arithmetic were resumed with a
     guess; none exists outside this repository's own disks, so the guess is gone: one message."""
     with pytest.raises(eva.CheckpointError, match="records no precision: an eva_utils older than 0.2"):
-        eva.checkpoint.saved_precision({"config": {}, "scaler": {}, "history": {"devices": []}})
+        eva.machinery.checkpoint.saved_precision({"config": {}, "scaler": {}, "history": {"devices": []}})
 
 
 def test_ema_tracks_weights_and_buffers():
@@ -570,9 +570,14 @@ def test_fit_reads_in_a_few_files():
     imported 13), so following one epoch visits few files. Imports for type hints only (under
     ``if TYPE_CHECKING``) do not count: nothing runs them."""
     import ast
-    tree = ast.parse((Path(eva.__file__).parent / "train.py").read_text())
+    package = Path(eva.__file__).parent
+    tree = ast.parse((package / "train.py").read_text())
     ours = set()
     for node in tree.body:  # top-level statements: the TYPE_CHECKING block is an If, left out
         if isinstance(node, ast.ImportFrom) and node.level == 1:
-            ours |= {node.module} if node.module else {a.name for a in node.names}
-    assert "run" in ours and len(ours) <= 5, sorted(ours)
+            folder = (node.module or "").replace(".", "/")
+            if (package / folder).is_dir():  # "from .machinery import distributed": a module
+                ours |= {f"{node.module}.{a.name}" if node.module else a.name for a in node.names}
+            else:
+                ours.add(node.module)
+    assert "machinery.run" in ours and len(ours) <= 5, sorted(ours)

@@ -12,14 +12,14 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import (FORMAT, CheckpointError, check_resumable, load_checkpoint, model_identity,
                          rng_state, saved_precision, set_rng_state)
-from .config import TrainConfig
+from ..config import TrainConfig
 from .ema import EMA
 from .history import History
-from .inference import scores
+from ..inference import scores
 from .precision import Precision
 from .run_folder import RunFolder
 from .runtime import device_name, seed_everything
-from .schedule import build_optimizer, build_scheduler
+from ..schedule import build_optimizer, build_scheduler
 
 
 @dataclass(kw_only=True)

@@ -14,8 +14,8 @@ from torch import nn
 
 from .budget import TimeBudget
 from .checkpoint import CheckpointError
-from .config import TrainConfig, number
-from .data import check_labels
+from ..config import TrainConfig, number
+from ..data import check_labels
 from .history import History
 from .runtime import TrainingError, check_weights, eval_mode, get_device
 
