@@ -36,12 +36,10 @@ torch-lr-finder, torchinfo and tqdm, so the folder can be copied into another pr
 app needs gradio and safetensors and eva_utils.lightning needs lightning, each imported only when
 used.
 """
-from .machinery import distributed
-from .machinery.checkpoint import CheckpointError, load_checkpoint
 from .cifar10 import load_cifar10
+from .config import TrainConfig
 from .data import (CIFAR10_CLASSES, ImageData, channel_stats, data_root, smoke_mode, synthetic_data,
                    to_rgb)
-from .machinery.distributed import is_main
 from .folders import load_image_folder
 from .galleries import plot_confusion, plot_gradcam, plot_misclassified
 from .gradcam import gradcam, gradcam_layers
@@ -53,16 +51,18 @@ from .models import (CustomResNet, PlainCNN, ResNet18, SmallResNet, build_model,
 from .plots import (figure_path, plot_augmentations, plot_history, plot_lr_finder, plot_lr_schedule,
                     save_figure)
 from .results import run_record, save_json, save_runs
-from .machinery.runtime import TrainingError, device_name, eval_mode, get_device, seed_everything
 from .schedule import build_optimizer, build_scheduler, lr_schedule
 from .summary import summary
-from .machinery.history import History
-from .machinery.images import DataError
-from .machinery.budget import BudgetSpent, TimeBudget
-from .config import TrainConfig
 from .train import fit, fit_each
 from .transforms import Augment, classic_augment, denormalize
 from .workers import make_loader
+from .machinery import distributed
+from .machinery.budget import BudgetSpent, TimeBudget
+from .machinery.checkpoint import CheckpointError, load_checkpoint
+from .machinery.distributed import is_main
+from .machinery.history import History
+from .machinery.images import DataError
+from .machinery.runtime import TrainingError, device_name, eval_mode, get_device, seed_everything
 
 __version__ = "0.2.0"
 
