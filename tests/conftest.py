@@ -1,11 +1,9 @@
 """Shared fixtures: tiny data sets built on the fly (never the real images)."""
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from eva_utils.data import CIFAR10_CLASSES, synthetic_data
-from eva_utils.inference import Predictions
 
 
 @pytest.fixture
@@ -36,8 +34,3 @@ def make_folder():
 @pytest.fixture
 def image_folder(tmp_path):
     return write_image_folder(tmp_path)
-
-
-def answers_on(images, labels, preds, confidence, classes) -> Predictions:
-    """Predictions on images a test holds: float (N, 3, H, W), normalised, one per answer."""
-    return Predictions(labels, preds, confidence, tuple(classes), torch.arange(len(labels)), images)

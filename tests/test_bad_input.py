@@ -16,8 +16,7 @@ from torch import nn
 import eva_utils as eva
 from eva_utils.machinery.checkpoint import CheckpointError
 from eva_utils.machinery.runtime import TrainingError
-from conftest import answers_on
-from test_train import Tiny, cfg, loaders
+from test_train import Tiny, answers_on, cfg, loaders
 
 
 # -- data folders ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 import eva_utils as eva
 from eva_utils.gradcam import probe
-from conftest import answers_on
+from test_train import answers_on
 
 matplotlib.use("Agg")
 
