@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import eva_utils as eva
-from eva_utils.runtime import amp_dtype, cpu_flags, use_channels_last
+from eva_utils.machinery.runtime import amp_dtype, cpu_flags, use_channels_last
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,8 +22,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import eva_utils as eva
-from eva_utils.precision import Precision
-from eva_utils.run import Run
+from eva_utils.machinery.precision import Precision
+from eva_utils.machinery.run import Run
 from eva_utils.train import train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

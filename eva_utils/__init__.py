@@ -10,10 +10,11 @@
     history = eva.fit(model, train, test, eva.TrainConfig(epochs=24, lr=0.1))
     predictions = eva.predict(model, test, data.classes)
 
-The teaching core, what a notebook's lesson uses:
+The teaching core, what a notebook's lesson uses (this folder):
     data, folders, cifar10  ImageData (uint8 arrays), any train/<class> tree, CIFAR-10
     transforms, loaders     Augment (one description, two backends); TensorLoader
-    models                  the suite's four networks, torchvision's ResNets
+    workers                 make_loader: albumentations per image in DataLoader workers
+    models/                 the suite's four networks, torchvision's ResNets
     config, schedule        TrainConfig (every setting, its unit and range); optimizer and schedule
     train                   fit -> train_epoch -> train_step
     lr_finder               lr_range_test and its named rules
@@ -21,13 +22,13 @@ The teaching core, what a notebook's lesson uses:
     plots, galleries        curves, schedules, the range test; mistakes, confusion, Grad-CAM panels
     gradcam, summary        Grad-CAM masks; torchinfo tables
 
-The machinery fit runs on (the first four keep a run across interruptions):
+machinery/, what fit runs on (the first four keep a run across interruptions):
     run, checkpoint, run_folder, budget   a run's state, its files and their lock, stretches
     precision, runtime, guards            arithmetic per device, seeding, fit's checks
-    history, ema, cache, images, workers  per-epoch record, weight average, decode cache,
-                                          one file as input, albumentations in DataLoader workers
+    history, ema, images, cache           per-epoch record, weight average, image files, decode cache
+    distributed                           torchrun (nothing changes in a plain run)
 
-Extras: classifier, app, deploy, serve (a model as a web page); distributed (torchrun); streaming
+Extras, not needed to train: classifier, app, deploy, serve (a model as a web page); streaming
 (data larger than memory); lightning (import it yourself: eva_utils.lightning).
 
 Depends only on torch, torchvision, numpy, pillow, albumentations, opencv, matplotlib, grad-cam,
@@ -35,15 +36,10 @@ torch-lr-finder, torchinfo and tqdm, so the folder can be copied into another pr
 app needs gradio and safetensors and eva_utils.lightning needs lightning, each imported only when
 used.
 """
-from . import distributed
-from .app import build_app
-from .checkpoint import CheckpointError, load_checkpoint
-from .classifier import Classifier
 from .cifar10 import load_cifar10
+from .config import TrainConfig
 from .data import (CIFAR10_CLASSES, ImageData, channel_stats, data_root, smoke_mode, synthetic_data,
                    to_rgb)
-from .deploy import export_app
-from .distributed import is_main
 from .folders import load_image_folder
 from .galleries import plot_confusion, plot_gradcam, plot_misclassified
 from .gradcam import gradcam, gradcam_layers
@@ -55,16 +51,28 @@ from .models import (CustomResNet, PlainCNN, ResNet18, SmallResNet, build_model,
 from .plots import (figure_path, plot_augmentations, plot_history, plot_lr_finder, plot_lr_schedule,
                     save_figure)
 from .results import run_record, save_json, save_runs
-from .runtime import TrainingError, device_name, eval_mode, get_device, seed_everything
 from .schedule import build_optimizer, build_scheduler, lr_schedule
-from .streaming import folder_loader
 from .summary import summary
-from .history import History
-from .images import DataError
-from .budget import BudgetSpent, TimeBudget
-from .config import TrainConfig
 from .train import fit, fit_each
 from .transforms import Augment, classic_augment, denormalize
 from .workers import make_loader
+from .machinery import distributed
+from .machinery.budget import BudgetSpent, TimeBudget
+from .machinery.checkpoint import CheckpointError, load_checkpoint
+from .machinery.distributed import is_main
+from .machinery.history import History
+from .machinery.images import DataError
+from .machinery.runtime import TrainingError, device_name, eval_mode, get_device, seed_everything
 
 __version__ = "0.2.0"
+
+# The extras load on first use (eva.export_app, eva.Classifier, ...), so the core works without them.
+EXTRAS = {"build_app": "app", "Classifier": "classifier", "export_app": "deploy",
+          "folder_loader": "streaming"}
+
+
+def __getattr__(name: str):
+    if name in EXTRAS:
+        from importlib import import_module
+        return getattr(import_module(f".{EXTRAS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import MAX_TOP, Classifier, read_json
-from .images import DataError
+from .machinery.images import DataError
 
 MAX_UPLOAD = "10mb"    # larger uploads are refused by the server before anything is decoded
 MAX_REQUEST = 11 * 2**20  # bytes one upload request may carry: one 10 MB picture and its form

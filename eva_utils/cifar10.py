@@ -17,7 +17,7 @@ import numpy as np
 
 from .data import CIFAR10_CLASSES, ImageData, channel_stats, data_root, smoke_mode, synthetic_data
 from .folders import class_folders, load_image_folder
-from .images import DataError
+from .machinery.images import DataError
 
 
 def load_cifar10(root: str | os.PathLike | None = None, *, download: bool = True,

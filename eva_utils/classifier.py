@@ -1,16 +1,12 @@
-"""A trained model answering for one image at a time, as the web app (``app``) asks: its top
-classes, and a Grad-CAM picture of where it looked. Also the folder format a trained model travels
-in (``save`` / ``load``): weights as safetensors (read without unpickling any code) beside a small
-``model.json`` naming the architecture and its arguments, the classes, mean/std and image size.
+"""A trained model answering for one image at a time, as the web app asks: its top classes and a
+Grad-CAM picture of where it looked; and the folder a trained model travels in (``save``/``load``:
+safetensors weights, read without unpickling, beside ``model.json``: architecture and arguments,
+classes, mean/std, image size).
 
-    clf = Classifier.load("app")                 # a folder written by eva.export_app
+    clf = Classifier.load("app")                   # a folder written by eva.export_app
     original, seen = clf.pictures("cat.jpg")       # the upload as a viewer shows it; the model's view
     clf.top(clf.probabilities(seen), k=3)          # {"cat": 0.91, "dog": 0.06, "frog": 0.01}
-    clf.heatmap(seen, "layer3", opacity=0.5)       # uint8 (H, W, 3): Grad-CAM over the picture
-
-An upload goes through ``images.read_image`` and ``images.model_input``, the functions that load a
-data set, so the app's answer for a picture is ``eva.predict``'s (tests/test_app.py). Depends on
-torch, numpy, Pillow, pytorch-grad-cam and safetensors only: the exported app carries this module.
+Uploads are read as data sets are (``images``), so the app answers as ``eva.predict`` does.
 """
 from __future__ import annotations
 
@@ -24,9 +20,9 @@ import torch
 from torch import nn
 
 from .gradcam import gradcam, gradcam_layers
-from .images import model_input, read_image, resized
+from .machinery.images import model_input, read_image, resized
 from .models import build_model, rebuild_problem, unwrapped
-from .runtime import eval_mode
+from .machinery.runtime import eval_mode
 
 MAX_TOP = 10  # the app lists at most this many classes
 

@@ -1,19 +1,11 @@
-"""Image-classification data sets as uint8 arrays in memory: ``ImageData``.
+"""Image-classification data sets as uint8 arrays in memory: ``ImageData`` (``held_out``: part of
+the training split kept back to choose a recipe on). ``folders.load_image_folder`` reads any image
+folder tree, ``cifar10.load_cifar10`` CIFAR-10.
 
-* ``folders.load_image_folder(root)``: any image folder tree (train/<class>, test/<class>).
-* ``cifar10.load_cifar10(root)``: CIFAR-10, from a local copy or a download.
-* ``ImageData.held_out``: part of the training split held out, to choose a recipe on.
-
-``root`` is the argument, else ``$EVA_DATA_DIR``, else the nearest ``data/`` folder in the current
-directory or one of its parents (so notebooks find the repository's ``data/`` from ``notebooks/``),
-else ``./data``. In smoke mode (``EVA_SMOKE=1``, set by ``notebooks/conftest.py``) and only there, a
-missing CIFAR-10 is replaced by a small synthetic one with a loud warning.
-
-**Channels: one rule.** eva_utils works in RGB. Every file decodes to the pixels an image viewer
-shows: turned upright by its EXIF orientation (phone photos), 16-bit files scaled to 8 bits,
-transparent pixels over white; grayscale, palette, CMYK and RGBA files become RGB when decoded; grayscale arrays, (N, H, W) or (N, H, W, 1), become RGB in the loaders (``to_rgb``: the
-gray value in all three channels). So every model takes 3 channels, and a grayscale data set's
-three channel statistics are equal.
+``root`` is the argument, else ``$EVA_DATA_DIR``, else the nearest ``data/`` folder here or above,
+else ``./data``; in smoke mode (``EVA_SMOKE=1``) alone a missing CIFAR-10 becomes a small synthetic
+one, with a loud warning. One channel rule: everything is RGB, as an image viewer shows the file;
+grayscale arrays get the gray value in all three channels (``to_rgb``), so every model takes 3.
 """
 from __future__ import annotations
 

@@ -1,19 +1,12 @@
 """A trained model as a folder that runs wherever Gradio does (a Hugging Face Space, a laptop):
-``export_app``. And a finished run's checkpoint in the browser without writing any code:
 
-    python -m eva_utils.serve runs/ckpt-04/best.pt --data data    # serves on 127.0.0.1:7860
-    python -m eva_utils.serve runs/ckpt-04/best.pt --data data --out app --no-launch
+    eva.export_app(model, data, predictions, "app")   # then: cd app && python app.py
 
-In a notebook, after training and ``predictions = eva.predict(model, test_loader, data.classes)``:
-
-    eva.export_app(model, data, predictions, "app")
-    # then: cd app && pip install -r requirements.txt && python app.py
-
-The folder holds the app (``app.py``), pinned ``requirements.txt``, the weights (safetensors) and
-``model.json``, 10 example images (one per class where possible), the test images the model got
-wrong with their labels (``app.json``), a README with the Spaces front matter, and the few modules
-of eva_utils the app imports (images, runtime, gradcam, classifier, app, models): no ``fit``, no
-loaders, no training code.
+The folder holds ``app.py``, pinned ``requirements.txt``, the weights (safetensors) and
+``model.json``, example images, the test images the model got wrong (``app.json``), a README with
+the Spaces front matter, and the few modules of eva_utils the app imports (images, runtime,
+gradcam, classifier, app, models): no training code. A finished run's checkpoint without code:
+``python -m eva_utils.serve CHECKPOINT --data data``.
 """
 from __future__ import annotations
 
@@ -34,12 +27,13 @@ from PIL import Image
 from torch import nn
 
 from .classifier import Classifier
-from .images import resized
+from .machinery.images import resized
 from .inference import misclassified
 from .models import count_parameters, unwrapped
 from .transforms import denormalize
 
-CARRIED = ("images.py", "runtime.py", "gradcam.py", "classifier.py", "app.py", "models")
+CARRIED = ("machinery/images.py", "machinery/runtime.py", "gradcam.py", "classifier.py", "app.py",
+           "models")
 # Pinned to the versions this export was made with: a Space installs exactly these.
 REQUIREMENTS = ("torch", "torchvision", "numpy", "pillow", "grad-cam", "gradio", "safetensors")
 EXAMPLES = 10
@@ -202,7 +196,9 @@ def _carry_modules(target: Path) -> None:
         if source.is_dir():
             shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (target / name).parent.mkdir(exist_ok=True)
             shutil.copy(source, target / name)
+    shutil.copy(PACKAGE / "machinery" / "__init__.py", target / "machinery")  # imports nothing
     (target / "__init__.py").write_text(
         '"""The part of eva_utils this app needs: one image in, its classes and Grad-CAM out.\n'
         'No training code; the whole package trains the model (github.com/eva-resnet/'

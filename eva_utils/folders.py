@@ -1,17 +1,10 @@
-"""Image folders as ``ImageData``.
-
-* ``load_image_folder(root)``: any ``<root>/train/<class>/*`` + ``<root>/test/<class>/*`` tree (every
-  format Pillow reads: PNG, JPEG, BMP, WebP, TIFF, GIF, ...; two classes or more, named by their
-  folders, sorted unless ``classes=`` gives the order; any size with ``image_size=``). Hidden and
-  system folders (``.ipynb_checkpoints``, ``__MACOSX``, any name starting with "." or "__") are
-  skipped, with one warning; so are other files and sub-folders of a class folder, with one warning
-  per split that counts and names them. Test images that are also training images (the same
-  decoded pixels: a copied or linked folder) are counted in a warning. Folder names are
-  compared in Unicode NFC form, so "café" typed on a Mac matches "café" from Linux. Decoded once
-  and cached beside the data as ``<root>/eva-image-cache.npz`` (plain arrays, no pickle). The cache is rebuilt when a file is added,
-  removed, renamed, resized or touched (size and modification time): a file rewritten with the same
-  size *and* modification time is not noticed, so delete the cache after editing images in place.
-  A cache that cannot be read is rebuilt, with a warning.
+"""``load_image_folder(root)``: any ``root/train/<class>/*``, ``root/test/<class>/*`` tree as
+``ImageData``: every format Pillow reads, two classes or more (named by their folders, sorted unless
+``classes=`` gives the order), any size with ``image_size=``. Hidden and system folders and stray
+files are skipped with a warning naming them; test images that are also training images are
+counted in one; class names match across Unicode forms (NFC). Decoded once and cached as
+``root/eva-image-cache.npz`` (plain arrays), rebuilt when a file is added, removed, renamed, resized
+or touched: an image edited in place with the same size and time is not noticed (delete the cache).
 """
 from __future__ import annotations
 
@@ -24,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cache import CACHE_NAME, read_cache, signature, write_cache
+from .machinery.cache import CACHE_NAME, read_cache, signature, write_cache
 from .data import ImageData, channel_stats, data_root
-from .images import DataError, read_image
+from .machinery.images import DataError, read_image
 
 
 def hidden(name: str) -> bool:

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .gradcam import gradcam, probe
-from .images import check_normalised
+from .machinery.images import check_normalised
 from .inference import Predictions, confusion_matrix
 from .plots import check_counts, save_figure
 from .transforms import denormalize

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .images import check_normalised
-from .runtime import eval_mode
+from .machinery.images import check_normalised
+from .machinery.runtime import eval_mode
 
 
 def gradcam_layers(model: nn.Module) -> tuple[str, ...]:

@@ -12,8 +12,9 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 
 from .data import check_labels
-from .precision import Precision
-from .runtime import check_weights, eval_mode, to_device
+from .machinery.guards import check_test_loader
+from .machinery.precision import Precision
+from .machinery.runtime import check_weights, eval_mode, to_device
 
 
 @torch.no_grad()
@@ -30,10 +31,7 @@ def outputs(model: nn.Module, loader, device=None, *, tta: bool = False, amp: bo
     """
     if not isinstance(tta, bool):  # tta="no" would be truthy
         raise TypeError(f"tta={tta!r}: give True (average each image with its mirror) or False.")
-    if getattr(loader, "train", False) is True:
-        raise ValueError("This loader was built with train=True: it augments and reshuffles, and "
-                         "drops the last partial batch, so answers would change every call and "
-                         "images would be missing. Fix: a loader built with train=False.")
+    check_test_loader(loader, "This loader")
     device = model_device(model, device)  # the device contract first: a meta model stands in
     check_weights(model)                  # for another device in the tests
     arithmetic = Precision.of(model, device, amp, channels_last)  # fit's, after fit
@@ -102,11 +100,6 @@ class Predictions:
     index: torch.Tensor        # int64 (N,) each answer's position in the loader's order
     # Where the images are: positions -> float (n, 3, H, W), or a tensor of them (kept images)
     source: Callable[[torch.Tensor], torch.Tensor] | torch.Tensor = field(repr=False)
-
-    @classmethod
-    def from_images(cls, images: torch.Tensor, labels, preds, confidence, classes) -> Predictions:
-        """Answers on images you hold: float (N, 3, H, W), normalised, one per answer."""
-        return cls(labels, preds, confidence, tuple(classes), torch.arange(len(labels)), images)
 
     def __len__(self) -> int:
         return len(self.labels)

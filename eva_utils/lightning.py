@@ -1,26 +1,12 @@
-"""eva models, configs and loaders under PyTorch Lightning, for a course that asks for Lightning:
-``EvaModule`` (a LightningModule doing what ``fit`` does with a ``TrainConfig``: its optimizer, LR
-schedule stepped as often, label smoothing, the mirror test-time augmentation when validating) and
-``EvaDataModule`` (our loaders, reshuffled each epoch as ``fit`` reshuffles them). The models,
-augmentation, LR finder, figures, Grad-CAM and the app stay the same.
-
-    import lightning as L
-    from eva_utils.lightning import EvaDataModule, EvaModule, trainer_precision
-
-    cfg = eva.TrainConfig(epochs=24, lr=found.suggested_lr, schedule="onecycle")
-    module = EvaModule(model, cfg)
+"""eva's models, configs and loaders under PyTorch Lightning: ``EvaModule`` does what ``fit`` does
+with a ``TrainConfig`` (optimizer, schedule stepped as often, label smoothing, mirror TTA when
+validating), ``EvaDataModule`` feeds our loaders, reshuffled as ``fit`` reshuffles them:
     trainer = L.Trainer(max_epochs=cfg.epochs, precision=trainer_precision(cfg),
                         gradient_clip_val=cfg.grad_clip, deterministic=True)
-    trainer.fit(module, EvaDataModule(train, test))
-    predictions = eva.predict(module.model, test, data.classes)      # every figure as before
-    eva.export_app(module.model, data, predictions, "app")
+    trainer.fit(EvaModule(model, cfg), EvaDataModule(train, test))
 
-With a constant LR and no augmentation, two epochs end with the weights ``eva.fit`` gets from the
-same start, to float tolerance (tests/test_lightning.py). What Lightning does its own way:
-checkpoints (``ModelCheckpoint``; ``EvaModule.load_from_checkpoint(path, model=..., cfg=...)``),
-mixed precision (``Trainer(precision=...)``: ``trainer_precision`` applies eva's rule), gradient
-clipping (``gradient_clip_val``), several GPUs (its own DDP), logging. ``TrainConfig.ema_decay`` and
-``compile`` are ``fit``'s alone. Lightning is an optional extra: ``pip install "eva-utils[lightning]"``.
+Checkpoints, precision, clipping, several GPUs and logging are Lightning's own; ``ema_decay`` and
+``compile`` are ``fit``'s alone (docs/scaling.md). Optional extra: ``pip install "eva-utils[lightning]"``.
 """
 from __future__ import annotations
 
@@ -30,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, check_resumable, model_identity
-from .guards import check_same_classes, check_trainable
-from .precision import Precision
-from .runtime import get_device
+from .machinery.checkpoint import CheckpointError, check_resumable, model_identity
+from .machinery.guards import check_same_classes, check_trainable
+from .machinery.precision import Precision
+from .machinery.runtime import get_device
 from .schedule import build_optimizer, build_scheduler
 from .config import TrainConfig
 
@@ -83,7 +69,7 @@ class EvaModule(L.LightningModule):
     def on_fit_start(self) -> None:
         # What evaluate and predict answer in afterwards, as after fit: the Trainer's arithmetic.
         mixed = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-        self.model.eva_precision = Precision(mixed.get(str(self.trainer.precision)), self.nhwc)
+        Precision(mixed.get(str(self.trainer.precision)), self.nhwc).remember(self.model)
 
     def _check_the_trainer(self) -> None:
         """Refuse, naming each, what Lightning would silently do otherwise than the TrainConfig
@@ -107,6 +93,17 @@ class EvaModule(L.LightningModule):
         elif cfg.amp is not None and have != want:
             problems.append(f"TrainConfig(amp={cfg.amp}) means {want!r} here, but Trainer(precision="
                             f"{have!r}). Fix: Trainer(precision=trainer_precision(cfg))")
+        if cfg.schedule == "plateau":  # fit steps it on the test loss after every epoch
+            source = getattr(getattr(trainer.fit_loop.epoch_loop, "val_loop", None),
+                             "_data_source", None)  # Lightning's own record of a val loader
+            if ((source is not None and not source.is_defined()) or trainer.limit_val_batches == 0
+                    or trainer.check_val_every_n_epoch != 1):
+                problems.append("TrainConfig(schedule='plateau') lowers the rate when the test loss "
+                                "stops falling, but this Trainer does not validate after every "
+                                "epoch (no test loader, limit_val_batches=0 or "
+                                "check_val_every_n_epoch other than 1). Fix: "
+                                "trainer.fit(module, EvaDataModule(train_loader, test_loader)) with "
+                                "the Trainer's validation defaults, or another schedule")
         data = trainer.datamodule
         loader = getattr(data, "train_loader", None)
         size = (getattr(loader, "fingerprint", None) or {}).get("image_size")

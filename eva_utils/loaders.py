@@ -1,19 +1,11 @@
-"""The two ways to feed a model batches of (images float (B, 3, H, W) normalised, labels int64 (B,)).
-
-* ``TensorLoader``: the whole split as a uint8 tensor on the device, augmented a batch at a time
-  with tensor ops (``Augment.__call__``). The fast path on a GPU; works on any device.
-* ``workers.make_loader``: the classic path, a ``DataLoader`` whose workers run a per-image
-  albumentations pipeline (``Augment.albumentations``, or any list of albumentations transforms).
-
-Both take the same arguments, shuffle and drop the last incomplete batch in training only (a
-different remainder each epoch; batch norm needs no one-image batch), and make an epoch's randomness
-a function of their ``seed`` and ``set_epoch(epoch)`` alone (so a resumed run sees the same
-batches), and ``preview(n)`` shows what they train on (``plots.plot_augmentations``). A training
-split too small for its batch size (fewer than ``MIN_STEPS`` steps an epoch, or more than a tenth
-of its images dropped) gets a warning that gives a batch size that fits. Both know the data's
-``num_classes`` (``len(classes)`` when given, else the largest label + 1), which ``fit`` checks
-against the model's outputs. Grayscale images become RGB (``data.to_rgb``). Under torchrun each
-process takes its share of every epoch (``distributed``); in a plain run nothing changes.
+"""Two ways to feed batches of (images float (B, 3, H, W) normalised, labels int64 (B,)):
+``TensorLoader`` (the whole split as uint8 on the device, augmented a batch at a time with tensor
+ops: the fast path on a GPU) and ``workers.make_loader`` (a ``DataLoader`` whose workers run
+albumentations per image). Both take the same arguments, shuffle and drop the last incomplete batch
+in training only, draw an epoch's randomness from ``seed`` and ``set_epoch(epoch)`` alone (a resumed
+run sees the same batches), show what they train on (``preview(n)``), know the data's
+``num_classes``, warn when a split is too small for its batch size, and under torchrun give each
+process its share.
 """
 from __future__ import annotations
 
@@ -26,8 +18,8 @@ import numpy as np
 import torch
 
 from .data import check_labels, to_rgb
-from .distributed import share, world
-from .runtime import get_device
+from .machinery.distributed import share, world
+from .machinery.runtime import get_device
 from .transforms import Augment
 
 MIN_STEPS = 10  # fewer optimizer steps than this an epoch and most runs learn next to nothing

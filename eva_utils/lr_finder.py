@@ -1,17 +1,12 @@
 """The LR range test (Leslie Smith, 2015) on torch-lr-finder: an exponential sweep of the learning
-rate, recording the smoothed loss; the model and optimizer are restored afterwards.
-
-Named rules read a learning rate off the curve (as fastai names its suggestion rules):
-* ``valley`` (fastai's default): halfway along the longest stretch over which the loss keeps
-  falling. It is the suggestion (``suggested_lr``): ``benchmarks/lr_rules.py`` compares the rules,
-  and docs/own-assignment.md's table shows why;
-* ``steepest``: where the loss falls fastest against log(lr), at or before the loss minimum;
-* ``minimum``: the lowest smoothed loss, just before the loss rises;
-* ``first_minimum``: the bottom of the curve's first valley, the lowest loss before the loss first
-  rises ``RISE`` above it (notebook 04 takes it as the one-cycle peak, with a tenth of it as the
-  start). Unlike ``minimum`` it ignores a second dip at far higher rates, which a noisy curve can
-  have;
-* ``minimum_tenth``: fastai's older rule, a tenth of the minimum.
+rate recording the smoothed loss, with the model and optimizer restored afterwards, and named rules
+that read a rate off the curve (as fastai names its suggestions):
+* ``valley`` (fastai's default, the suggestion): halfway along the longest stretch of falling loss;
+* ``steepest``: where the loss falls fastest against log(lr), at or before its minimum;
+* ``minimum``: the lowest smoothed loss; ``minimum_tenth``: fastai's older rule, a tenth of it;
+* ``first_minimum``: the bottom of the first valley, before the loss rises ``RISE`` above it (04's
+  one-cycle peak): unlike ``minimum`` it ignores a second dip at far higher rates.
+``benchmarks/lr_rules.py`` compares the rules (docs/own-assignment.md).
 """
 from __future__ import annotations
 
@@ -30,12 +25,12 @@ import torch
 from torch import nn
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
-from . import distributed
-from .budget import BudgetSpent, as_budget, duration
-from .precision import Precision
-from .checkpoint import atomic_write
-from .guards import check_finite_images
-from .runtime import check_weights, get_device, kept_modes, to_device
+from .machinery import distributed
+from .machinery.budget import BudgetSpent, as_budget, duration
+from .machinery.precision import Precision
+from .machinery.checkpoint import CheckpointError, atomic_save, atomic_write, rng_state, set_rng_state
+from .machinery.guards import check_finite_images
+from .machinery.runtime import check_weights, get_device, kept_modes, to_device
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
 RISE = 0.1  # first_minimum: a loss 10 % above the lowest so far ends the first valley
@@ -104,29 +99,22 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
                   checkpoint_dir: str | os.PathLike | None = None,
                   device: str | torch.device | None = None, amp: bool | None = None,
                   channels_last: bool | None = None, time_budget=None) -> RangeTest:
-    """Sweep from ``start_lr`` to ``end_lr`` over ``num_iter`` batches (None: as many as one pass
-    over the training set has, but at least 50 and at most 100, so a small set is passed over more
-    than once; stops early if the loss explodes), saying first what it will cost. Weights,
-    buffers, optimizer state, the model's device and every submodule's train/eval mode are the
-    same afterwards as before.
+    """Sweep the learning rate from ``start_lr`` to ``end_lr`` over ``num_iter`` batches (None: one
+    pass over the training set, but 50 to 100 steps), stopping early if the loss explodes; returns
+    the curve and every rule's pick. Weights, buffers, optimizer state, device and train/eval modes
+    are as before afterwards. It sweeps where and as ``fit`` trains: on ``device`` (None: where the
+    loader keeps its batches, else fit's choice), in fit's precision and layout (``amp``,
+    ``channels_last`` as in ``TrainConfig``). Pass the ``criterion`` you will train with (default
+    cross-entropy) and, if you like, an ``optimizer`` (default: Nesterov SGD, momentum 0.9, weight
+    decay 5e-4): the picks depend on both.
 
-    It sweeps where ``fit`` would train, in the same arithmetic: on ``device`` (None: where the
-    loader keeps its batches, as ``TensorLoader`` does, else CUDA, MPS or the CPU, as ``fit``
-    chooses), with ``amp`` and ``channels_last`` meaning what they mean in ``TrainConfig`` (None:
-    bfloat16 NHWC on a CPU with native bfloat16, float16 on a T4, ...), batches and weights in
-    fit's layout. A model built on the CPU for data on the GPU is swept on the GPU, not the
-    batches copied back every step.
-
-    ``optimizer`` defaults to the suite's: Nesterov SGD, momentum 0.9, weight decay 5e-4;
-    ``criterion`` to cross-entropy: pass the loss you will train with (e.g.
-    ``nn.CrossEntropyLoss(label_smoothing=0.2)``), since the curve's picks depend on it.
-    ``checkpoint_dir`` keeps the result there as ``range_test.json``; a later call with the same
-    model, loader, loss and sweep loads it instead of sweeping again, on any device and in any
-    arithmetic, so a run resumed on another machine keeps its picks.
-    Under torchrun rank 0 sweeps its share of the batches and every process gets its result.
-    ``time_budget`` (seconds, or the ``TimeBudget`` that ``fit`` will draw on next): a sweep that
-    its first steps show would not fit in what is left stops there with ``BudgetSpent`` (run again);
-    one longer than the whole budget is refused (TrainingError).
+    ``checkpoint_dir``: keep the result there (``range_test.json``, loaded instead of sweeping
+    again for the same model, data, loss and sweep, on any device) and, while sweeping, its steps
+    (``range_test.part.pt``, every minute and at a budget stop), so a sweep cut off goes on from
+    them on the same kind of device in the same arithmetic. ``time_budget`` (seconds, or the
+    ``TimeBudget`` fit draws on next): a sweep its first steps show would not fit in what is left
+    stops with ``BudgetSpent``; one longer than the whole budget raises TrainingError. Under
+    torchrun rank 0 sweeps and every process gets its result.
     """
     if not 0 < start_lr < end_lr:
         raise ValueError(f"start_lr={start_lr} and end_lr={end_lr}: the sweep needs "
@@ -178,6 +166,10 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
             print(f"LR range test: loaded from {kept}, where this run stored it (delete the file to "
                   "sweep again).")
         return distributed.from_main(stored, device)
+    # A sweep's steps mean the same only on the same kind of device in the same arithmetic.
+    partial = (kept.with_name("range_test.part.pt") if kept is not None else None,
+               {**setup, "device": device.type, "precision": arithmetic.name,
+                "layout": arithmetic.layout})
     if verbose:
         print(f"LR range test: {num_iter} steps{f' of {size} images' if size else ''} "
               f"({num_iter / batches:.2g} epoch{'' if f'{num_iter / batches:.2g}' == '1' else 's'} "
@@ -193,17 +185,25 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     precision = ({"amp_backend": "torch", "amp_config": {"device_type": device.type, "dtype": dtype},
                   "grad_scaler": arithmetic.scaler(device)}
                  if dtype is not None else {})
-    finder = LRFinder(model, optimizer, criterion, device=device, **precision)
+    finder = KeptFinder(model, optimizer, criterion, device=device, **precision)
     layout = weights_layout(model)
     with kept_modes(model):
         try:
             model.to(memory_format=arithmetic.memory_format)  # the weights in fit's layout too
             for group in optimizer.param_groups:  # the sweep starts from start_lr
                 group["lr"] = start_lr
+            finder.keep_in(*partial)  # after the layout change: a kept state is loaded into it
+            if verbose and finder.replay:
+                print(f"LR range test: going on after step {len(finder.replay)}, kept in "
+                      f"{partial[0]} by a sweep that was cut off.", flush=True)
             batches_in = Batches(train_loader, device, nhwc,
                                  Progress(num_iter, optimizer, sys.stdout if verbose else None,
                                           as_budget(time_budget)))
-            with contextlib.redirect_stdout(io.StringIO()):  # its "see the graph with .plot()" hint
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                # its "see the graph with .plot()" hint; torch's warning that the rate was
+                # scheduled before the optimizer stepped, which replayed steps do not
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step",
+                                        UserWarning)
                 finder.range_test(batches_in, start_lr=start_lr, end_lr=end_lr,
                                   num_iter=num_iter, step_mode="exp")
             lrs, losses = list(finder.history["lr"]), list(finder.history["loss"])
@@ -211,14 +211,14 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
         finally:
             finder.reset()  # the model's and the optimizer's state dicts, the model's device
             model.to(memory_format=layout)
-    found = replace(RangeTest.from_curve(lrs, losses),
-                    seconds=round(time.perf_counter() - batches_in.progress.started, 3))
+    found = replace(RangeTest.from_curve(lrs, losses), seconds=round(finder.seconds(), 3))
     if kept is not None:  # kept with the run; a disk that refuses it costs a sweep, not the result
         swept = {"device": str(device), "precision": arithmetic.name, "layout": arithmetic.layout}
         text = json.dumps({"setup": setup, "swept": swept, "result": asdict(found)}, indent=1)
         try:
             kept.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(kept, lambda f: f.write(text.encode() + b"\n"))
+            partial[0].unlink(missing_ok=True)  # the whole curve is kept now
         except OSError as exc:
             warnings.warn(f"Could not keep the range test in {kept} ({exc}); its result is "
                           "returned, but a resumed run will sweep again. Fix: free disk space or "
@@ -240,17 +240,94 @@ def weights_layout(model: nn.Module) -> torch.memory_format:
     return torch.channels_last if nhwc else torch.contiguous_format
 
 
+class KeptFinder(LRFinder):
+    """torch-lr-finder's ``LRFinder``, whose sweep survives being cut off: every ``EVERY`` seconds,
+    and when a time budget stops it, the steps taken so far (their raw losses, the weights, the
+    optimizer's and loss scaler's states, every random state) go to a file. A sweep begun again
+    with that file replays the kept losses, drawing their batches without training on them so the
+    data comes in the same order, then loads the kept state and trains on: the same curve as a
+    sweep never cut off (unless the model itself draws random numbers, e.g. dropout, and the
+    loader reshuffles mid-sweep)."""
+
+    EVERY = 60.0  # seconds between keeps: at most this much sweeping is lost to a disconnect
+
+    def keep_in(self, path: Path | None, setup: dict) -> None:
+        """Keep the sweep's steps at ``path`` (None: nowhere); load the ones kept there for this
+        ``setup``, if any, to replay."""
+        self.path, self.setup, self.raw = path, setup, []
+        self.kept = _load_part(path, setup)
+        self.replay = self.kept["raw"] if self.kept else []
+        self.started = self.kept_at = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Time spent sweeping, in this call and in those whose steps it replayed."""
+        return (self.kept["seconds"] if self.kept else 0.0) + time.perf_counter() - self.started
+
+    def _train_batch(self, train_iter, accumulation_steps, non_blocking_transfer=True):
+        # A kept step: its batch drawn and dropped, its loss as recorded; after the last one, the
+        # state the sweep was in when it was kept.
+        if len(self.raw) < len(self.replay):
+            for _ in range(accumulation_steps):
+                train_iter.skip()
+            self.raw.append(self.replay[len(self.raw)])
+            if len(self.raw) == len(self.replay):
+                self._restore(self.kept)
+            return self.raw[-1]
+        try:
+            loss = super()._train_batch(train_iter, accumulation_steps, non_blocking_transfer)
+        except BudgetSpent as stop:  # raised before the step's batch was drawn
+            raise BudgetSpent(f"{stop} {self._keep_now()}") from None
+        self.raw.append(loss)
+        if self.path is not None and time.perf_counter() - self.kept_at >= self.EVERY:
+            self._keep_now()
+        return loss
+
+    def _keep_now(self) -> str:
+        """Write the steps taken so far; say where (or why not) for a stop's message."""
+        if self.path is None:
+            return "Nothing is kept without a checkpoint_dir: to go on, run the same code again."
+        state = {"setup": self.setup, "raw": list(self.raw), "seconds": self.seconds(),
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.grad_scaler.state_dict() if self.grad_scaler else None,
+                 "rng": rng_state()}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save(state, self.path)
+        except (OSError, CheckpointError) as exc:  # costs the steps since the last keep, no more
+            warnings.warn(f"Could not keep the range test's steps: {exc}", stacklevel=4)
+            return "Its steps could not be kept: run the same code again to sweep from the start."
+        self.kept_at = time.perf_counter()
+        return (f"Its {len(self.raw)} steps are kept in {self.path}: to go on from there, run the "
+                "same code again.")
+
+    def _restore(self, kept: dict) -> None:
+        self.model.load_state_dict(kept.pop("model"))  # popped: no second copy held while sweeping
+        self.optimizer.load_state_dict(kept.pop("optimizer"))
+        if self.grad_scaler is not None and kept["scaler"]:
+            self.grad_scaler.load_state_dict(kept["scaler"])
+        set_rng_state(kept["rng"])
+
+
 class Batches(TrainDataLoaderIter):
     """The training batches as ``fit`` feeds them: on ``device``, in its memory layout (an NHWC
     batch makes every convolution run NHWC). Any loader of (images, labels) batches. Each batch
-    taken is a step begun, which ``progress`` counts."""
+    taken is a step begun, which ``progress`` counts before the batch is drawn."""
 
     def __init__(self, loader, device: torch.device, channels_last: bool, progress: Progress):
         super().__init__(loader)
         self.device, self.channels_last, self.progress = device, channels_last, progress
 
-    def inputs_labels_from_batch(self, batch):
+    def __next__(self):
         self.progress.step()
+        return super().__next__()
+
+    def skip(self) -> None:
+        """Draw the next batch (as a step would, so the ones after come in the same order) and
+        drop it."""
+        self.progress.skip()
+        super().__next__()
+
+    def inputs_labels_from_batch(self, batch):
         x, y = super().inputs_labels_from_batch(batch)
         if self.progress.begun == 1:
             check_finite_images(x, ValueError)
@@ -268,36 +345,68 @@ class Progress:
 
     def __init__(self, steps: int, optimizer: torch.optim.Optimizer, out, budget=None):
         self.steps, self.optimizer, self.out, self.budget = steps, optimizer, out, budget
-        self.begun, self.started = 0, time.perf_counter()
+        self.begun, self.skipped, self.started = 0, 0, time.perf_counter()
         self.last = self.started
 
+    def skip(self) -> None:
+        """A step kept by an earlier sweep is replayed: counted, not timed."""
+        self.begun += 1
+        self.skipped += 1
+        self.started = self.last = time.perf_counter()
+
     def step(self) -> None:
-        """A step begins: ``begun - 1`` are done."""
+        """A step begins: ``begun - 1`` are done, ``skipped`` of them replayed."""
         self.begun += 1
         now, done = time.perf_counter(), self.begun - 1
-        if self.budget is not None and done == self.MEASURE < self.steps:
-            spent = now - self.started
-            sweep = spent / done * self.steps
-            self.budget.too_short(sweep, "the LR range test")
-            if sweep - spent > self.budget.left():
-                raise BudgetSpent(
-                    f"The LR range test would take about {duration(sweep)}, more than the "
-                    f"{duration(self.budget.left())} left of the {duration(self.budget.seconds)} "
-                    f"budget: stopped after {done} of its {self.steps} steps, nothing kept. To go "
-                    "on, run the same code again (the sweep comes first then).")
-        if self.out is None or done == 0 or now - self.last < self.EVERY:
+        timed = done - self.skipped
+        if timed == 0:
             return
-        self.last, spent = now, now - self.started
+        each = (now - self.started) / timed
+        if self.budget is not None and timed == self.MEASURE and done < self.steps:
+            self.budget.too_short(each * self.steps, "the LR range test")
+            if each * (self.steps - done) > self.budget.left():
+                raise BudgetSpent(
+                    f"The rest of the LR range test would take about "
+                    f"{duration(each * (self.steps - done))}, more than the "
+                    f"{duration(self.budget.left())} left of the "
+                    f"{duration(self.budget.seconds)} budget: stopped after {done} of its "
+                    f"{self.steps} steps.")
+        if self.out is None or now - self.last < self.EVERY:
+            return
+        self.last = now
         lr = self.optimizer.param_groups[0]["lr"]
-        print(f"LR range test: {done}/{self.steps} steps, lr {lr:.2g}, {duration(spent)} so far, "
-              f"about {duration(spent / done * (self.steps - done))} to go.", file=self.out,
-              flush=True)
+        print(f"LR range test: {done}/{self.steps} steps, lr {lr:.2g}, "
+              f"{duration(now - self.started)} so far, about "
+              f"{duration(each * (self.steps - done))} to go.", file=self.out, flush=True)
 
     def done(self, steps: int) -> None:
         if self.out is not None:
             early = "" if steps == self.steps else f" (of {self.steps}: the loss diverged)"
+            kept = f", {self.skipped} of them kept from before" if self.skipped else ""
             print(f"LR range test: {steps} steps{early} in "
-                  f"{duration(time.perf_counter() - self.started)}.", file=self.out, flush=True)
+                  f"{duration(time.perf_counter() - self.started)}{kept}.", file=self.out,
+                  flush=True)
+
+
+def _load_part(path: Path | None, setup: dict) -> dict | None:
+    """The steps a cut-off sweep of this same ``setup`` kept at ``path``, else None (a damaged
+    file, or one of another setup, device kind or arithmetic, is swept over, with a warning)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+        if kept["setup"] != setup:
+            why = "another model, loss, loader, sweep, kind of device or arithmetic"
+        elif not (len(kept["raw"]) < setup["num_iter"]
+                  and all(isinstance(v, float) for v in kept["raw"])):
+            why = "damaged: its losses are not a sweep's"
+        else:
+            return kept
+    except Exception as exc:  # truncated, not a torch file, or missing a key
+        why = f"unreadable: {type(exc).__name__}: {str(exc)[:100]}"
+    warnings.warn(f"{path} holds the steps of a range test of {why}; sweeping from the start.",
+                  stacklevel=3)
+    return None
 
 
 def _load(path: Path | None, setup: dict) -> RangeTest | None:

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .history import History
+from .machinery.history import History
 from .transforms import denormalize
 
 

@@ -8,18 +8,20 @@ from pathlib import Path
 from torch import nn
 
 from .models import count_parameters
-from .runtime import device_name
-from .history import History
+from .machinery.runtime import device_name
+from .machinery.history import History
 
 
 def run_record(history: History, model: nn.Module, device, /, **labels) -> dict:
-    """Accuracy (percent), training seconds (every epoch, over all stretches of a resumed run),
-    parameters, device, precision and memory layout of a run, ``labels`` first. A run resumed on other hardware names every
-    device it trained on ("Tesla T4 + NVIDIA L4"), since its seconds come from all of them."""
+    """Accuracy (percent: ``test_acc`` one view, as the assignments measure it; ``test_acc_tta``
+    with mirror TTA, when the run used it), training seconds (every epoch, over all stretches),
+    parameters, device, precision and memory layout of a run, ``labels`` first. A run resumed on
+    other hardware names every device it trained on ("Tesla T4 + NVIDIA L4")."""
     devices = list(dict.fromkeys(history.devices)) or [device_name(device)]  # a hand-made History
+    one_view = history.test_acc_plain or history.test_acc  # test_acc holds TTA's when cfg.tta
     return {**labels, "parameters": count_parameters(model),
-            "test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
-            **({"test_acc_no_tta": history.test_acc_plain[-1]} if history.test_acc_plain else {}),
+            "test_acc": one_view[-1], "best_test_acc": max(one_view),
+            **({"test_acc_tta": history.test_acc[-1]} if history.test_acc_plain else {}),
             "train_seconds": round(history.train_seconds, 2),
             "seconds_per_epoch": [round(s, 3) for s in history.seconds],
             **({"resumed_after_epochs": history.resumed_at} if history.resumed_at else {}),

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from .app import gradio, launch
-from .checkpoint import CheckpointError, load_checkpoint
+from .machinery.checkpoint import CheckpointError, load_checkpoint
 from .cifar10 import load_cifar10
 from .classifier import Classifier
 from .data import CIFAR10_CLASSES
 from .deploy import export_app, write_app
 from .folders import load_image_folder
-from .images import DataError
+from .machinery.images import DataError
 from .inference import predict
 from .loaders import TensorLoader
 from .models import build_model, count_parameters

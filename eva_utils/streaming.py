@@ -1,15 +1,12 @@
-"""Image folders too large for memory (Tiny ImageNet, ImageNet): files decoded in ``DataLoader``
-workers a batch at a time, instead of ``load_image_folder``'s decode-everything-once.
+"""Image folders too large for memory (Tiny ImageNet, ImageNet), decoded in ``DataLoader`` workers a
+batch at a time instead of all at once:
 
     train = eva.folder_loader("imagenet", "train", 256, image_size=224, flip=True)
     test = eva.folder_loader("imagenet", "test", 500, image_size=224, mean=train.mean, std=train.std)
 
-The same folder rules and errors as ``load_image_folder`` (``root/train/<class>/*``,
-``root/test/<class>/*``, hidden folders skipped, ``classes=`` for the order). Training crops a random
-part of each image (Inception-style random-resized crop: 35-100 % of the area, aspect 3/4 to 4/3) and
-resizes it to ``image_size``; testing resizes the short side to 8/7 of its longer side and takes
-the centre. Under torchrun each process reads its own share (``distributed``).
-``benchmarks/streaming.py`` measures images per second against the in-memory path.
+The same folder rules as ``load_image_folder``. Training takes an Inception-style random-resized
+crop (35-100 % of the area, aspect 3/4 to 4/3); testing resizes the short side to 8/7 of the size
+and takes the centre.
 """
 from __future__ import annotations
 
@@ -23,7 +20,7 @@ from torch.utils.data import Dataset
 
 from .data import channel_stats, data_root
 from .folders import check_image_size, image_files
-from .images import read_image
+from .machinery.images import read_image
 from .loaders import check_stats
 from .workers import SeededDataLoader, seeded_loader
 from .transforms import normalize

@@ -6,7 +6,7 @@ from torchinfo import ModelStatistics
 from torchinfo import summary as torchinfo_summary
 from torchinfo.enums import Units
 
-from .runtime import kept_modes
+from .machinery.runtime import kept_modes
 
 
 def summary(model: nn.Module, input_size, depth: int = 3) -> ModelStatistics:

@@ -19,17 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
-from .budget import Budget, TimeBudget, as_budget
-from .guards import (check_arguments, check_finite, check_first_batch, check_test_loss,
+from .machinery import distributed
+from .machinery.budget import Budget, TimeBudget, as_budget
+from .machinery.guards import (check_arguments, check_finite, check_first_batch, check_test_loss,
                      out_of_memory, warn_if_tta_hurt)
-from .run import Run, start_run
-from .run_folder import RunFolder
-from .runtime import to_device, tuned_convolutions
+from .machinery.run import Run, checkpoint_folder, start_run
+from .machinery.runtime import to_device, tuned_convolutions
 
 if TYPE_CHECKING:
     from .config import TrainConfig
-    from .history import History
+    from .machinery.history import History
 
 
 def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = None, *,
@@ -49,7 +48,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     its epochs is refused (TrainingError), as running again would never train one. With ``cfg.ema_decay`` the weight average is what gets tested, and
     copied into ``model`` at the end. Started by torchrun, it trains with DistributedDataParallel,
     as ``distributed`` describes. Afterwards ``evaluate`` and ``predict`` answer, by default, in
-    the run's precision and layout (``model.eva_precision``).
+    the run's precision and layout (``Precision.of``).
     """
     cfg, device, resume = check_arguments(model, train_loader, test_loader, cfg, device, resume,
                                           time_budget, progress)
@@ -58,7 +57,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig | None = N
     distributed.start(device)  # under torchrun: join the other processes (nothing otherwise)
     main = distributed.is_main()  # the one process that prints and writes checkpoints
     progress = progress and main
-    folder = RunFolder(cfg.checkpoint_dir) if cfg.checkpoint_dir and main else None
+    folder = checkpoint_folder(cfg)
     with folder or contextlib.nullcontext(), tuned_convolutions(device):
         # Set up: the optimizer, schedule and precision, then the checkpoint's state if resuming.
         run = start_run(model, train_loader, cfg, device, resume, folder, progress)

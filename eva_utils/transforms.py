@@ -1,15 +1,9 @@
-"""Augmentation: one description, ``Augment``, and the two backends that carry it out.
-
-* ``Augment.albumentations(mean, std, size)``: a per-image albumentations pipeline (2.x argument
-  names, strict) for the classic DataLoader path (``workers.make_loader``);
-* ``Augment.__call__(x)``: the same steps as batched tensor ops on any device, for ``TensorLoader``.
-
-Both do, in this order: pad ``pad`` pixels with reflection (no edge repeat: cv2's BORDER_REFLECT_101
-is torch's "reflect") and crop back to the image's own size; rotate by a uniform angle in
-[-``rotate``, ``rotate``] degrees (reflected border); flip left-right with probability 1/2; cut one
-``cutout`` x ``cutout`` hole that lies wholly inside the image *after* normalisation, filled with 0,
-i.e. the data set's mean colour. ``tests/test_augment.py`` checks that both give the same
-distribution of crops, flips, rotations and holes.
+"""Augmentation: one description, ``Augment``, carried out by two backends that draw the same
+distributions (tests/test_augment.py): ``Augment.albumentations(mean, std, size)``, per image, for
+``workers.make_loader``, and ``Augment.__call__(x)``, batched tensor ops on any device, for
+``TensorLoader``. In order: pad with reflection and crop back to size; rotate by a uniform angle in
+[-``rotate``, ``rotate``] degrees; flip left-right with probability 1/2; cut one ``cutout`` square
+hole wholly inside the image, filled with 0 after normalisation (the data set's mean colour).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .distributed import share, world
+from .machinery.distributed import share, world
 from .loaders import check_arrays, epoch_seed, fingerprint, rank_offset, reseed
 from .transforms import pipeline
 

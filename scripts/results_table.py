@@ -55,11 +55,6 @@ def arithmetic(run: dict) -> str:
     return f"{run.get('precision', 'precision not recorded')}, {run.get('layout', 'layout not recorded')}"
 
 
-def plain(run: dict) -> float:
-    """A run's test accuracy without test-time augmentation (a run without TTA has only that)."""
-    return run["test_acc_no_tta"] if run.get("test_acc_no_tta") is not None else run["test_acc"]
-
-
 def accuracy(values: list[float], seeds: list) -> str:
     """One run's accuracy, or each seed's and their mean: "90.36 / 90.10 % (seeds 0 / 1), mean 90.23 ± 0.18 %"."""
     if len(values) == 1:
@@ -98,18 +93,18 @@ def rows(results: Path) -> list[str]:
         for model, runs in by_model.items():
             met = ""
             if key in TARGETS:  # every seed must reach it
-                reached = sum(plain(r) >= TARGETS[key][0] for r in runs)
+                reached = sum(r["test_acc"] >= TARGETS[key][0] for r in runs)
                 met = f"{goal}: {'met' if reached == len(runs) else 'missed'}"
                 if len(runs) > 1:
                     met += f" ({reached} of {len(runs)} seeds reach it)"
             seeds = [r.get("seed", 0) for r in runs]
-            with_tta = [r for r in runs if r.get("test_acc_no_tta") is not None]
-            tta = (accuracy([r["test_acc"] for r in with_tta], [r.get("seed", 0) for r in with_tta])
+            with_tta = [r for r in runs if r.get("test_acc_tta") is not None]
+            tta = (accuracy([r["test_acc_tta"] for r in with_tta], [r.get("seed", 0) for r in with_tta])
                    if with_tta else "no TTA")
             seconds = statistics.mean(r["train_seconds"] for r in runs)
             smoke = " (SMOKE: not a result)" if record.get("smoke") else ""
             lines.append(f"| {key} | {model} | {their_acc}, {their_epochs} | "
-                         f"{accuracy([plain(r) for r in runs], seeds)}{smoke} | "
+                         f"{accuracy([r['test_acc'] for r in runs], seeds)}{smoke} | "
                          f"{tta} | {met} | {RECIPES[key]} | "
                          f"{runs[0].get('epochs', '')} | {runs[0]['parameters']:,} | "
                          f"{seconds:,.0f} s{' (mean)' if len(runs) > 1 else ''} | "

@@ -116,7 +116,7 @@ def test_bad_uploads_and_settings_get_one_message_each(trained, tmp_path, monkey
             clf.pictures(tmp_path / name)
         said = upload_problem(caught.value, tmp_path / name)  # what the page shows
         assert said.startswith(f"{name} is not an image") and str(tmp_path) not in said
-    monkeypatch.setattr(eva.images, "MAX_PIXELS", 64 * 64 - 1)
+    monkeypatch.setattr(eva.machinery.images, "MAX_PIXELS", 64 * 64 - 1)
     with pytest.raises(eva.DataError, match="64x64 pixels .*Fix: shrink it"):
         clf.pictures(tmp_path / "whole.png")
     probabilities = np.full(4, 0.25, dtype=np.float32)
@@ -156,7 +156,9 @@ def _imports(folder: Path) -> set[str]:
 def test_the_exported_folder_is_complete_and_has_no_training_code(trained):
     folder = trained["folder"]
     package = folder / "eva_utils"
-    assert sorted(p.name for p in package.iterdir()) == sorted([*CARRIED, "__init__.py"])
+    carried = sorted(str(p.relative_to(package)) for p in package.rglob("*")
+                     if "__pycache__" not in p.parts and package / "models" not in p.parents)
+    assert carried == sorted([*CARRIED, "__init__.py", "machinery", "machinery/__init__.py"])
     for path in folder.rglob("*.py"):
         text = path.read_text()
         for training in ("def fit(", ".backward(", "optimizer.step(", "from .train ",
@@ -215,7 +217,8 @@ def test_the_exported_app_runs_on_its_own_modules(trained):
     lines = out.stdout.strip().splitlines()
     assert Path(lines[-2]).resolve().is_relative_to(trained["folder"].resolve())
     loaded = set(eval(lines[-1]))
-    assert loaded <= {"eva_utils", *(f"eva_utils.{m.removesuffix('.py')}" for m in CARRIED),
+    assert loaded <= {"eva_utils", "eva_utils.machinery",
+                      *(f"eva_utils.{m.removesuffix('.py').replace('/', '.')}" for m in CARRIED),
                       *(f"eva_utils.models.{p.stem}" for p in (ROOT / "eva_utils/models").glob("*.py"))}
     assert not loaded & {"eva_utils.train", "eva_utils.loaders", "eva_utils.data"}
 

@@ -14,9 +14,9 @@ from PIL import Image
 from torch import nn
 
 import eva_utils as eva
-from eva_utils.checkpoint import CheckpointError
-from eva_utils.runtime import TrainingError
-from test_train import Tiny, cfg, loaders
+from eva_utils.machinery.checkpoint import CheckpointError
+from eva_utils.machinery.runtime import TrainingError
+from test_train import Tiny, answers_on, cfg, loaders
 
 
 # -- data folders ----------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ def test_gradcam_checks_layers_classes_and_narrows_the_panel(wrong, tiny):
 
 def test_gradcam_warns_about_a_one_pixel_map(tiny):
     model = eva.CustomResNet(num_classes=2)
-    p = eva.Predictions.from_images(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]),
+    p = answers_on(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]),
                                     torch.tensor([1, 0]), torch.tensor([0.6, 0.7]), ("a", "b"))
     with pytest.warns(UserWarning, match="layer3: a 1-pixel-wide feature map"):
         eva.plot_gradcam(model, p, ["layer3"], (0.5,) * 3, (0.25,) * 3)
@@ -286,7 +286,7 @@ def test_confusion_with_many_classes_shows_the_worst(tmp_path):
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, k, (n,), generator=g)
     preds = torch.where(torch.rand(n, generator=g) < 0.5, labels, (labels + 1) % k)
-    p = eva.Predictions.from_images(torch.zeros(n, 1, 1, 1), labels, preds, torch.ones(n),
+    p = answers_on(torch.zeros(n, 1, 1, 1), labels, preds, torch.ones(n),
                                     tuple(f"class {i}" for i in range(k)))
     fig = eva.plot_confusion(p, path=tmp_path / "c.png")
     assert len(fig.axes) == 2 and "Most confused" in fig.axes[0].get_title()
@@ -334,6 +334,8 @@ class OwnData(torch.utils.data.Dataset):
 @pytest.mark.parametrize("image_dtype, label_dtype, words", [
     (torch.float32, torch.int32, "labels come as torch.int32.*int64"),
     (torch.uint8, torch.int64, "images come as torch.uint8.*ToTensor"),
+    (torch.float64, torch.int64, r"images come as torch.float64; the model's weights are float32\. "
+                                 r"Fix: return float32 images"),
 ])
 def test_a_students_own_loader_with_other_types(image_dtype, label_dtype, words):
     loader = torch.utils.data.DataLoader(OwnData(image_dtype, label_dtype), batch_size=8)
@@ -396,7 +398,7 @@ def _viewer_cases(folder):
 
 def test_files_decode_to_the_pixels_a_viewer_shows(tmp_path):
     for name, (shape, value) in _viewer_cases(tmp_path).items():
-        array = eva.images.read_image(tmp_path / name)
+        array = eva.machinery.images.read_image(tmp_path / name)
         assert array.shape == (*shape, 3), name
         if value is not None:
             assert abs(int(array.mean()) - value) <= 1, name
@@ -404,17 +406,17 @@ def test_files_decode_to_the_pixels_a_viewer_shows(tmp_path):
 
 def test_an_image_too_large_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
     Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
-    monkeypatch.setattr(eva.images, "MAX_PIXELS", 300 * 200 - 1)  # a 12000x12000 upload, scaled down
+    monkeypatch.setattr(eva.machinery.images, "MAX_PIXELS", 300 * 200 - 1)  # a 12000x12000 upload, scaled down
     with pytest.raises(eva.DataError, match=r"300x200 pixels .*Fix: shrink it"):
-        eva.images.read_image(tmp_path / "big.png")
-    monkeypatch.setattr(eva.images, "MAX_PIXELS", 300 * 200)
-    assert eva.images.read_image(tmp_path / "big.png").shape == (200, 300, 3)
+        eva.machinery.images.read_image(tmp_path / "big.png")
+    monkeypatch.setattr(eva.machinery.images, "MAX_PIXELS", 300 * 200)
+    assert eva.machinery.images.read_image(tmp_path / "big.png").shape == (200, 300, 3)
 
 
 def test_a_cache_decoded_by_older_rules_is_rebuilt(tmp_path, make_folder, monkeypatch):
     root = make_folder(tmp_path, per_class=1, classes=("a", "b"))
     eva.load_image_folder(root)
-    monkeypatch.setattr(eva.cache, "DECODER", "next")
+    monkeypatch.setattr(eva.machinery.cache, "DECODER", "next")
     assert "cached" not in eva.load_image_folder(root).source
     assert "cached" in eva.load_image_folder(root).source
 
@@ -663,7 +665,7 @@ def test_io_failures_outside_torch_save_are_handled_as_its_own(tiny, tmp_path, m
     .tmp; range_test.json was written with a plain write_text, so a full disk lost the sweep; a
     best.pt or range_test.json that is a folder gave IsADirectoryError."""
     import errno
-    import eva_utils.checkpoint
+    import eva_utils.machinery.checkpoint
     import eva_utils.lr_finder
     train, test = loaders(tiny)
     real = os.replace
@@ -672,12 +674,12 @@ def test_io_failures_outside_torch_save_are_handled_as_its_own(tiny, tmp_path, m
         if str(dst).endswith(".pt"):
             raise OSError(errno.EIO, "Input/output error")
         return real(src, dst)
-    monkeypatch.setattr(eva_utils.checkpoint.os, "replace", failing)
+    monkeypatch.setattr(eva_utils.machinery.checkpoint.os, "replace", failing)
     with pytest.raises(CheckpointError, match=r"Could not write the checkpoint .*last\.pt "
                                               r"\(\[Errno 5\] Input/output error\); no last\.pt yet"):
         eva.fit(Tiny(), train, test, cfg(epochs=1, checkpoint_dir=tmp_path / "a"), progress=False)
     assert not list((tmp_path / "a").glob("*.tmp"))
-    monkeypatch.setattr(eva_utils.checkpoint.os, "replace", real)
+    monkeypatch.setattr(eva_utils.machinery.checkpoint.os, "replace", real)
     (tmp_path / "b" / "best.pt").mkdir(parents=True)
     with pytest.raises(CheckpointError, match=r"best\.pt is a folder, not a checkpoint.*Fix: remove"):
         eva.fit(Tiny(), train, test, cfg(epochs=1, checkpoint_dir=tmp_path / "b"), progress=False)

@@ -6,14 +6,17 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import eva_utils as eva
-from eva_utils.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from eva_utils.run_folder import RunFolder
+from eva_utils.machinery.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from eva_utils.machinery.run_folder import RunFolder
 from test_train import Tiny, cfg, loaders
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("ema_decay", [None, 0.9])
@@ -99,6 +102,26 @@ def test_resume_refuses_a_different_config(tiny, finished, change, words):
     settings = {"epochs": 2, "checkpoint_dir": str(finished.parent), **change}
     with pytest.raises(CheckpointError, match=rf"(?s)Cannot resume from {re.escape(str(finished))}.*{re.escape(words)}.*Fix"):
         eva.fit(Tiny(), *loaders(tiny), cfg(**settings), resume=finished, progress=False)
+
+
+def test_what_may_change_on_resume_is_said_from_the_one_list(tiny, finished):
+    """The settings a resumed run may change were listed by hand in the message and the docs (4 of
+    the 6 names the check skipped); both now say exactly MAY_CHANGE, and each name in it may
+    really change."""
+    from eva_utils.machinery.checkpoint import MAY_CHANGE
+    with pytest.raises(CheckpointError) as refused:
+        eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, lr=0.1), resume=finished, progress=False)
+    said = re.search(r"only (.*) may change", str(refused.value)).group(1)
+    assert re.split(r", | and ", said) == list(MAY_CHANGE)
+    for page in ("reliability.md", "scaling.md"):
+        text = " ".join((ROOT / "docs" / page).read_text().split())
+        listed = re.search(r"only (`[a-z_]+`(?:, `[a-z_]+`)*,? and `[a-z_]+`) may change", text)
+        assert listed and re.findall(r"`([a-z_]+)`", listed.group(1)) == list(MAY_CHANGE), page
+    changed = {"checkpoint_dir": str(finished.parent), "log_every": 3, "compile": False, "seed": 7}
+    assert set(changed) == set(MAY_CHANGE)
+    history = eva.fit(Tiny(), *loaders(tiny), cfg(epochs=2, **changed), resume=finished,
+                      progress=False)
+    assert len(history) == 2  # accepted: the finished run, read back
 
 
 def test_resume_refuses_other_data_or_model(tiny, finished):
@@ -244,7 +267,7 @@ def test_a_run_resumes_on_a_gpu(tiny, tmp_path, monkeypatch):
 
 def test_cuda_random_states_of_more_gpus_than_this_machine_has(monkeypatch):
     """A run saved on 2 GPUs and resumed on 1 restores the first GPU's state and no other."""
-    from eva_utils.checkpoint import rng_state, set_rng_state
+    from eva_utils.machinery.checkpoint import rng_state, set_rng_state
     restored = []
 
     def set_all(states):  # torch's own: one state per GPU, "invalid device ordinal" past the last
@@ -321,7 +344,7 @@ def test_a_live_machines_lock_is_refused_whatever_its_date(tiny, tmp_path, monke
 
 TAKE = """
 import socket, sys, time
-from eva_utils.run_folder import RunFolder
+from eva_utils.machinery.run_folder import RunFolder
 RunFolder.BEAT, RunFolder.DELAY = 0.1, 0.3
 socket.gethostname = lambda: sys.argv[2]
 try:

@@ -13,8 +13,8 @@ import nbformat
 import pytest
 
 import eva_utils as eva
-from eva_utils.checkpoint import load_checkpoint
-from eva_utils.run_folder import RunFolder
+from eva_utils.machinery.checkpoint import load_checkpoint
+from eva_utils.machinery.run_folder import RunFolder
 from eva_utils.serve import main as serve
 from test_resume import ROOT, same_run, up_to_the_record
 
@@ -27,7 +27,7 @@ subprocess.check_call = lambda *args, **kwargs: 0
 socket.gethostname = lambda: {host!r}
 # Drive's timings scaled down a hundredfold: the lock is rewritten every 0.15 s and a silent one is
 # taken over after 1.2 s of watching (2 minutes by default).
-from eva_utils.run_folder import RunFolder
+from eva_utils.machinery.run_folder import RunFolder
 RunFolder.BEAT, RunFolder.DELAY, RunFolder.SAY_EVERY = 0.15, 0.9, 0.3
 '''
 

@@ -5,11 +5,11 @@ import pytest
 from PIL import Image
 
 import eva_utils as eva
-from eva_utils.cache import CACHE_NAME
+from eva_utils.machinery.cache import CACHE_NAME
 from eva_utils.cifar10 import load_cifar10
 from eva_utils.data import channel_stats
 from eva_utils.folders import load_image_folder
-from eva_utils.images import DataError
+from eva_utils.machinery.images import DataError
 
 
 def test_image_folder_loads_in_cifar_order_and_caches(image_folder):

@@ -72,16 +72,16 @@ from pathlib import Path
 import torch
 from torch import nn
 import eva_utils as eva
-import eva_utils.run_folder
+import eva_utils.machinery.run_folder
 
 out = Path(sys.argv[1])
 rank = int(os.environ.get("RANK", 0))
-saved = eva_utils.run_folder.atomic_save
+saved = eva_utils.machinery.run_folder.atomic_save
 def counted(state, path):  # which process writes checkpoints
     with open(out / f"saves-{rank}.txt", "a") as f:
         f.write(f"{path.name}\\n")
     saved(state, path)
-eva_utils.run_folder.atomic_save = counted
+eva_utils.machinery.run_folder.atomic_save = counted
 
 data = eva.synthetic_data(train=240, test=101, seed=1)  # 101: shares of 51 and 50
 eva.seed_everything(0)
@@ -115,8 +115,8 @@ def test_two_gloo_processes_train_as_one(tmp_path, monkeypatch):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     # One process: this one (a process fewer to start); the script's counting atomic_save is undone.
-    import eva_utils.run_folder
-    monkeypatch.setattr(eva_utils.run_folder, "atomic_save", eva_utils.run_folder.atomic_save)
+    import eva_utils.machinery.run_folder
+    monkeypatch.setattr(eva_utils.machinery.run_folder, "atomic_save", eva_utils.machinery.run_folder.atomic_save)
     monkeypatch.setattr(sys, "argv", [str(script), str(one)])
     with pytest.warns(UserWarning, match="6 steps an epoch"):  # small on purpose: shares of 20
         runpy.run_path(str(script), run_name="__main__")

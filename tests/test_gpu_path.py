@@ -6,19 +6,19 @@ import pytest
 import torch
 
 import eva_utils as eva
-import eva_utils.precision
+import eva_utils.machinery.precision
 import eva_utils.train
-from eva_utils.checkpoint import load_checkpoint
+from eva_utils.machinery.checkpoint import load_checkpoint
 from test_train import Tiny, cfg, loaders, mock_amx
 
 
 def as_t4(monkeypatch):
     """This CPU stands in for a T4 (capability 7.5): bfloat16 does not run well on it, and its own
     choice is float16 with a loss scaler (``amp=False``: float32)."""
-    monkeypatch.setattr(eva_utils.precision, "runs_well", lambda precision, device:
+    monkeypatch.setattr(eva_utils.machinery.precision, "runs_well", lambda precision, device:
                         precision != "bfloat16")
-    real = eva_utils.precision.amp_dtype
-    monkeypatch.setattr(eva_utils.precision, "amp_dtype", lambda device, amp:
+    real = eva_utils.machinery.precision.amp_dtype
+    monkeypatch.setattr(eva_utils.machinery.precision, "amp_dtype", lambda device, amp:
                         real(device, amp) if amp is False or isinstance(amp, torch.dtype)
                         else torch.float16)
 
@@ -73,7 +73,7 @@ def test_only_copies_from_the_host_are_asynchronous():
     """A CUDA-to-CPU copy with non_blocking=True returns pinned memory before the bytes land, and
     the next CPU operation reads stale ones: a CPU model evaluated on a GPU loader's batches got a
     plausible wrong accuracy. Host-to-device copies stay asynchronous (the GPU orders them)."""
-    from eva_utils.runtime import to_device
+    from eva_utils.machinery.runtime import to_device
     copies = []
     x, y = torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)
     to_device(OnDevice(x, "cuda", copies), OnDevice(y, "cuda", copies), torch.device("cpu"), False)
@@ -113,7 +113,7 @@ def test_a_classifier_is_loaded_onto_its_device_before_it_is_probed(tmp_path):
 def test_an_explicit_cuda_under_torchrun_is_this_processs_gpu(monkeypatch):
     """device="cuda" under torchrun reached torch.cuda.set_device without an index (a ValueError):
     it means this process's GPU, cuda:LOCAL_RANK, as the default does."""
-    from eva_utils.runtime import get_device
+    from eva_utils.machinery.runtime import get_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert get_device("cuda") == torch.device("cuda")  # one process: as given

@@ -9,7 +9,7 @@ import torch
 
 import eva_utils as eva
 from eva_utils.gradcam import probe
-from eva_utils.inference import Predictions
+from test_train import answers_on
 
 matplotlib.use("Agg")
 
@@ -74,7 +74,7 @@ def test_the_range_test_sweeps_in_the_arithmetic_fit_trains_in(tiny, monkeypatch
     """On an AMX CPU fit trains in bfloat16 NHWC, so the sweep does too (it swept in float32 NCHW,
     at a third of fit's speed, then with NHWC batches but NCHW weights); an explicit
     amp/channels_last means what it means in TrainConfig."""
-    monkeypatch.setattr(eva.runtime, "cpu_has_bf16", lambda: True)  # whatever this CPU is
+    monkeypatch.setattr(eva.machinery.runtime, "cpu_has_bf16", lambda: True)  # whatever this CPU is
     model = eva.PlainCNN(num_classes=10)
     seen = []
     model.body[0].register_forward_hook(lambda m, i, out: seen.append(
@@ -159,12 +159,20 @@ def test_the_range_test_sweeps_where_the_data_is(tiny, a_t4, monkeypatch):
             self.history = {"lr": list(np.geomspace(1e-4, 1, 20)),
                             "loss": list(2 - np.sin(np.linspace(0, 3, 20)))}
 
+        replay = []  # nothing kept by an earlier sweep
+
+        def keep_in(self, path, setup):
+            pass
+
         def range_test(self, train_iter, **kwargs):
             seen["channels_last"] = train_iter.channels_last
 
         def reset(self):
             pass
-    monkeypatch.setattr(lr_finder, "LRFinder", Finder)
+
+        def seconds(self):
+            return 1.0
+    monkeypatch.setattr(lr_finder, "KeptFinder", Finder)
     batches = OnTheGpu([(torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))] * 60)
     eva.lr_range_test(eva.PlainCNN(num_classes=10), batches, num_iter=20, verbose=False)
     assert seen == {"device": torch.device("cuda"), "scaler": True, "channels_last": True,
@@ -274,12 +282,12 @@ def test_misclassified_gallery_panels_and_titles(tiny, test_loader, tmp_path):
 
 
 def test_no_mistakes_and_unnormalised_images(tiny):
-    empty = Predictions.from_images(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long),
+    empty = answers_on(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long),
                                     torch.zeros(0, dtype=torch.long), torch.zeros(0), tiny.classes)
     fig = eva.plot_misclassified(empty, tiny.mean, tiny.std)
     assert "No mistakes" in fig.axes[0].texts[0].get_text()
     raw = torch.from_numpy(tiny.test_images[:4]).permute(0, 3, 1, 2).float()
-    bad = Predictions.from_images(raw, torch.zeros(4, dtype=torch.long),
+    bad = answers_on(raw, torch.zeros(4, dtype=torch.long),
                                   torch.ones(4, dtype=torch.long), torch.ones(4), tiny.classes)
     with pytest.raises(ValueError, match="look unnormalised"):
         eva.plot_misclassified(bad, tiny.mean, tiny.std, n=2)
@@ -518,7 +526,7 @@ def test_a_light_grey_normalised_picture_is_explained_with_a_warning_not_refused
     with pytest.warns(UserWarning, match="may be unnormalised") as caught:
         assert eva.gradcam(model, grey, "layer3").shape == (2, 32, 32)
     assert len(caught) == 1
-    wrong = Predictions.from_images(grey, torch.zeros(2, dtype=torch.long),
+    wrong = answers_on(grey, torch.zeros(2, dtype=torch.long),
                                     torch.ones(2, dtype=torch.long), torch.ones(2), tiny.classes)
     with pytest.warns(UserWarning, match="may be unnormalised") as caught:
         eva.plot_gradcam(model, wrong, ["layer2", "layer3"], tiny.mean, tiny.std, n=2)

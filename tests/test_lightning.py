@@ -104,10 +104,32 @@ def test_a_test_loader_of_other_classes_and_a_frozen_model_are_refused_as_fit_re
                                      EvaDataModule(*data_loaders(tiny)))
 
 
+
+@pytest.mark.parametrize("how", ["no test loader", "limit_val_batches=0",
+                                 "check_val_every_n_epoch=2"])
+def test_a_plateau_schedule_without_validation_is_refused_before_training(tiny, tmp_path, how):
+    """schedule="plateau" watches the test loss; a Trainer that does not validate every epoch
+    trained a whole epoch, then stopped in Lightning's "val_loss which is not available"."""
+    train, test = data_loaders(tiny)
+    kw = {"limit_val_batches=0": {"limit_val_batches": 0},
+          "check_val_every_n_epoch=2": {"check_val_every_n_epoch": 2}}.get(how, {})
+    data = {"train_dataloaders": train} if how == "no test loader" else {
+        "datamodule": EvaDataModule(train, test)}
+    module = EvaModule(eva.SmallResNet(num_classes=10, repeats=1),
+                       eva.TrainConfig(epochs=2, lr=0.05, schedule="plateau"))
+    steps = []
+    module.training_step = lambda batch, i: steps.append(i)
+    with pytest.raises(ValueError, match=r"schedule='plateau'.*does not validate after every "
+                                         r"epoch.*EvaDataModule\(train_loader, test_loader\)"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer(tmp_path, 2, **kw).fit(module, **data)
+    assert steps == []  # refused before the first step
+
 @pytest.mark.parametrize("amx, amp, expected", [(True, None, "bf16-mixed"), (False, None, "32-true"),
                                                 (False, True, "bf16-mixed"), (True, False, "32-true")])
 def test_trainer_precision_follows_fits_rule_on_the_cpu(monkeypatch, amx, amp, expected):
-    monkeypatch.setattr(eva.runtime, "cpu_has_bf16", lambda: amx)
+    monkeypatch.setattr(eva.machinery.runtime, "cpu_has_bf16", lambda: amx)
     assert trainer_precision(eva.TrainConfig(epochs=1, lr=0.1, amp=amp), "cpu") == expected
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import eva_utils as eva
-from eva_utils.checkpoint import load_checkpoint
+from eva_utils.machinery.checkpoint import load_checkpoint
 from test_train import Tiny, cfg, loaders, same_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +152,62 @@ def test_a_run_resumed_on_another_device_keeps_its_range_test(tiny, tmp_path, ca
         warnings.simplefilter("error")
         again = sweep(amp=False, channels_last=False)  # float32 NCHW, as on another
     assert again == first and "loaded from" in capsys.readouterr().out
+
+
+def test_a_sweep_cut_off_goes_on_where_it_was_kept(tiny, tmp_path, monkeypatch, capsys):
+    """Nothing of the range test was kept until it ended (31 minutes on a 2-core CPU), so a
+    disconnect during it cost the whole sweep. Its steps are kept as it goes; swept again, it
+    replays them and goes on, to the same curve as a sweep never cut off."""
+    import eva_utils.lr_finder as lr_finder
+
+    def loader():  # a new notebook kernel's: its shuffles start again
+        return eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 10,
+                                train=True)
+
+    def sweep(folder, **kw):
+        torch.manual_seed(0)
+        return eva.lr_range_test(eva.PlainCNN(num_classes=10), loader(), num_iter=30,
+                                 checkpoint_dir=folder, amp=False, **kw)
+
+    whole = sweep(tmp_path / "whole")
+    monkeypatch.setattr(lr_finder.KeptFinder, "EVERY", 0.0)  # keep after every step
+    real_step = lr_finder.Progress.step
+
+    def killed_at_12(self):
+        real_step(self)
+        if self.begun == 12:  # step 12 begins: 11 are done and kept
+            raise KeyboardInterrupt
+    monkeypatch.setattr(lr_finder.Progress, "step", killed_at_12)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        sweep(cut)
+    part = torch.load(cut / "range_test.part.pt", weights_only=True)
+    assert len(part["raw"]) == 11 and not (cut / "range_test.json").exists()
+    monkeypatch.setattr(lr_finder.Progress, "step", real_step)
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's scheduler warning for the replayed steps too
+        resumed = sweep(cut, verbose=True)
+    out = capsys.readouterr().out
+    assert "going on after step 11" in out and "11 of them kept from before" in out
+    assert resumed.lrs == whole.lrs and resumed.losses == whole.losses  # float32 on the CPU: exact
+    assert (cut / "range_test.json").exists() and not (cut / "range_test.part.pt").exists()
+
+    # kept steps of another sweep, or a damaged file, are swept over, never replayed
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(lr_finder.Progress, "step", killed_at_12)
+        sweep(tmp_path / "other")
+    monkeypatch.setattr(lr_finder.Progress, "step", real_step)
+    with pytest.warns(UserWarning, match="another model, loss, loader, sweep, kind of device or "
+                                         "arithmetic; sweeping from the start"):
+        torch.manual_seed(0)
+        eva.lr_range_test(eva.PlainCNN(num_classes=10), loader(), num_iter=30, amp=True,
+                          checkpoint_dir=tmp_path / "other")  # bfloat16 now
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "range_test.part.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.warns(UserWarning, match="unreadable.*sweeping from the start"):
+        again = sweep(tmp_path / "damaged")
+    assert again.losses == whole.losses
 
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
@@ -296,8 +352,8 @@ def test_a_stretch_plans_with_its_own_epochs_once_it_has_measured_one(tiny, tmp_
     torch.save(ckpt, tmp_path / "last.pt")
     clock = [0.0]
     monkeypatch.setattr(eva.TimeBudget, "clock", staticmethod(lambda: clock[0]))
-    real_record = eva.budget.Budget.record_epoch
-    monkeypatch.setattr(eva.budget.Budget, "record_epoch", lambda self, seconds: (
+    real_record = eva.machinery.budget.Budget.record_epoch
+    monkeypatch.setattr(eva.machinery.budget.Budget, "record_epoch", lambda self, seconds: (
         real_record(self, 100.0), clock.__setitem__(0, clock[0] + 100.0)))  # epochs of 100 s
     history = eva.fit(Tiny(), *loaders(tiny), run, resume=True, time_budget=eva.TimeBudget(1300),
                       progress=False)
@@ -336,16 +392,21 @@ def test_one_time_budget_for_the_range_test_and_training(tiny, tmp_path, monkeyp
     budget = eva.TimeBudget(600)
     clock[0] += 500  # most of it spent already
     with pytest.warns(UserWarning, match="only 5 batches"), \
-            pytest.raises(eva.BudgetSpent, match=r"would take about \d\.\d min, more than the \d+ s "
+            pytest.raises(eva.BudgetSpent, match=r"The rest of the LR range test would take about \d\.\d min, more "
+                                              r"than the \d+ s "
                                               r"left of the 10\.0 min budget: stopped after 3 of "
-                                              r"its 20 steps, nothing kept"):
+                                              r"its 20 steps\. Its 3 steps are kept in .*"
+                                              r"range_test\.part\.pt: to go on from there, run "
+                                              r"the same code again\."):
         sweep(budget, 10.0)
     assert not (tmp_path / "range_test.json").exists()
+    assert len(torch.load(tmp_path / "range_test.part.pt", weights_only=True)["raw"]) == 3
     budget = eva.TimeBudget(600)
     with pytest.warns(UserWarning, match="only 5 batches"):
-        sweep(budget, 1.0)  # 20 s of the 600
-    real_record = eva.budget.Budget.record_epoch
-    monkeypatch.setattr(eva.budget.Budget, "record_epoch", lambda self, seconds: (
+        sweep(budget, 1.0)  # the 17 steps left: 17 s of the 600
+    assert not (tmp_path / "range_test.part.pt").exists()
+    real_record = eva.machinery.budget.Budget.record_epoch
+    monkeypatch.setattr(eva.machinery.budget.Budget, "record_epoch", lambda self, seconds: (
         real_record(self, 100.0), clock.__setitem__(0, clock[0] + 100.0)))  # epochs of 100 s
     with pytest.raises(eva.BudgetSpent, match=r"Time budget spent: \d\.\d min of 10\.0 min used, "
                                               r"\d+ s of it before this training began, "

@@ -5,6 +5,7 @@ import random
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import eva_utils as eva
-import eva_utils.precision
+import eva_utils.machinery.precision
 import eva_utils.train
-from eva_utils.ema import EMA
-from eva_utils.runtime import TrainingError, amp_dtype, use_channels_last
+from eva_utils.machinery.ema import EMA
+from eva_utils.machinery.runtime import TrainingError, amp_dtype, use_channels_last
 
 
 class Tiny(nn.Module):
@@ -30,6 +31,11 @@ class Tiny(nn.Module):
     def forward(self, x):
         return self.net(x)
 
+
+def answers_on(images, labels, preds, confidence, classes) -> eva.Predictions:
+    """Predictions on images a test holds: float (N, 3, H, W), normalised, one per answer."""
+    return eva.Predictions(labels, preds, confidence, tuple(classes), torch.arange(len(labels)),
+                           images)
 
 def loaders(data, batch=40, labels=None):
     """Few steps an epoch, so the tests run fast: the loader says so, as it should."""
@@ -269,11 +275,11 @@ def test_cpu_precision_follows_the_processor(monkeypatch, tmp_path, flags, defau
     elsewhere; explicit amp always wins."""
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n")
-    real_path = eva.runtime.Path
-    monkeypatch.setattr(eva.runtime, "Path",
+    real_path = eva.machinery.runtime.Path
+    monkeypatch.setattr(eva.machinery.runtime, "Path",
                         lambda p: real_path(cpuinfo if p == "/proc/cpuinfo" else p))
     cpu = torch.device("cpu")
-    assert eva.runtime.cpu_has_bf16() is (default is not None)
+    assert eva.machinery.runtime.cpu_has_bf16() is (default is not None)
     assert amp_dtype(cpu, None) is default
     assert amp_dtype(cpu, True) is torch.bfloat16 and amp_dtype(cpu, False) is None
     assert amp_dtype(torch.device("mps"), None) is None
@@ -290,7 +296,7 @@ def test_channels_last_default():
 
 def mock_amx(monkeypatch, has_amx: bool) -> None:
     """A CPU with native bfloat16 (AMX or AVX-512 BF16), or one without."""
-    monkeypatch.setattr(eva.runtime, "cpu_has_bf16", lambda: has_amx)
+    monkeypatch.setattr(eva.machinery.runtime, "cpu_has_bf16", lambda: has_amx)
 
 
 @pytest.mark.parametrize("amp, layout", [(False, False), (True, True)])
@@ -304,8 +310,9 @@ def test_predict_after_fit_answers_in_the_runs_arithmetic(monkeypatch, tiny, amp
     train, test = loaders(tiny)
     history = eva.fit(model, train, test, cfg(epochs=1, amp=amp, channels_last=layout),
                       progress=False)
-    assert model.eva_precision == eva_utils.precision.Precision(torch.bfloat16 if amp else None,
-                                                                layout)
+    trained = eva_utils.machinery.precision.Precision(torch.bfloat16 if amp else None, layout)
+    assert eva_utils.machinery.precision.Precision.of(model, torch.device("cpu")) == trained
+    assert not any(name.startswith("eva") for name in vars(model))  # nothing set on the model
     loss, acc = eva.evaluate(model, test)
     assert (loss, acc) == (history.test_loss[-1], history.test_acc[-1])  # the scored arithmetic
     scored = eva.predict(model, test, tiny.classes)
@@ -364,7 +371,7 @@ def test_a_resumed_run_leaves_a_precision_the_device_cannot_run(monkeypatch, sav
     """bfloat16 below compute capability 8.0 is emulated (slower than float32), float16 on a CPU
     has no fast convolutions: the device's own choice (or an explicit amp) takes over, in one line
     that says the run is no longer bit-exact. The layout is kept."""
-    from eva_utils.precision import Precision
+    from eva_utils.machinery.precision import Precision
     mock_amx(monkeypatch, amx)
     if gpu:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu)
@@ -374,12 +381,12 @@ def test_a_resumed_run_leaves_a_precision_the_device_cannot_run(monkeypatch, sav
     precision, note = Precision.for_run(device, cfg(amp=amp), ckpt, "last.pt")
     assert precision == Precision(want, False)
     assert note.startswith(f"The run trained in {saved}, which {'Tesla T4' if gpu else 'cpu: '}")
-    assert note.endswith(f"goes on in {eva.runtime.precision_name(want)}, so it is no longer "
+    assert note.endswith(f"goes on in {eva.machinery.runtime.precision_name(want)}, so it is no longer "
                          "bit-exact with an unbroken run.")
 
 
 def test_a_resumed_run_keeps_a_precision_the_device_runs(monkeypatch):
-    from eva_utils.precision import Precision
+    from eva_utils.machinery.precision import Precision
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     ckpt = {"precision": "bfloat16", "channels_last": True}
     assert Precision.for_run(torch.device("cuda"), cfg(), ckpt) == (Precision(torch.bfloat16, True), "")
@@ -394,7 +401,7 @@ def test_a_skipped_float16_step_does_not_step_the_schedule(monkeypatch, tiny, tm
     stepped anyway, and torch warned "Detected call of lr_scheduler.step() before
     optimizer.step()" whenever the first step overflowed."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
-    monkeypatch.setattr(eva_utils.precision, "amp_dtype", lambda device, amp: torch.float16)  # a T4
+    monkeypatch.setattr(eva_utils.machinery.precision, "amp_dtype", lambda device, amp: torch.float16)  # a T4
 
     class Overflowing(torch.amp.GradScaler):
         """torch's scaler, whose first two steps find an overflowed (infinite) gradient."""
@@ -421,7 +428,7 @@ def test_a_skipped_float16_step_does_not_step_the_schedule(monkeypatch, tiny, tm
 
 def test_cudnn_picks_its_fastest_convolutions_unless_determinism_is_asked(monkeypatch, tiny):
     """Inside fit only: the process's setting was left on for good after a run."""
-    from eva_utils.runtime import tuned_convolutions
+    from eva_utils.machinery.runtime import tuned_convolutions
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     seen = []
     for device, deterministic in (("cpu", False), ("cuda", True), ("cuda", False)):
@@ -442,7 +449,7 @@ def test_a_checkpoint_from_before_precision_was_recorded_is_refused():
     """Checkpoints written before eva_utils 0.2 recorded their arithmetic were resumed with a
     guess; none exists outside this repository's own disks, so the guess is gone: one message."""
     with pytest.raises(eva.CheckpointError, match="records no precision: an eva_utils older than 0.2"):
-        eva.checkpoint.saved_precision({"config": {}, "scaler": {}, "history": {"devices": []}})
+        eva.machinery.checkpoint.saved_precision({"config": {}, "scaler": {}, "history": {"devices": []}})
 
 
 def test_ema_tracks_weights_and_buffers():
@@ -480,6 +487,11 @@ def test_run_record_and_save_json(tmp_path):
     assert record["test_acc"] == 65.0 and record["train_seconds"] == 3.0 \
         and record["device"].startswith("cpu: ") and "threads" in record["device"]
     assert record["parameters"] == sum(p.numel() for p in Tiny().parameters())
+    assert "test_acc_tta" not in record  # a run without TTA
+    # with TTA: test_acc is the one view (what the assignments measure), TTA's has its own name
+    h.test_acc_plain = [44.0, 64.5]
+    tta = eva.run_record(h, Tiny(), "cpu")
+    assert (tta["test_acc"], tta["best_test_acc"], tta["test_acc_tta"]) == (64.5, 64.5, 65.0)
     eva.save_json(tmp_path / "a" / "r.json", record)
     assert json.loads((tmp_path / "a" / "r.json").read_text()) == record
     eva.save_json(None, record)  # no path: nothing written, no error
@@ -516,7 +528,8 @@ def test_fit_is_bit_for_bit_this_plain_loop(tiny, model, kw):
     ours, plain = SUITE[model](), SUITE[model]()
     ours.load_state_dict(start)
     plain.load_state_dict(start)
-    train, test = loaders(tiny)
+    # the two large networks on fewer images: two steps an epoch still step every schedule
+    train, test = loaders(tiny.subset(80, 50) if model in ("ResNet18", "CustomResNet") else tiny)
     with warnings.catch_warnings():  # on random pictures the mirror may score lower: fit says so
         warnings.filterwarnings("ignore", "Mirror test-time augmentation lowered")
         history = eva.fit(ours, train, test, config, progress=False)
@@ -556,3 +569,21 @@ def test_fit_is_bit_for_bit_this_plain_loop(tiny, model, kw):
         assert (history.test_loss[epoch], history.test_acc[epoch]) == (loss, acc)
     for name, tensor in scored.state_dict().items():
         assert torch.equal(tensor, ours.state_dict()[name]), name
+
+
+def test_fit_reads_in_a_few_files():
+    """fit's loop is for reading: train.py imports at most five of the package's modules (it
+    imported 13), so following one epoch visits few files. Imports for type hints only (under
+    ``if TYPE_CHECKING``) do not count: nothing runs them."""
+    import ast
+    package = Path(eva.__file__).parent
+    tree = ast.parse((package / "train.py").read_text())
+    ours = set()
+    for node in tree.body:  # top-level statements: the TYPE_CHECKING block is an If, left out
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            folder = (node.module or "").replace(".", "/")
+            if (package / folder).is_dir():  # "from .machinery import distributed": a module
+                ours |= {f"{node.module}.{a.name}" if node.module else a.name for a in node.names}
+            else:
+                ours.add(node.module)
+    assert "machinery.run" in ours and len(ours) <= 5, sorted(ours)

@@ -1,17 +1,12 @@
-"""The four networks of the suite, one module each. Parameter counts for 10 classes; every model
-needs ``num_classes`` (no default: pass ``data.num_classes``, so the outputs match the data), takes
-any image size from its ``min_input_size`` up, and names the layers worth a Grad-CAM look in
-``gradcam_layers``. Inputs are RGB (3 channels): grayscale data is converted (``data.to_rgb``).
+"""The four networks of the suite, one module each. Each needs ``num_classes`` (pass
+``data.num_classes``), takes RGB images of any size from its ``min_input_size`` up, and names the
+layers worth a Grad-CAM look in ``gradcam_layers``. Parameters for 10 classes:
+PlainCNN 81,578 (01), SmallResNet 491,082 (01, 02), ResNet18 11,173,962 with BatchNorm or
+GroupNorm(1, C) (03), CustomResNet 6,573,120 (04).
 
-| class          | assignment| parameters                                 | notebook |
-| PlainCNN       | 000 pt 1  | 65,568 body + 16,010 head = 81,578         | 01       |
-| SmallResNet    | 000 pt 1-2| 485,952 body + 5,130 head = 491,082        | 01, 02   |
-| ResNet18       | 002       | 11,173,962 (BatchNorm or GroupNorm(1, C))  | 03       |
-| CustomResNet   | 003       | 6,573,120                                  | 04       |
-
-``torchvision_resnet(name, num_classes=...)``: torchvision's own ResNets, for larger data.
-``build_model(name, args)``: any of them again from what a checkpoint records, to load weights into;
-``rebuild_problem(model)`` says why it could not (a subclass, a wrapper, a model of your own).
+``torchvision_resnet(name, num_classes=...)``: torchvision's ResNets, for larger data.
+``build_model(name, args)`` rebuilds any of them from what a checkpoint records;
+``rebuild_problem(model)`` says why it cannot (a subclass, a wrapper, a model of your own).
 """
 from torch import nn
 

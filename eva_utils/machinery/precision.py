@@ -1,11 +1,12 @@
 """A run's arithmetic, decided once: ``Precision`` (the autocast type and the memory layout). ``fit``
 resolves it from the device, the config and a resumed checkpoint (``Precision.for_run``), keeps it
-in every epoch's record and checkpoint, and leaves it on the model it trained, so that ``evaluate``
-and ``predict`` answer in the arithmetic the run was scored in. The range test and ``EvaModule``
+in every epoch's record and checkpoint, and remembers it for the model it trained (``remember``),
+so that ``evaluate`` and ``predict`` answer in the arithmetic the run was scored in. The range test and ``EvaModule``
 take the same rule (``Precision.choose``). (The web app answers in float32 on the CPU.)
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -16,6 +17,9 @@ from .checkpoint import CheckpointError, saved_precision
 from .runtime import amp_dtype, device_name, precision_name, use_channels_last
 
 LAYOUTS = {True: "NHWC (channels-last)", False: "NCHW"}
+# The arithmetic each model was last trained in, kept beside the model, not on it: a model
+# forgotten by the caller is forgotten here too.
+TRAINED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -37,11 +41,15 @@ class Precision:
            channels_last: bool | None = None) -> "Precision":
         """The arithmetic to answer with: the one ``fit`` trained and scored ``model`` in (where
         ``device`` runs it well), else ``device``'s choice; explicit settings decide."""
-        trained = getattr(model, "eva_precision", None)
-        if not isinstance(trained, Precision) or not runs_well(trained.name, device):
+        trained = TRAINED.get(model)
+        if trained is None or not runs_well(trained.name, device):
             return cls.choose(device, amp, channels_last)
         dtype = trained.dtype if amp is None else amp_dtype(device, amp)
         return cls(dtype, trained.channels_last if channels_last is None else channels_last)
+
+    def remember(self, model: nn.Module) -> None:
+        """``model`` was trained in this arithmetic: ``of`` answers with it from now on."""
+        TRAINED[model] = self
 
     @classmethod
     def for_run(cls, device: torch.device, cfg, ckpt: dict | None,

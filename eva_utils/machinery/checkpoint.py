@@ -21,12 +21,13 @@ FORMAT = 1  # the checkpoint format this eva_utils writes and reads; a newer one
 PRECISIONS = ("float32", "bfloat16", "float16")
 KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "history", "config", "rng", "epoch",
         "model_class", "model_args", "steps_per_epoch")
-# Settings that may differ when a run is resumed: they change how it is watched, not what it learns.
-# "epochs" may grow too, except under one-cycle, whose whole shape depends on the total.
-# amp and channels_last: a resumed run keeps the checkpoint's precision and layout
-# (precision.Precision.for_run refuses an explicit contradiction); seed: a resumed run restores every
-# random state instead.
-MAY_CHANGE = {"checkpoint_dir", "log_every", "compile", "amp", "channels_last", "seed"}
+# Settings that may differ when a run is resumed: they change how it is watched, not what it learns
+# (seed: a resumed run restores every random state instead). "epochs" may grow too, except under
+# one-cycle, whose whole shape depends on the total.
+MAY_CHANGE = ("checkpoint_dir", "log_every", "compile", "seed")
+# The precision and layout: a resumed run keeps the checkpoint's (precision.Precision.for_run, which
+# refuses an explicit contradiction), so these are not compared here.
+KEPT_FROM_CHECKPOINT = ("amp", "channels_last")
 
 
 class CheckpointError(TrainingError):
@@ -181,7 +182,7 @@ def check_resumable(ckpt: dict, path, model: nn.Module, cfg: dict, steps_per_epo
             before = tuple(before)
         if isinstance(after, (list, tuple)):
             after = tuple(after)
-        if key in MAY_CHANGE or before == after:
+        if key in MAY_CHANGE + KEPT_FROM_CHECKPOINT or before == after:
             continue
         if key == "epochs" and cfg["schedule"] != "onecycle" and after >= ckpt["epoch"]:
             continue
@@ -195,9 +196,9 @@ def check_resumable(ckpt: dict, path, model: nn.Module, cfg: dict, steps_per_epo
         raise CheckpointError(
             f"Cannot resume from {path}: this run differs from the one that wrote it in\n  "
             + "\n  ".join(problems)
-            + "\nFix: resume with the same model, data and TrainConfig (only checkpoint_dir, "
-            "log_every, compile and seed may change; epochs may grow except under one-cycle), or "
-            f"start a new run {anew}.")
+            + f"\nFix: resume with the same model, data and TrainConfig (only "
+            f"{', '.join(MAY_CHANGE[:-1])} and {MAY_CHANGE[-1]} may change; epochs may grow except "
+            f"under one-cycle), or start a new run {anew}.")
 
 
 def _args(args: dict) -> str:

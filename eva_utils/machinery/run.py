@@ -12,14 +12,14 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import (FORMAT, CheckpointError, check_resumable, load_checkpoint, model_identity,
                          rng_state, saved_precision, set_rng_state)
-from .config import TrainConfig
+from ..config import TrainConfig
 from .ema import EMA
 from .history import History
-from .inference import scores
+from ..inference import scores
 from .precision import Precision
 from .run_folder import RunFolder
 from .runtime import device_name, seed_everything
-from .schedule import build_optimizer, build_scheduler
+from ..schedule import build_optimizer, build_scheduler
 
 
 @dataclass(kw_only=True)
@@ -129,6 +129,12 @@ def loader_fingerprint(loader) -> dict | None:
     return getattr(loader, "fingerprint", None)
 
 
+def checkpoint_folder(cfg: TrainConfig) -> RunFolder | None:
+    """The folder that keeps the run's checkpoints, held while the run trains (``with`` it); None
+    without ``cfg.checkpoint_dir`` and in torchrun's other processes, which never write."""
+    return RunFolder(cfg.checkpoint_dir) if cfg.checkpoint_dir and distributed.is_main() else None
+
+
 def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, resume,
               folder: RunFolder | None, progress: bool) -> Run:
     """Everything an epoch needs, on ``device``: a new run, or the one ``resume`` continues
@@ -143,7 +149,7 @@ def start_run(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.de
     seed_everything(cfg.seed)
     model.to(device, memory_format=torch.channels_last if precision.channels_last
              else torch.preserve_format)
-    model.eva_precision = precision  # what evaluate and predict answer in afterwards
+    precision.remember(model)  # what evaluate and predict answer in afterwards
     optimizer = build_optimizer(model, cfg)
     scheduler, step_every = build_scheduler(optimizer, cfg, len(train_loader))
     run = Run(model=model, forward=model, optimizer=optimizer, scheduler=scheduler,

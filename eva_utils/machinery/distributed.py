@@ -1,22 +1,11 @@
-"""Training on several processes with torchrun: PyTorch's own DistributedDataParallel behind ``fit``.
+"""torchrun behind ``fit``: PyTorch's DistributedDataParallel on N processes, each told its place by
+torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE); in a plain ``python`` run they are absent and
+every function here returns its input, so one process trains bit for bit as before.
 
-    torchrun --standalone --nproc-per-node 2 examples/train_folder.py shapes   # 2 processes
-    python examples/train_folder.py shapes                                      # 1 process, unchanged
-
-torchrun starts N copies of a script and tells each its place in environment variables (RANK,
-LOCAL_RANK, WORLD_SIZE). Everything here reads them; in a plain ``python`` run they are absent and
-each function returns its input, so single-process training is unchanged, bit for bit.
-
-* The batch size a user gives is the global batch: each process takes batch_size / N of it.
-* Each process sees a disjoint share of every epoch (``TensorLoader``: its slice of each global
-  batch; ``make_loader``: ``DistributedSampler``), the same shares on every run with the same seed.
-* DDP averages the gradients, so a model without batch norm takes the same steps on N processes as
-  on one (tests/test_distributed.py). Batch norm normalises each process's share with its own
-  statistics, so results differ a little; on CUDA, ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``
-  shares them, at the cost of a synchronisation per layer.
-* Evaluation counts are summed over processes, so accuracy covers the test set exactly once.
-* Only rank 0 prints, writes checkpoints and records and draws figures: guard your own with
-  ``is_main()``.
+The batch size given is the global batch (each process takes 1/N of it, a disjoint share of every
+epoch); DDP averages the gradients; evaluation counts are summed over processes; only rank 0
+prints, writes and draws (guard your own with ``is_main()``). Batch norm normalises each share on
+its own (``SyncBatchNorm`` shares the statistics on CUDA). docs/scaling.md has the commands.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .config import number
+from ..config import number
 from .history import History
 from .runtime import TrainingError
 

@@ -14,8 +14,8 @@ from torch import nn
 
 from .budget import TimeBudget
 from .checkpoint import CheckpointError
-from .config import TrainConfig, number
-from .data import check_labels
+from ..config import TrainConfig, number
+from ..data import check_labels
 from .history import History
 from .runtime import TrainingError, check_weights, eval_mode, get_device
 
@@ -34,10 +34,7 @@ def check_arguments(model, train_loader, test_loader, cfg, device, resume, time_
     device = get_device(device)
     check_loader(train_loader, "train_loader")
     check_loader(test_loader, "test_loader")
-    if getattr(test_loader, "train", False) is True:
-        raise TrainingError("test_loader was built with train=True: it would be scored on "
-                            "augmented, reshuffled images (the accuracy changes every call) and "
-                            "drop its last partial batch. Fix: build it with train=False.")
+    check_test_loader(test_loader, "test_loader", TrainingError)
     check_same_classes(train_loader, test_loader)
     if getattr(train_loader, "train", True) is False:
         warnings.warn("train_loader was built with train=False: it is neither shuffled nor "
@@ -96,6 +93,14 @@ def warn_if_tta_hurt(cfg: TrainConfig, h: History) -> None:
                       "keep their class when mirrored (digits, text). Fix: TrainConfig(tta=False), "
                       "and Augment(flip=False) unless mirrored images are still the same class.",
                       stacklevel=3)
+
+
+def check_test_loader(loader, name: str, error: type[Exception] = ValueError) -> None:
+    """One ``error`` if ``loader`` was built to train (augmenting, reshuffling, dropping a batch)."""
+    if getattr(loader, "train", False) is True:
+        raise error(f"{name} was built with train=True: it augments and reshuffles, and drops its "
+                    "last partial batch, so its scores would change every call and images would "
+                    "be missing. Fix: build it with train=False.")
 
 
 def check_same_classes(train_loader, test_loader) -> None:
@@ -157,11 +162,10 @@ def check_first_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loader
                             "(batch, channels, H, W), normalised. Fix: torchvision's ToTensor() + "
                             "Normalize(mean, std) in your dataset, or eva.TensorLoader / "
                             "eva.make_loader.")
-    weights = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if weights is not None and weights.dtype != x.dtype:
-        raise TrainingError(f"The model's weights are {weights.dtype} but the images "
-                            f"{x.dtype}. Fix: model.float() (mixed precision is "
-                            "TrainConfig(amp=True), not model.half() or model.double()).")
+    if x.dtype != torch.float32:  # the weights are float32 (check_weights, at the start)
+        raise TrainingError(f"The images come as {x.dtype}; the model's weights are float32. Fix: "
+                            "return float32 images from your dataset (x.float()); mixed precision "
+                            "is TrainConfig(amp=True).")
     try:
         with torch.no_grad(), eval_mode(model):
             out = model(x[:2])
