@@ -316,6 +316,7 @@ class Batches(TrainDataLoaderIter):
     def __init__(self, loader, device: torch.device, channels_last: bool, progress: Progress):
         super().__init__(loader)
         self.device, self.channels_last, self.progress = device, channels_last, progress
+        self.dropping = False
 
     def __next__(self):
         self.progress.step()
@@ -325,10 +326,16 @@ class Batches(TrainDataLoaderIter):
         """Draw the next batch (as a step would, so the ones after come in the same order) and
         drop it."""
         self.progress.skip()
-        super().__next__()
+        self.dropping = True  # drawn, never moved to the device or checked
+        try:
+            super().__next__()
+        finally:
+            self.dropping = False
 
     def inputs_labels_from_batch(self, batch):
         x, y = super().inputs_labels_from_batch(batch)
+        if self.dropping:
+            return x, y
         if self.progress.begun == 1:
             check_finite_images(x, ValueError)
         return to_device(x, y, self.device, self.channels_last)
