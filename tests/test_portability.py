@@ -446,6 +446,51 @@ def test_committed_notebook_hygiene(path):
             assert "SMOKE" not in text and "SYNTHETIC" not in text  # smoke output is not a result
 
 
+# Words that mark a sentence as about how the project ran its jobs (machines, arithmetic, stretches,
+# commits), not about ResNets: the reader's business only in the README.
+LOGISTICS = ("papermill", "smoke", "stretch", "commit", "session", "epyc", "xeon", "amx", "processor",
+             "bfloat16", "float32", "float16", "precision", "earlier run", "not measured",
+             "full_runs", "budget", "machine", "our run", "this run", "nhwc", "channels-last")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_notebook_teaches_more_than_it_logs(path):
+    """Half of each notebook's prose was once about how the project ran its jobs. The sentences of
+    its markdown that name machines, arithmetic, stretches or commits stay under 15 % of its words
+    (the one line that says where the outputs come from is among them)."""
+    total, logistics = 0, []
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] != "markdown" or "run-parameters" in cell["metadata"].get("tags", []):
+            continue
+        text = re.sub(r"```.*?```", "", source(cell), flags=re.S)  # drawings of a network
+        for sentence in re.split(r"(?<=[.!?])\s+|\n\s*\n", text):
+            total += len(sentence.split())
+            if any(word in sentence.lower() for word in LOGISTICS):
+                logistics.append(sentence)
+    share = sum(len(s.split()) for s in logistics) / total
+    assert share <= 0.15, (f"{path.name}: {share:.0%} of its markdown is about how it was run:\n"
+                           + "\n".join(logistics))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_notebook_ends_with_exercises_its_quick_preset_shrinks(path):
+    """Every notebook ends with "Try this": 4 to 6 exercises, each meant for the QUICK preset,
+    which must shrink the run (fewer epochs on fewer images) without the test's smoke mode."""
+    nb = json.loads(path.read_text())["cells"]
+    last = source(nb[-1])
+    assert nb[-1]["cell_type"] == "markdown" and last.startswith("## Try this"), path.name
+    assert 4 <= len(re.findall(r"^\d+\. \*\*", last, re.M)) <= 6, path.name
+    assert "QUICK = True" in last
+    code = [source(c) for c in cells(path)]
+    settings = next(c for c in code if re.search(r"^QUICK = False ", c, re.M))
+    preset = next(c for c in code if c.startswith("if QUICK:"))
+    full, quick = {}, {"eva": types.SimpleNamespace(smoke_mode=lambda: False)}
+    exec(settings, full)
+    exec(settings.replace("QUICK = False", "QUICK = True") + "\n" + preset, quick)
+    epochs = full["EPOCHS"] or 60  # 02: None is its fast recipe's 60
+    assert quick["EPOCHS"] < epochs and quick["TRAIN_SIZE"] <= 5000, path.name
+
+
 def test_committed_runs_show_their_parameters_and_never_execute_them():
     """Run all in a committed notebook starts a new run: papermill's injected cell (the committed
     run's checkpoint folder, budget, figure and record paths) would continue that run, under its
