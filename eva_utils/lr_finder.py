@@ -151,10 +151,8 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     kept = (Path(checkpoint_dir).expanduser() / "range_test.json"
             if checkpoint_dir is not None else None)
     criterion = criterion or nn.CrossEntropyLoss()
-    # What gives the stored curve its meaning: the model, the data and its batches, the loss, the
-    # sweep and the optimizer's settings (a loader of our own adds its fingerprint: content,
-    # augmentation, seed). Not the device or the arithmetic: a run resumed on another machine
-    # keeps the learning rates it started with.
+    # What the stored curve means: model, data, loss, sweep and optimizer settings; not the device
+    # or the arithmetic, so a run resumed on another machine keeps the rates it started with.
     setup = {"model": type(model).__name__, "model_args": repr(getattr(model, "init_args", {})),
              "batches": batches, "batch_size": size, "start_lr": start_lr, "end_lr": end_lr,
              "num_iter": num_iter, "data": getattr(train_loader, "fingerprint", None),
@@ -241,13 +239,12 @@ def weights_layout(model: nn.Module) -> torch.memory_format:
 
 
 class KeptFinder(LRFinder):
-    """torch-lr-finder's ``LRFinder``, whose sweep survives being cut off: every ``EVERY`` seconds,
-    and when a time budget stops it, the steps taken so far (their raw losses, the weights, the
-    optimizer's and loss scaler's states, every random state) go to a file. A sweep begun again
-    with that file replays the kept losses, drawing their batches without training on them so the
-    data comes in the same order, then loads the kept state and trains on: the same curve as a
-    sweep never cut off (unless the model itself draws random numbers, e.g. dropout, and the
-    loader reshuffles mid-sweep)."""
+    """torch-lr-finder's ``LRFinder``, whose sweep survives being cut off: every ``EVERY`` seconds
+    and at a budget stop, the raw losses so far, weights, optimizer, loss scaler and random states
+    go to a file. A sweep begun again replays the kept losses (drawing and dropping their batches,
+    so the data comes in the same order), loads the kept state and trains on: the same curve as a
+    sweep never cut off (unless a model that draws random numbers meets a loader that reshuffles
+    mid-sweep)."""
 
     EVERY = 60.0  # seconds between keeps: at most this much sweeping is lost to a disconnect
 
@@ -342,10 +339,8 @@ class Batches(TrainDataLoaderIter):
 
 
 class Progress:
-    """Lines of text, not a bar, at most one every ``EVERY`` seconds, so that a log (papermill's,
-    a terminal's, a saved notebook's) shows a long sweep's progress: torch-lr-finder's own bar is a
-    widget in Jupyter, which papermill's log never shows. A sweep shorter than that prints only its
-    last line. ``out`` None: silent."""
+    """A sweep's progress as lines of text (torch-lr-finder's bar is a Jupyter widget, which
+    papermill's log never shows), at most one every ``EVERY`` seconds. ``out`` None: silent."""
 
     EVERY = 60.0  # seconds between lines
     MEASURE = 3   # steps timed before the sweep's length is judged against a time budget
