@@ -25,6 +25,7 @@ The teaching core, what a notebook's lesson uses (this folder):
 machinery/, what fit runs on (the first four keep a run across interruptions):
     run, checkpoint, run_folder, budget   a run's state, its files and their lock, stretches
     precision, runtime, guards            arithmetic per device, seeding, fit's checks
+    sweep                                 the range test's sweep, resumable, and its kept result
     history, ema, images, cache           per-epoch record, weight average, image files, decode cache
     distributed                           torchrun (nothing changes in a plain run)
 

@@ -3,16 +3,16 @@
 ops: the fast path on a GPU) and ``workers.make_loader`` (a ``DataLoader`` whose workers run
 albumentations per image). Both take the same arguments, shuffle and drop the last incomplete batch
 in training only, draw an epoch's randomness from ``seed`` and ``set_epoch(epoch)`` alone (a resumed
-run sees the same batches), show what they train on (``preview(n)``), know the data's
-``num_classes``, warn when a split is too small for its batch size, and under torchrun give each
-process its share.
+run sees the same batches), show what they train on (``preview(n)``), warn when a split is too small
+for its batch size, and under torchrun give each process its share. ``fit`` needs only ``__iter__``
+and ``__len__`` of a loader (a plain DataLoader of yours); it checks more with what ours also keep:
+``train``, ``mean``/``std``, every label (``labels``), ``num_classes`` and ``fingerprint``.
 """
 from __future__ import annotations
 
 import hashlib
 import random
 import warnings
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,23 +23,6 @@ from .machinery.runtime import get_device
 from .transforms import Augment
 
 MIN_STEPS = 10  # fewer optimizer steps than this an epoch and most runs learn next to nothing
-
-
-class Loader(Protocol):
-    """What ``fit``, the range test and the figures ask of a loader, which both paths provide (a
-    plain DataLoader of your own has only the first two, and ``fit`` then checks less)."""
-
-    def __iter__(self): ...        # (images float (B, 3, H, W) normalised, labels int64 (B,))
-    def __len__(self) -> int: ...  # batches an epoch
-    train: bool                    # shuffled, augmented and dropping the last batch
-    mean: tuple[float, float, float]   # the normalisation, per RGB channel on the [0, 1] scale
-    std: tuple[float, float, float]
-    labels: np.ndarray             # every label, int64 (N,): fit checks them against the model
-    num_classes: int
-    fingerprint: dict              # data, classes, augmentation, batch and seed, for resume checks
-
-    def set_epoch(self, epoch: int) -> None: ...  # this epoch's shuffle and augmentation
-    def preview(self, n: int = 8, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]: ...
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -10,12 +10,7 @@ that read a rate off the curve (as fastai names its suggestions):
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
-import sys
-import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from .machinery import distributed
-from .machinery.budget import BudgetSpent, as_budget, duration
+from .machinery.budget import as_budget
+from .machinery.guards import check_sweep
 from .machinery.precision import Precision
-from .machinery.checkpoint import CheckpointError, atomic_save, atomic_write, rng_state, set_rng_state
-from .machinery.guards import check_finite_images
-from .machinery.runtime import check_weights, get_device, kept_modes, to_device
+from .machinery.runtime import get_device
+from .machinery.sweep import keep_result, load_result, sweep
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
 RISE = 0.1  # first_minimum: a loss 10 % above the lowest so far ends the first valley
@@ -116,60 +110,36 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     stops with ``BudgetSpent``; one longer than the whole budget raises TrainingError. Under
     torchrun rank 0 sweeps and every process gets its result.
     """
-    if not 0 < start_lr < end_lr:
-        raise ValueError(f"start_lr={start_lr} and end_lr={end_lr}: the sweep needs "
-                         "0 < start_lr < end_lr, e.g. start_lr=1e-5, end_lr=10.")
     batches = len(train_loader)
-    if batches == 0:
-        raise ValueError("The training loader yields no batches. Fix: lower its batch size or give "
-                         "it more images.")
-    if num_iter is None:
+    if num_iter is None:  # about one pass over the training set
         num_iter = min(max(batches, AUTO_STEPS[0]), AUTO_STEPS[1])
-    if num_iter < MIN_POINTS:
-        raise ValueError(f"num_iter={num_iter}: the range test needs at least {MIN_POINTS} steps.")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer is a {type(optimizer).__name__}, not a torch.optim.Optimizer"
-                        f"{' (a learning-rate scheduler?)' if hasattr(optimizer, 'get_last_lr') else ''}"
-                        ". Fix: pass the optimizer itself, e.g. torch.optim.SGD(model.parameters(), "
-                        "lr=1e-5), or none for the suite's.")
-    check_weights(model)
-    if optimizer is None:
+    check_sweep(model, train_loader, optimizer, start_lr, end_lr, num_iter, MIN_POINTS)
+    if optimizer is None:  # the suite's: the picks depend on the optimizer
         optimizer = torch.optim.SGD(model.parameters(), lr=start_lr, momentum=0.9, nesterov=True,
                                     weight_decay=5e-4)
-    own = {id(p) for p in model.parameters()}
-    if not any(id(p) in own for g in optimizer.param_groups for p in g["params"]):
-        raise ValueError("The optimizer holds none of this model's parameters (was it built for "
-                         "another model?). Fix: build it from model.parameters(), or pass none.")
     # Where and how fit will train: the data's device (its process group is NCCL's on CUDA, so
     # fit's later start finds the right one), and the precision and layout fit picks there.
     device = get_device(device if device is not None else getattr(train_loader, "device", None))
     arithmetic = Precision.choose(device, amp, channels_last)  # fit's rule, fit's arithmetic
-    dtype, nhwc = arithmetic.dtype, arithmetic.channels_last
     if not distributed.is_main():  # the other processes take rank 0's picks
         return distributed.from_main(None, device)
     size = getattr(train_loader, "batch_size", None)
     kept = (Path(checkpoint_dir).expanduser() / "range_test.json"
             if checkpoint_dir is not None else None)
     criterion = criterion or nn.CrossEntropyLoss()
-    # What gives the stored curve its meaning: the model, the data and its batches, the loss, the
-    # sweep and the optimizer's settings (a loader of our own adds its fingerprint: content,
-    # augmentation, seed). Not the device or the arithmetic: a run resumed on another machine
-    # keeps the learning rates it started with.
+    # What the stored curve means: model, data, loss, sweep and optimizer settings; not the device
+    # or the arithmetic, so a run resumed on another machine keeps the rates it started with.
     setup = {"model": type(model).__name__, "model_args": repr(getattr(model, "init_args", {})),
              "batches": batches, "batch_size": size, "start_lr": start_lr, "end_lr": end_lr,
              "num_iter": num_iter, "data": getattr(train_loader, "fingerprint", None),
              "loss": loss_name(criterion),
              "optimizer": repr({k: v for k, v in optimizer.defaults.items() if k != "lr"})}
-    stored = _load(kept, setup)
+    stored = load_result(kept, setup, RangeTest, MIN_POINTS)
     if stored is not None:
         if verbose:
             print(f"LR range test: loaded from {kept}, where this run stored it (delete the file to "
                   "sweep again).")
         return distributed.from_main(stored, device)
-    # A sweep's steps mean the same only on the same kind of device in the same arithmetic.
-    partial = (kept.with_name("range_test.part.pt") if kept is not None else None,
-               {**setup, "device": device.type, "precision": arithmetic.name,
-                "layout": arithmetic.layout})
     if verbose:
         print(f"LR range test: {num_iter} steps{f' of {size} images' if size else ''} "
               f"({num_iter / batches:.2g} epoch{'' if f'{num_iter / batches:.2g}' == '1' else 's'} "
@@ -181,48 +151,17 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
                       f"passes over them {num_iter / batches:.2g} times: it then measures how fast "
                       "the network memorises them, and its picks run high. Fix: a smaller batch "
                       "size (more batches).", stacklevel=2)
-    # torch-lr-finder's own mixed precision: autocast, and a loss scaler that scales only float16.
-    precision = ({"amp_backend": "torch", "amp_config": {"device_type": device.type, "dtype": dtype},
-                  "grad_scaler": arithmetic.scaler(device)}
-                 if dtype is not None else {})
-    finder = KeptFinder(model, optimizer, criterion, device=device, **precision)
-    layout = weights_layout(model)
-    with kept_modes(model):
-        try:
-            model.to(memory_format=arithmetic.memory_format)  # the weights in fit's layout too
-            for group in optimizer.param_groups:  # the sweep starts from start_lr
-                group["lr"] = start_lr
-            finder.keep_in(*partial)  # after the layout change: a kept state is loaded into it
-            if verbose and finder.replay:
-                print(f"LR range test: going on after step {len(finder.replay)}, kept in "
-                      f"{partial[0]} by a sweep that was cut off.", flush=True)
-            batches_in = Batches(train_loader, device, nhwc,
-                                 Progress(num_iter, optimizer, sys.stdout if verbose else None,
-                                          as_budget(time_budget)))
-            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                # its "see the graph with .plot()" hint; torch's warning that the rate was
-                # scheduled before the optimizer stepped, which replayed steps do not
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step",
-                                        UserWarning)
-                finder.range_test(batches_in, start_lr=start_lr, end_lr=end_lr,
-                                  num_iter=num_iter, step_mode="exp")
-            lrs, losses = list(finder.history["lr"]), list(finder.history["loss"])
-            batches_in.progress.done(len(lrs))
-        finally:
-            finder.reset()  # the model's and the optimizer's state dicts, the model's device
-            model.to(memory_format=layout)
-    found = replace(RangeTest.from_curve(lrs, losses), seconds=round(finder.seconds(), 3))
-    if kept is not None:  # kept with the run; a disk that refuses it costs a sweep, not the result
+    part = kept.with_name("range_test.part.pt") if kept is not None else None
+    # A sweep's steps mean the same only on the same kind of device in the same arithmetic.
+    steps_setup = {**setup, "device": device.type, "precision": arithmetic.name,
+                   "layout": arithmetic.layout}
+    lrs, losses, seconds = sweep(model, train_loader, optimizer, criterion, device, arithmetic,
+                                 start_lr, end_lr, num_iter, part, steps_setup, verbose,
+                                 as_budget(time_budget))
+    found = replace(RangeTest.from_curve(lrs, losses), seconds=round(seconds, 3))
+    if kept is not None:  # kept with the run
         swept = {"device": str(device), "precision": arithmetic.name, "layout": arithmetic.layout}
-        text = json.dumps({"setup": setup, "swept": swept, "result": asdict(found)}, indent=1)
-        try:
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(kept, lambda f: f.write(text.encode() + b"\n"))
-            partial[0].unlink(missing_ok=True)  # the whole curve is kept now
-        except OSError as exc:
-            warnings.warn(f"Could not keep the range test in {kept} ({exc}); its result is "
-                          "returned, but a resumed run will sweep again. Fix: free disk space or "
-                          "give a checkpoint_dir you can write to.", stacklevel=2)
+        keep_result(kept, setup, swept, asdict(found), part)
     return distributed.from_main(found, device)
 
 
@@ -231,216 +170,6 @@ def loss_name(criterion: nn.Module) -> str:
     leaves the settings out)."""
     settings = {k: v for k, v in vars(criterion).items() if not k.startswith("_") and k != "training"}
     return f"{type(criterion).__name__}({', '.join(f'{k}={v!r}' for k, v in sorted(settings.items()))})"
-
-
-def weights_layout(model: nn.Module) -> torch.memory_format:
-    """channels_last if the model's 4-d weights are stored NHWC, else contiguous_format."""
-    nhwc = any(p.dim() == 4 and not p.is_contiguous()  # 1x1 kernels are both
-               and p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters())
-    return torch.channels_last if nhwc else torch.contiguous_format
-
-
-class KeptFinder(LRFinder):
-    """torch-lr-finder's ``LRFinder``, whose sweep survives being cut off: every ``EVERY`` seconds,
-    and when a time budget stops it, the steps taken so far (their raw losses, the weights, the
-    optimizer's and loss scaler's states, every random state) go to a file. A sweep begun again
-    with that file replays the kept losses, drawing their batches without training on them so the
-    data comes in the same order, then loads the kept state and trains on: the same curve as a
-    sweep never cut off (unless the model itself draws random numbers, e.g. dropout, and the
-    loader reshuffles mid-sweep)."""
-
-    EVERY = 60.0  # seconds between keeps: at most this much sweeping is lost to a disconnect
-
-    def keep_in(self, path: Path | None, setup: dict) -> None:
-        """Keep the sweep's steps at ``path`` (None: nowhere); load the ones kept there for this
-        ``setup``, if any, to replay."""
-        self.path, self.setup, self.raw = path, setup, []
-        self.kept = _load_part(path, setup)
-        self.replay = self.kept["raw"] if self.kept else []
-        self.started = self.kept_at = time.perf_counter()
-
-    def seconds(self) -> float:
-        """Time spent sweeping, in this call and in those whose steps it replayed."""
-        return (self.kept["seconds"] if self.kept else 0.0) + time.perf_counter() - self.started
-
-    def _train_batch(self, train_iter, accumulation_steps, non_blocking_transfer=True):
-        # A kept step: its batch drawn and dropped, its loss as recorded; after the last one, the
-        # state the sweep was in when it was kept.
-        if len(self.raw) < len(self.replay):
-            for _ in range(accumulation_steps):
-                train_iter.skip()
-            self.raw.append(self.replay[len(self.raw)])
-            if len(self.raw) == len(self.replay):
-                self._restore(self.kept)
-            return self.raw[-1]
-        try:
-            loss = super()._train_batch(train_iter, accumulation_steps, non_blocking_transfer)
-        except BudgetSpent as stop:  # raised before the step's batch was drawn
-            raise BudgetSpent(f"{stop} {self._keep_now()}") from None
-        self.raw.append(loss)
-        if self.path is not None and time.perf_counter() - self.kept_at >= self.EVERY:
-            self._keep_now()
-        return loss
-
-    def _keep_now(self) -> str:
-        """Write the steps taken so far; say where (or why not) for a stop's message."""
-        if self.path is None:
-            return "Nothing is kept without a checkpoint_dir: to go on, run the same code again."
-        state = {"setup": self.setup, "raw": list(self.raw), "seconds": self.seconds(),
-                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.grad_scaler.state_dict() if self.grad_scaler else None,
-                 "rng": rng_state()}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save(state, self.path)
-        except (OSError, CheckpointError) as exc:  # costs the steps since the last keep, no more
-            warnings.warn(f"Could not keep the range test's steps: {exc}", stacklevel=4)
-            return "Its steps could not be kept: run the same code again to sweep from the start."
-        self.kept_at = time.perf_counter()
-        return (f"Its {len(self.raw)} steps are kept in {self.path}: to go on from there, run the "
-                "same code again.")
-
-    def _restore(self, kept: dict) -> None:
-        self.model.load_state_dict(kept.pop("model"))  # popped: no second copy held while sweeping
-        self.optimizer.load_state_dict(kept.pop("optimizer"))
-        if self.grad_scaler is not None and kept["scaler"]:
-            self.grad_scaler.load_state_dict(kept["scaler"])
-        set_rng_state(kept["rng"])
-
-
-class Batches(TrainDataLoaderIter):
-    """The training batches as ``fit`` feeds them: on ``device``, in its memory layout (an NHWC
-    batch makes every convolution run NHWC). Any loader of (images, labels) batches. Each batch
-    taken is a step begun, which ``progress`` counts before the batch is drawn."""
-
-    def __init__(self, loader, device: torch.device, channels_last: bool, progress: Progress):
-        super().__init__(loader)
-        self.device, self.channels_last, self.progress = device, channels_last, progress
-        self.dropping = False
-
-    def __next__(self):
-        self.progress.step()
-        return super().__next__()
-
-    def skip(self) -> None:
-        """Draw the next batch (as a step would, so the ones after come in the same order) and
-        drop it."""
-        self.progress.skip()
-        self.dropping = True  # drawn, never moved to the device or checked
-        try:
-            super().__next__()
-        finally:
-            self.dropping = False
-
-    def inputs_labels_from_batch(self, batch):
-        x, y = super().inputs_labels_from_batch(batch)
-        if self.dropping:
-            return x, y
-        if self.progress.begun == 1:
-            check_finite_images(x, ValueError)
-        return to_device(x, y, self.device, self.channels_last)
-
-
-class Progress:
-    """Lines of text, not a bar, at most one every ``EVERY`` seconds, so that a log (papermill's,
-    a terminal's, a saved notebook's) shows a long sweep's progress: torch-lr-finder's own bar is a
-    widget in Jupyter, which papermill's log never shows. A sweep shorter than that prints only its
-    last line. ``out`` None: silent."""
-
-    EVERY = 60.0  # seconds between lines
-    MEASURE = 3   # steps timed before the sweep's length is judged against a time budget
-
-    def __init__(self, steps: int, optimizer: torch.optim.Optimizer, out, budget=None):
-        self.steps, self.optimizer, self.out, self.budget = steps, optimizer, out, budget
-        self.begun, self.skipped, self.started = 0, 0, time.perf_counter()
-        self.last = self.started
-
-    def skip(self) -> None:
-        """A step kept by an earlier sweep is replayed: counted, not timed."""
-        self.begun += 1
-        self.skipped += 1
-        self.started = self.last = time.perf_counter()
-
-    def step(self) -> None:
-        """A step begins: ``begun - 1`` are done, ``skipped`` of them replayed."""
-        self.begun += 1
-        now, done = time.perf_counter(), self.begun - 1
-        timed = done - self.skipped
-        if timed == 0:
-            return
-        each = (now - self.started) / timed
-        if self.budget is not None and timed == self.MEASURE and done < self.steps:
-            self.budget.too_short(each * self.steps, "the LR range test")
-            if each * (self.steps - done) > self.budget.left():
-                raise BudgetSpent(
-                    f"The rest of the LR range test would take about "
-                    f"{duration(each * (self.steps - done))}, more than the "
-                    f"{duration(self.budget.left())} left of the "
-                    f"{duration(self.budget.seconds)} budget: stopped after {done} of its "
-                    f"{self.steps} steps.")
-        if self.out is None or now - self.last < self.EVERY:
-            return
-        self.last = now
-        lr = self.optimizer.param_groups[0]["lr"]
-        print(f"LR range test: {done}/{self.steps} steps, lr {lr:.2g}, "
-              f"{duration(now - self.started)} so far, about "
-              f"{duration(each * (self.steps - done))} to go.", file=self.out, flush=True)
-
-    def done(self, steps: int) -> None:
-        if self.out is not None:
-            early = "" if steps == self.steps else f" (of {self.steps}: the loss diverged)"
-            kept = f", {self.skipped} of them kept from before" if self.skipped else ""
-            print(f"LR range test: {steps} steps{early} in "
-                  f"{duration(time.perf_counter() - self.started)}{kept}.", file=self.out,
-                  flush=True)
-
-
-def _load_part(path: Path | None, setup: dict) -> dict | None:
-    """The steps a cut-off sweep of this same ``setup`` kept at ``path``, else None (a damaged
-    file, or one of another setup, device kind or arithmetic, is swept over, with a warning)."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        kept = torch.load(path, map_location="cpu", weights_only=True)
-        if kept["setup"] != setup:
-            why = "another model, loss, loader, sweep, kind of device or arithmetic"
-        elif not (len(kept["raw"]) < setup["num_iter"]
-                  and all(isinstance(v, float) for v in kept["raw"])):
-            why = "damaged: its losses are not a sweep's"
-        else:
-            return kept
-    except Exception as exc:  # truncated, not a torch file, or missing a key
-        why = f"unreadable: {type(exc).__name__}: {str(exc)[:100]}"
-    warnings.warn(f"{path} holds the steps of a range test of {why}; sweeping from the start.",
-                  stacklevel=3)
-    return None
-
-
-def _load(path: Path | None, setup: dict) -> RangeTest | None:
-    """The RangeTest stored at ``path`` for this same ``setup``, else None (a damaged or foreign
-    file is swept again and overwritten, with a warning, never trusted)."""
-    if path is None or not path.exists():
-        return None
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not the range test's record. Fix: remove it (or give "
-                         "another checkpoint_dir).")
-    try:
-        stored = json.loads(path.read_text())
-        if stored["setup"] == setup:
-            found = RangeTest(**stored["result"])
-            lrs = np.asarray(found.lrs, float)
-            picks = np.asarray([found.valley, found.steepest, found.minimum], float)
-            if not (len(lrs) == len(found.losses) >= MIN_POINTS and np.isfinite(lrs).all()
-                    and (lrs > 0).all() and np.isfinite(picks).all()
-                    and (lrs.min() <= picks).all() and (picks <= lrs.max()).all()):
-                raise ValueError("picks outside its own curve")
-            return found
-        why = "another model, loss, loader or sweep"
-    except (ValueError, KeyError, TypeError) as exc:
-        why = f"unreadable: {type(exc).__name__}: {str(exc)[:100]}"
-    warnings.warn(f"{path} holds a range test of {why}; sweeping again and replacing it.",
-                  stacklevel=3)
-    return None
 
 
 def valley_lr(lrs, losses) -> float:

@@ -666,7 +666,7 @@ def test_io_failures_outside_torch_save_are_handled_as_its_own(tiny, tmp_path, m
     best.pt or range_test.json that is a folder gave IsADirectoryError."""
     import errno
     import eva_utils.machinery.checkpoint
-    import eva_utils.lr_finder
+    import eva_utils.machinery.sweep
     train, test = loaders(tiny)
     real = os.replace
 
@@ -686,7 +686,7 @@ def test_io_failures_outside_torch_save_are_handled_as_its_own(tiny, tmp_path, m
 
     def full(path, write):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(eva_utils.lr_finder, "atomic_write", full)
+    monkeypatch.setattr(eva_utils.machinery.sweep, "atomic_write", full)
     with warnings.catch_warnings(record=True) as said:  # a 10-step sweep of tiny data: its picks
         warnings.simplefilter("always")                  # draw warnings of their own
         found = eva.lr_range_test(Tiny(), train, num_iter=10, verbose=False,

@@ -116,13 +116,13 @@ def test_the_first_minimum_ignores_a_second_dip_at_far_higher_rates():
 def test_the_range_test_prints_its_progress_as_lines_a_log_keeps(tiny, monkeypatch, capsys):
     """torch-lr-finder's bar is a Jupyter widget, which papermill's log never shows (04's 200
     steps ran 23 min in silence): the sweep prints a line a minute (here every step), and its end."""
-    from eva_utils import lr_finder
+    from eva_utils.machinery import sweep
     train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
     eva.lr_range_test(eva.PlainCNN(num_classes=10), train, num_iter=6)  # under a minute
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("LR range test:")]
     assert len(lines) == 2 and "6 steps of 20 images" in lines[0]
     assert re.fullmatch(r"LR range test: 6 steps in \d+ s\.", lines[1])
-    monkeypatch.setattr(lr_finder.Progress, "EVERY", 0.0)
+    monkeypatch.setattr(sweep.Progress, "EVERY", 0.0)
     eva.lr_range_test(eva.PlainCNN(num_classes=10), train, num_iter=6)
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("LR range test:")]
     assert [re.match(r"LR range test: (\d)/6 steps, lr [\d.e-]+, \d+ s so far, about \d+ s to go\.$",
@@ -149,7 +149,7 @@ def test_the_range_test_sweeps_where_the_data_is(tiny, a_t4, monkeypatch):
     """Notebook 04 builds the model on the CPU and its loader on the GPU: the sweep runs on the GPU
     in fit's precision there (float16 with a loss scaler on a T4), not on the CPU with every batch
     copied back."""
-    from eva_utils import lr_finder
+    from eva_utils.machinery import sweep
     seen = {}
 
     class Finder:  # torch-lr-finder as far as where and how it trains; a made-up curve
@@ -172,7 +172,7 @@ def test_the_range_test_sweeps_where_the_data_is(tiny, a_t4, monkeypatch):
 
         def seconds(self):
             return 1.0
-    monkeypatch.setattr(lr_finder, "KeptFinder", Finder)
+    monkeypatch.setattr(sweep, "KeptFinder", Finder)
     batches = OnTheGpu([(torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))] * 60)
     eva.lr_range_test(eva.PlainCNN(num_classes=10), batches, num_iter=20, verbose=False)
     assert seen == {"device": torch.device("cuda"), "scaler": True, "channels_last": True,

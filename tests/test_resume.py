@@ -158,7 +158,7 @@ def test_a_sweep_cut_off_goes_on_where_it_was_kept(tiny, tmp_path, monkeypatch, 
     """Nothing of the range test was kept until it ended (31 minutes on a 2-core CPU), so a
     disconnect during it cost the whole sweep. Its steps are kept as it goes; swept again, it
     replays them and goes on, to the same curve as a sweep never cut off."""
-    import eva_utils.lr_finder as lr_finder
+    from eva_utils.machinery import sweep as sweeping
 
     def loader():  # a new notebook kernel's: its shuffles start again
         return eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 10,
@@ -170,20 +170,20 @@ def test_a_sweep_cut_off_goes_on_where_it_was_kept(tiny, tmp_path, monkeypatch, 
                                  checkpoint_dir=folder, amp=False, **kw)
 
     whole = sweep(tmp_path / "whole")
-    monkeypatch.setattr(lr_finder.KeptFinder, "EVERY", 0.0)  # keep after every step
-    real_step = lr_finder.Progress.step
+    monkeypatch.setattr(sweeping.KeptFinder, "EVERY", 0.0)  # keep after every step
+    real_step = sweeping.Progress.step
 
     def killed_at_12(self):
         real_step(self)
         if self.begun == 12:  # step 12 begins: 11 are done and kept
             raise KeyboardInterrupt
-    monkeypatch.setattr(lr_finder.Progress, "step", killed_at_12)
+    monkeypatch.setattr(sweeping.Progress, "step", killed_at_12)
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         sweep(cut)
     part = torch.load(cut / "range_test.part.pt", weights_only=True)
     assert len(part["raw"]) == 11 and not (cut / "range_test.json").exists()
-    monkeypatch.setattr(lr_finder.Progress, "step", real_step)
+    monkeypatch.setattr(sweeping.Progress, "step", real_step)
     capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch's scheduler warning for the replayed steps too
@@ -195,9 +195,9 @@ def test_a_sweep_cut_off_goes_on_where_it_was_kept(tiny, tmp_path, monkeypatch, 
 
     # kept steps of another sweep, or a damaged file, are swept over, never replayed
     with pytest.raises(KeyboardInterrupt):
-        monkeypatch.setattr(lr_finder.Progress, "step", killed_at_12)
+        monkeypatch.setattr(sweeping.Progress, "step", killed_at_12)
         sweep(tmp_path / "other")
-    monkeypatch.setattr(lr_finder.Progress, "step", real_step)
+    monkeypatch.setattr(sweeping.Progress, "step", real_step)
     with pytest.warns(UserWarning, match="another model, loss, loader, sweep, kind of device or "
                                          "arithmetic; sweeping from the start"):
         torch.manual_seed(0)
@@ -370,19 +370,19 @@ def test_one_time_budget_for_the_range_test_and_training(tiny, tmp_path, monkeyp
     train, test = loaders(tiny)
 
     def sweep(budget, seconds_a_step):
-        import eva_utils.lr_finder
-        real = eva_utils.lr_finder.Progress.step
+        import eva_utils.machinery.sweep
+        real = eva_utils.machinery.sweep.Progress.step
 
         def step(self):  # each step takes seconds_a_step on the budget's clock
             clock[0] += seconds_a_step
             self.started -= seconds_a_step  # and on the sweep's own
             return real(self)
-        monkeypatch.setattr(eva_utils.lr_finder.Progress, "step", step)
+        monkeypatch.setattr(eva_utils.machinery.sweep.Progress, "step", step)
         try:
             return eva.lr_range_test(Tiny(), train, num_iter=20, time_budget=budget,
                                      verbose=False, checkpoint_dir=tmp_path)
         finally:
-            monkeypatch.setattr(eva_utils.lr_finder.Progress, "step", real)
+            monkeypatch.setattr(eva_utils.machinery.sweep.Progress, "step", real)
 
     few = pytest.warns(UserWarning, match="only 5 batches")  # tiny data: the picks do not matter
     with few, pytest.raises(eva.TrainingError, match=r"The time budget, 60 s, is shorter than the "

@@ -70,12 +70,9 @@ class Budget:
         self.given = time_budget
         # What the caller's budget spent before this training began (a range test, say).
         self.before = time_budget.used() if time_budget and shared else 0.0
-        # The longest epoch, training and testing, in seconds: first guessed from the median of
-        # the epochs a resumed run already trained (a median, so that one epoch slowed by other
-        # work on the machine does not cut every later stretch short; 1.2x, since only training
-        # time is kept, and testing adds some), then the longest measured in this call: the guess
-        # is dropped once an epoch here is measured (a stretch resumed after one slow epoch planned
-        # for that epoch's length to its end).
+        # The longest epoch in seconds, training and testing: guessed as 1.2x the median training
+        # time of a resumed run's epochs (one slow epoch does not cut every stretch short), then the
+        # longest measured in this call.
         self.longest = 1.2 * statistics.median(history.seconds) if history.seconds else 0.0
         self.trained = 0  # epochs this call trained
 

@@ -177,11 +177,8 @@ def check_resumable(ckpt: dict, path, model: nn.Module, cfg: dict, steps_per_epo
                         f"{steps_per_epoch} (another batch size or training set)")
     old = ckpt["config"]
     for key in sorted(set(old) | set(cfg)):
-        before, after = old.get(key), cfg.get(key)
-        if isinstance(before, (list, tuple)):
-            before = tuple(before)
-        if isinstance(after, (list, tuple)):
-            after = tuple(after)
+        before, after = (tuple(v) if isinstance(v, (list, tuple)) else v  # a list read back
+                         for v in (old.get(key), cfg.get(key)))
         if key in MAY_CHANGE + KEPT_FROM_CHECKPOINT or before == after:
             continue
         if key == "epochs" and cfg["schedule"] != "onecycle" and after >= ckpt["epoch"]:

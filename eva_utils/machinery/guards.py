@@ -206,3 +206,28 @@ def check_finite(losses: torch.Tensor, epoch: int, rates: list[float], chance: f
         raise TrainingError(f"The loss became {losses[batch].item():.4g} in epoch {epoch + 1}, batch "
                             f"{batch + 1} (learning rate {lr:.3g}). Fix: lower the learning rate "
                             "(e.g. by 10x), or clip gradients with TrainConfig(grad_clip=1.0).")
+
+
+def check_sweep(model: nn.Module, loader, optimizer, start_lr: float, end_lr: float, num_iter: int,
+                min_steps: int) -> None:
+    """``lr_range_test``'s arguments, before anything is spent: one clear error for the first thing
+    wrong (``optimizer`` None: the test's own, built for ``model``)."""
+    if not 0 < start_lr < end_lr:
+        raise ValueError(f"start_lr={start_lr} and end_lr={end_lr}: the sweep needs "
+                         "0 < start_lr < end_lr, e.g. start_lr=1e-5, end_lr=10.")
+    if len(loader) == 0:
+        raise ValueError("The training loader yields no batches. Fix: lower its batch size or give "
+                         "it more images.")
+    if num_iter < min_steps:
+        raise ValueError(f"num_iter={num_iter}: the range test needs at least {min_steps} steps.")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer is a {type(optimizer).__name__}, not a torch.optim.Optimizer"
+                        f"{' (a learning-rate scheduler?)' if hasattr(optimizer, 'get_last_lr') else ''}"
+                        ". Fix: pass the optimizer itself, e.g. torch.optim.SGD(model.parameters(), "
+                        "lr=1e-5), or none for the suite's.")
+    check_weights(model)
+    own = {id(p) for p in model.parameters()}
+    if optimizer is not None and not any(id(p) in own for g in optimizer.param_groups
+                                         for p in g["params"]):
+        raise ValueError("The optimizer holds none of this model's parameters (was it built for "
+                         "another model?). Fix: build it from model.parameters(), or pass none.")

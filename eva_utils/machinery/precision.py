@@ -54,15 +54,11 @@ class Precision:
     @classmethod
     def for_run(cls, device: torch.device, cfg, ckpt: dict | None,
                 path=None) -> tuple["Precision", str]:
-        """(the run's precision, a note for a resumed run, or "").
-
-        A new run takes ``device``'s choice, or ``cfg.amp``/``cfg.channels_last``'s. A resumed run
-        keeps the checkpoint's precision and layout wherever it resumes (a float32 run stays float32
-        on an AMX CPU), so all its epochs are the same arithmetic; an explicit ``cfg.amp``/
-        ``channels_last`` that contradicts the checkpoint is refused. Except where the saved
-        precision cannot run well here (bfloat16 on a GPU older than Ampere, float16 on a CPU):
-        then the device's own choice, or the explicit ``cfg.amp``'s, takes over, and the note says
-        the run is no longer bit-exact."""
+        """(the run's precision, a note for a resumed run, or ""). A new run takes ``device``'s
+        choice, or ``cfg.amp``/``cfg.channels_last``'s. A resumed run keeps the checkpoint's, so all
+        its epochs are the same arithmetic, and refuses an explicit setting that contradicts it;
+        unless this device cannot run it well (bfloat16 on a GPU before Ampere, float16 on a CPU):
+        then the device's choice takes over and the note says the run is no longer bit-exact."""
         chosen = cls.choose(device, cfg.amp, cfg.channels_last)
         if ckpt is None:
             return chosen, ""

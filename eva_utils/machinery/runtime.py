@@ -74,27 +74,26 @@ def device_name(device: torch.device | str) -> str:
         return torch.cuda.get_device_name(device)
     if device.type != "cpu":
         return device.type
-    model = platform.processor() or platform.machine()
-    try:  # Linux names the processor here; platform.processor() often says only "x86_64"
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    # Linux names the processor in /proc/cpuinfo; platform.processor() often says only "x86_64"
+    model = cpuinfo("model name") or platform.processor() or platform.machine()
     threads = torch.get_num_threads()
     return f"cpu: {model}, {threads} thread{'s' * (threads != 1)}"
 
 
-def cpu_flags() -> frozenset[str]:
-    """The instruction-set flags the processor reports (Linux's /proc/cpuinfo); empty elsewhere."""
+def cpuinfo(field: str) -> str:
+    """The first ``field`` line's value in Linux's /proc/cpuinfo; "" elsewhere."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return ""
+
+
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags the processor reports (Linux's /proc/cpuinfo); empty elsewhere."""
+    return frozenset(cpuinfo("flags").split())
 
 
 def cpu_has_bf16() -> bool:
@@ -106,18 +105,11 @@ def cpu_has_bf16() -> bool:
 
 
 def amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:
-    """The autocast type for ``device``, or None for full float32.
-
-    ``amp=None`` (the default) is on where low precision is fast: CUDA, and CPUs with bfloat16.
-    - CUDA: bfloat16 needs no loss scaling, but only GPUs of compute capability 8.0+ (Ampere on)
-      run it natively; on a T4 (7.5) ``torch.cuda.is_bf16_supported()`` says True through
-      emulation, which is slower than float32. Older GPUs get float16 (with a GradScaler).
-    - CPU: bfloat16 where the CPU has AMX or AVX-512 BF16, float32 elsewhere; ``amp=True`` gives bfloat16
-      on any CPU (``benchmarks/cpu_precision.py`` measures both on the machine at hand).
-    - Apple's MPS: float16 when ``amp=True``; float32 by default.
-    ``amp=True``/``False`` always wins over the default; a dtype is taken as it is (a resumed run
-    keeps its own).
-    """
+    """The autocast type for ``device``, or None for full float32. ``amp=None``: on where low
+    precision is fast: bfloat16 on GPUs of compute capability 8.0+ (a T4's is emulated, slower than
+    float32: float16 there, with a GradScaler) and on CPUs with AMX or AVX-512 BF16; float32 on other
+    CPUs and on MPS. ``amp=True``: bfloat16 on any CPU, float16 on MPS. ``False`` is float32; a
+    dtype is taken as it is (a resumed run keeps its own)."""
     if isinstance(amp, torch.dtype):
         return None if amp == torch.float32 else amp
     if amp is False:
