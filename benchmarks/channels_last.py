@@ -4,7 +4,7 @@ model on this machine's default device, both layouts measured in one run, altern
     python benchmarks/channels_last.py                          # every model, batch 128
     python benchmarks/channels_last.py --models SmallResNet --steps 30 --out runs/layouts.json
 
-Why: ``runtime.use_channels_last`` turns NHWC on for CUDA only; this prints the evidence for the
+Why: ``precision.use_channels_last`` turns NHWC on for CUDA only; this prints the evidence for the
 CPU (and checks it on a GPU). The record (default results/channels_last.json) names the device and
 is what docs/performance.md's layout table is generated from (scripts/results_table.py). Run it on an idle
 machine: a second job on the two cores halves both layouts' speeds unevenly.

@@ -5,8 +5,8 @@
     python benchmarks/cpu_precision.py --smoke --out runs/cpu_precision.json   # seconds: a check
 
 Why: ``TrainConfig(amp=None, channels_last=None)`` picks bfloat16 autocast on CPUs with AMX and
-float32 on the others, and the channels-last (NHWC) layout on every CPU (``runtime.amp_dtype``,
-``runtime.use_channels_last``). This measures the choice on the machine at hand:
+float32 on the others, and the channels-last (NHWC) layout on every CPU (``precision.amp_dtype``,
+``precision.use_channels_last``). This measures the choice on the machine at hand:
 
 1. Speed. For every suite model, training steps at batch 128 on random 32x32 images in the four
    variants (float32 or bfloat16 autocast, NCHW or NHWC), after a warm-up step; images/s of each,
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import eva_utils as eva
-from eva_utils.machinery.runtime import amp_dtype, cpu_flags, use_channels_last
+from eva_utils.machinery.precision import amp_dtype, cpu_flags, use_channels_last
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -82,7 +82,7 @@ class TrainConfig:
     grad_clip: float | None = None        # max global L2 norm of the gradients (None: off)
     ema_decay: float | None = None        # weight-averaging decay per step, e.g. 0.999 (None: off)
     tta: bool = False                     # evaluate on image + its left-right mirror, logits averaged
-    amp: bool | None = None               # mixed precision; None: on for CUDA and bfloat16 CPUs (runtime.amp_dtype)
+    amp: bool | None = None               # mixed precision; None: on for CUDA and bfloat16 CPUs (precision.amp_dtype)
     channels_last: bool | None = None     # NHWC memory layout; None: on for CUDA and CPU
     compile: bool = False                 # torch.compile the model (pays off for long runs on CUDA)
     seed: int = 0                         # seeds python, numpy and torch as a new run starts

@@ -80,7 +80,7 @@ def test_the_range_test_runs_on_the_datas_gpu_for_a_model_on_the_cpu():
     model.prep[0].register_forward_hook(lambda m, i, out: seen.append((out.device.type, out.dtype)))
     train, _ = loaders()
     found = eva.lr_range_test(model, train, num_iter=10, verbose=False)
-    assert set(seen) == {("cuda", eva.machinery.runtime.amp_dtype(torch.device("cuda"), None))}
+    assert set(seen) == {("cuda", eva.machinery.precision.amp_dtype(torch.device("cuda"), None))}
     assert next(model.parameters()).device.type == "cpu"  # handed back where it was
     assert 1e-5 <= found.suggested_lr <= 10
 

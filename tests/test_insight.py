@@ -74,7 +74,7 @@ def test_the_range_test_sweeps_in_the_arithmetic_fit_trains_in(tiny, monkeypatch
     """On an AMX CPU fit trains in bfloat16 NHWC, so the sweep does too (it swept in float32 NCHW,
     at a third of fit's speed, then with NHWC batches but NCHW weights); an explicit
     amp/channels_last means what it means in TrainConfig."""
-    monkeypatch.setattr(eva.machinery.runtime, "cpu_has_bf16", lambda: True)  # whatever this CPU is
+    monkeypatch.setattr(eva.machinery.precision, "cpu_has_bf16", lambda: True)  # whatever this CPU is
     model = eva.PlainCNN(num_classes=10)
     seen = []
     model.body[0].register_forward_hook(lambda m, i, out: seen.append(

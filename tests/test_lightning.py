@@ -129,7 +129,7 @@ def test_a_plateau_schedule_without_validation_is_refused_before_training(tiny, 
 @pytest.mark.parametrize("amx, amp, expected", [(True, None, "bf16-mixed"), (False, None, "32-true"),
                                                 (False, True, "bf16-mixed"), (True, False, "32-true")])
 def test_trainer_precision_follows_fits_rule_on_the_cpu(monkeypatch, amx, amp, expected):
-    monkeypatch.setattr(eva.machinery.runtime, "cpu_has_bf16", lambda: amx)
+    monkeypatch.setattr(eva.machinery.precision, "cpu_has_bf16", lambda: amx)
     assert trainer_precision(eva.TrainConfig(epochs=1, lr=0.1, amp=amp), "cpu") == expected
 
 

@@ -17,7 +17,8 @@ import eva_utils as eva
 import eva_utils.machinery.precision
 import eva_utils.train
 from eva_utils.machinery.ema import EMA
-from eva_utils.machinery.runtime import TrainingError, amp_dtype, use_channels_last
+from eva_utils.machinery.precision import amp_dtype, use_channels_last
+from eva_utils.machinery.runtime import TrainingError
 
 
 class Tiny(nn.Module):
@@ -279,7 +280,7 @@ def test_cpu_precision_follows_the_processor(monkeypatch, tmp_path, flags, defau
     monkeypatch.setattr(eva.machinery.runtime, "Path",
                         lambda p: real_path(cpuinfo if p == "/proc/cpuinfo" else p))
     cpu = torch.device("cpu")
-    assert eva.machinery.runtime.cpu_has_bf16() is (default is not None)
+    assert eva.machinery.precision.cpu_has_bf16() is (default is not None)
     assert amp_dtype(cpu, None) is default
     assert amp_dtype(cpu, True) is torch.bfloat16 and amp_dtype(cpu, False) is None
     assert amp_dtype(torch.device("mps"), None) is None
@@ -296,7 +297,7 @@ def test_channels_last_default():
 
 def mock_amx(monkeypatch, has_amx: bool) -> None:
     """A CPU with native bfloat16 (AMX or AVX-512 BF16), or one without."""
-    monkeypatch.setattr(eva.machinery.runtime, "cpu_has_bf16", lambda: has_amx)
+    monkeypatch.setattr(eva.machinery.precision, "cpu_has_bf16", lambda: has_amx)
 
 
 @pytest.mark.parametrize("amp, layout", [(False, False), (True, True)])
@@ -381,7 +382,7 @@ def test_a_resumed_run_leaves_a_precision_the_device_cannot_run(monkeypatch, sav
     precision, note = Precision.for_run(device, cfg(amp=amp), ckpt, "last.pt")
     assert precision == Precision(want, False)
     assert note.startswith(f"The run trained in {saved}, which {'Tesla T4' if gpu else 'cpu: '}")
-    assert note.endswith(f"goes on in {eva.machinery.runtime.precision_name(want)}, so it is no longer "
+    assert note.endswith(f"goes on in {eva.machinery.precision.precision_name(want)}, so it is no longer "
                          "bit-exact with an unbroken run.")
 
 

@@ -1,8 +1,10 @@
-"""A run's arithmetic, decided once: ``Precision`` (the autocast type and the memory layout). ``fit``
-resolves it from the device, the config and a resumed checkpoint (``Precision.for_run``), keeps it
-in every epoch's record and checkpoint, and remembers it for the model it trained (``remember``),
-so that ``evaluate`` and ``predict`` answer in the arithmetic the run was scored in. The range test and ``EvaModule``
-take the same rule (``Precision.choose``). (The web app answers in float32 on the CPU.)
+"""A run's arithmetic, decided in this module: ``Precision`` (the autocast type and the memory layout),
+a device's own choice of both (``amp_dtype``, ``use_channels_last``: what each device runs fast), and
+which resumed precisions a device runs well (``runs_well``). ``fit`` resolves it from the device, the
+config and a resumed checkpoint (``Precision.for_run``), keeps it in every epoch's record and
+checkpoint, and remembers it for the model it trained (``remember``), so that ``evaluate`` and
+``predict`` answer in the arithmetic the run was scored in. The range test and ``EvaModule`` take the
+same rule (``Precision.choose``). (The web app answers in float32 on the CPU.)
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, saved_precision
-from .runtime import amp_dtype, device_name, precision_name, use_channels_last
+from .runtime import cpuinfo, device_name
 
 LAYOUTS = {True: "NHWC (channels-last)", False: "NCHW"}
 # The arithmetic each model was last trained in, kept beside the model, not on it: a model
@@ -32,7 +34,7 @@ class Precision:
 
     @classmethod
     def choose(cls, device: torch.device, amp=None, channels_last: bool | None = None) -> "Precision":
-        """``device``'s own choice (``runtime.amp_dtype``, ``runtime.use_channels_last``); an
+        """``device``'s own choice (``amp_dtype``, ``use_channels_last``); an
         explicit ``amp`` (True, False or a dtype) or ``channels_last`` decides instead."""
         return cls(amp_dtype(device, amp), use_channels_last(device, channels_last))
 
@@ -111,6 +113,51 @@ class Precision:
 
     def __str__(self) -> str:
         return f"{self.name}, {LAYOUTS[self.channels_last]}"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags the processor reports (Linux's /proc/cpuinfo); empty elsewhere."""
+    return frozenset(cpuinfo("flags").split())
+
+
+def cpu_has_bf16() -> bool:
+    """True if the CPU computes bfloat16 natively: AMX tiles (Intel Xeon since Sapphire Rapids) or
+    AVX-512 BF16 (AMD EPYC since Zen 4). oneDNN's bfloat16 convolutions then train every suite
+    model faster than float32 (``benchmarks/cpu_precision.py``); without them it emulates."""
+    flags = cpu_flags()
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:
+    """The autocast type for ``device``, or None for full float32. ``amp=None``: on where low
+    precision is fast: bfloat16 on GPUs of compute capability 8.0+ (a T4's is emulated, slower than
+    float32: float16 there, with a GradScaler) and on CPUs with AMX or AVX-512 BF16; float32 on other
+    CPUs and on MPS. ``amp=True``: bfloat16 on any CPU, float16 on MPS. ``False`` is float32; a
+    dtype is taken as it is (a resumed run keeps its own)."""
+    if isinstance(amp, torch.dtype):
+        return None if amp == torch.float32 else amp
+    if amp is False:
+        return None
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
+    if device.type == "cpu" and (amp or cpu_has_bf16()):
+        return torch.bfloat16
+    if device.type == "mps" and amp:
+        return torch.float16
+    return None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """"float32", "bfloat16" or "float16": how a run's records name its precision."""
+    return str(dtype or torch.float32).removeprefix("torch.")
+
+
+def use_channels_last(device: torch.device, channels_last: bool | None) -> bool:
+    """``channels_last=None``: NHWC on CUDA (tensor cores want it) and on the CPU (oneDNN's
+    convolutions are faster in NHWC for every model of the suite, with AMX and without; see
+    ``benchmarks/channels_last.py``); NCHW on MPS. ``True``/``False`` always wins."""
+    return device.type in ("cuda", "cpu") if channels_last is None else channels_last
 
 
 def runs_well(precision: str, device: torch.device) -> bool:

@@ -1,4 +1,5 @@
-"""Where and how a model runs: device, mixed-precision type, memory layout, seeding, eval mode."""
+"""Where a model runs and how it is handled there: device, batches moved to it, seeding, eval mode
+(the arithmetic it runs in: ``precision``)."""
 from __future__ import annotations
 
 import os
@@ -89,51 +90,6 @@ def cpuinfo(field: str) -> str:
     except OSError:
         pass
     return ""
-
-
-def cpu_flags() -> frozenset[str]:
-    """The instruction-set flags the processor reports (Linux's /proc/cpuinfo); empty elsewhere."""
-    return frozenset(cpuinfo("flags").split())
-
-
-def cpu_has_bf16() -> bool:
-    """True if the CPU computes bfloat16 natively: AMX tiles (Intel Xeon since Sapphire Rapids) or
-    AVX-512 BF16 (AMD EPYC since Zen 4). oneDNN's bfloat16 convolutions then train every suite
-    model faster than float32 (``benchmarks/cpu_precision.py``); without them it emulates."""
-    flags = cpu_flags()
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:
-    """The autocast type for ``device``, or None for full float32. ``amp=None``: on where low
-    precision is fast: bfloat16 on GPUs of compute capability 8.0+ (a T4's is emulated, slower than
-    float32: float16 there, with a GradScaler) and on CPUs with AMX or AVX-512 BF16; float32 on other
-    CPUs and on MPS. ``amp=True``: bfloat16 on any CPU, float16 on MPS. ``False`` is float32; a
-    dtype is taken as it is (a resumed run keeps its own)."""
-    if isinstance(amp, torch.dtype):
-        return None if amp == torch.float32 else amp
-    if amp is False:
-        return None
-    if device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
-        return torch.bfloat16 if major >= 8 else torch.float16
-    if device.type == "cpu" and (amp or cpu_has_bf16()):
-        return torch.bfloat16
-    if device.type == "mps" and amp:
-        return torch.float16
-    return None
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    """"float32", "bfloat16" or "float16": how a run's records name its precision."""
-    return str(dtype or torch.float32).removeprefix("torch.")
-
-
-def use_channels_last(device: torch.device, channels_last: bool | None) -> bool:
-    """``channels_last=None``: NHWC on CUDA (tensor cores want it) and on the CPU (oneDNN's
-    convolutions are faster in NHWC for every model of the suite, with AMX and without; see
-    ``benchmarks/channels_last.py``); NCHW on MPS. ``True``/``False`` always wins."""
-    return device.type in ("cuda", "cpu") if channels_last is None else channels_last
 
 
 @contextmanager
