@@ -155,9 +155,10 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     # A sweep's steps mean the same only on the same kind of device in the same arithmetic.
     steps_setup = {**setup, "device": device.type, "precision": arithmetic.name,
                    "layout": arithmetic.layout}
-    lrs, losses, seconds = sweep(model, train_loader, optimizer, criterion, device, arithmetic,
-                                 start_lr, end_lr, num_iter, part, steps_setup, verbose,
-                                 as_budget(time_budget))
+    lrs, losses, seconds = sweep(model, train_loader, optimizer, criterion, device=device,
+                                 arithmetic=arithmetic, start_lr=start_lr, end_lr=end_lr,
+                                 num_iter=num_iter, part=part, setup=steps_setup, verbose=verbose,
+                                 budget=as_budget(time_budget))
     found = replace(RangeTest.from_curve(lrs, losses), seconds=round(seconds, 3))
     if kept is not None:  # kept with the run
         swept = {"device": str(device), "precision": arithmetic.name, "layout": arithmetic.layout}

@@ -24,7 +24,7 @@ from .precision import Precision
 from .runtime import kept_modes, to_device
 
 
-def sweep(model: nn.Module, loader, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+def sweep(model: nn.Module, loader, optimizer: torch.optim.Optimizer, criterion: nn.Module, *,
           device: torch.device, arithmetic: Precision, start_lr: float, end_lr: float,
           num_iter: int, part: Path | None, setup: dict, verbose: bool,
           budget) -> tuple[list, list, float]:
