@@ -1,9 +1,10 @@
 """Where a training step's time goes on this CPU: torch.profiler over a few steps of each suite model in
-fit's default arithmetic, the most expensive operators, and the share outside convolutions and matrix
-products.
+fit's default arithmetic, the most expensive operators, the share outside convolutions and matrix
+products, and how fast those run against a reference: the best rate of a large matrix product in the
+same arithmetic on the same cores, measured in the same run.
 
     python benchmarks/profile_step.py                       # every suite model (a few minutes)
-    python benchmarks/profile_step.py --models CustomResNet --steps 3
+    python benchmarks/profile_step.py --models CustomResNet --steps 5
     python benchmarks/profile_step.py --smoke --out runs/profile.json   # seconds: a check
 
 Each model trains through fit's own step (``train.train_step``: autocast, loss, backward, SGD with
@@ -14,7 +15,9 @@ scripts/results_table.py generates docs/performance.md's table.
 import argparse
 import datetime
 import json
+import math
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -41,7 +44,10 @@ MODELS = {  # model, the batch its notebook trains at
 }
 ARITHMETIC = ("convolution", "mkldnn_convolution", "addmm", "mm", "bmm", "linear", "matmul")
 TOP = 10      # operators listed per model
-STEPS = 3     # profiled steps, after one warm-up step
+STEPS = 3     # profiled steps at least, after one warm-up step...
+MIN_SECONDS = 2.0  # ...and as many more as fill this long: a fast model's 3 steps last a blink
+REFERENCE_N = 2048   # side of the square matrices whose product is the reference
+REFERENCE_REPEATS = 5  # the best of this many products counts
 
 
 def one_step(name: str):
@@ -73,9 +79,25 @@ def flops_per_image(name: str) -> float:
     return counter.get_total_flops()
 
 
-def profile_model(name: str, steps: int) -> dict:
+def reference_tflops(dtype: torch.dtype, n: int = REFERENCE_N, repeats: int = REFERENCE_REPEATS) -> float:
+    """The best TFLOP/s of an n x n by n x n matrix product in ``dtype`` on this CPU's threads: what its
+    cores reach on dense arithmetic through oneDNN, a yardstick for the convolutions' rate."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e12
+
+
+def profile_model(name: str, steps: int, min_seconds: float = MIN_SECONDS) -> dict:
     step, precision, batch = one_step(name)
     step()  # warm-up: oneDNN picks and caches its kernels
+    start = time.perf_counter()
+    step()
+    steps = max(steps, math.ceil(min_seconds / (time.perf_counter() - start)))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
@@ -88,9 +110,12 @@ def profile_model(name: str, steps: int) -> dict:
     arithmetic = sum(t for op, t in by_op.items() if any(a in op for a in ARITHMETIC))
     seconds = total / 1e6 / steps
     flops = flops_per_image(name) * batch
-    return {"model": name, "batch": batch, "precision": precision.name, "layout": precision.layout,
+    return {"model": name, "batch": batch, "steps": steps, "precision": precision.name,
+            "layout": precision.layout,
             "seconds_per_step": round(seconds, 4), "images_per_s": round(batch / seconds, 1),
             "tflops": round(flops / seconds / 1e12, 3),
+            # the same FLOPs over the time of the convolutions and matrix products alone
+            "arithmetic_tflops": round(flops / (arithmetic / 1e6 / steps) / 1e12, 3),
             "outside_convolutions_and_matmuls": round(1 - arithmetic / total, 3),
             "top": [{"op": op, "share": round(t / total, 3)} for op, t in top]}
 
@@ -107,19 +132,27 @@ def main() -> None:
     kind = cpu_kind()
     device = eva.device_name("cpu")
     print(f"device: {device}; kind: {kind}")
-    rows = []
-    for name in models:
-        row = profile_model(name, steps)
-        rows.append(row)
+    dtype = Precision.choose(torch.device("cpu")).dtype or torch.float32
+    n = 256 if args.smoke else REFERENCE_N
+    before = reference_tflops(dtype, n)  # and after the models: one slow moment would halve it
+    rows = [profile_model(name, steps, 0 if args.smoke else MIN_SECONDS) for name in models]
+    reference = max(before, reference_tflops(dtype, n))
+    print(f"reference: a {n}x{n} matrix product in {dtype}: {reference:.3f} TFLOP/s")
+    for row in rows:
+        name = row["model"]
+        row["of_reference"] = round(row["arithmetic_tflops"] / reference, 3)
         print(f"{name:24s} {row['precision']} {row['layout']}, batch {row['batch']}: "
               f"{row['images_per_s']:7.1f} img/s, {row['tflops']:.3f} TFLOP/s, "
               f"{100 * row['outside_convolutions_and_matmuls']:.0f} % outside convolutions and "
-              "matrix products", flush=True)
+              f"matrix products, which run at {row['arithmetic_tflops']:.3f} TFLOP/s "
+              f"({100 * row['of_reference']:.0f} % of the reference)", flush=True)
         for t in row["top"]:
             print(f"    {100 * t['share']:5.1f} %  {t['op']}")
     record = {"command": " ".join(["python benchmarks/profile_step.py", *sys.argv[1:]]),
               "date": datetime.date.today().isoformat(), "device": device, "kind": kind,
-              "smoke": args.smoke, "steps": steps, "runs": rows}
+              "smoke": args.smoke, "steps": steps, "min_seconds": 0 if args.smoke else MIN_SECONDS,
+              "reference": {"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": round(reference, 3)},
+              "runs": rows}
     out = args.out or ROOT / "results" / f"profile_step-{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")

@@ -310,18 +310,23 @@ def profile(results: Path) -> list[str]:
     lines = []
     for record in records:
         smoke = ", SMOKE: not a result" if record.get("smoke") else ""
-        lines += [f"A training step in `fit`'s default arithmetic, {record['steps']} steps profiled "
+        reference = record["reference"]
+        lines += [f"A training step in `fit`'s default arithmetic, at least {record['steps']} steps and "
+                  f"{record['min_seconds']:g} s profiled "
                   f"({record['device']}, kind {record['kind']}, `{record['command'].strip()}`, "
-                  f"{record['date']}{smoke}):", "",
-                  "| model | arithmetic | batch | images / s | TFLOP/s | outside convolutions and "
-                  "matrix products | most expensive operators (share of the step) |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  f"{record['date']}{smoke}). The reference: a {reference['n']}x{reference['n']} matrix "
+                  f"product in {reference['dtype']} ran at {reference['tflops']:.2f} TFLOP/s on the same cores "
+                  "in the same run:",
+                  "", "| model | arithmetic | batch | images / s | TFLOP/s | outside convolutions and "
+                  "matrix products | their TFLOP/s (of the reference) | most expensive operators (share of "
+                  "the step) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in record["runs"]:
             top = ", ".join(f"{t['op'].removeprefix('aten::')} {100 * t['share']:.0f} %"
                             for t in r["top"][:5])
             lines.append(f"| {r['model']} | {r['precision']} {r['layout']} | {r['batch']} | "
                          f"{r['images_per_s']:,.0f} | {r['tflops']:.2f} | "
-                         f"{100 * r['outside_convolutions_and_matmuls']:.0f} % | {top} |")
+                         f"{100 * r['outside_convolutions_and_matmuls']:.0f} % | "
+                         f"{r['arithmetic_tflops']:.2f} ({100 * r['of_reference']:.0f} %) | {top} |")
         lines.append("")
     return lines[:-1]
 

@@ -554,8 +554,9 @@ def test_every_link_in_the_readme_and_docs_leads_to_a_file():
 
 
 def test_the_step_profile_runs_and_its_table_is_generated(tmp_path):
-    """benchmarks/profile_step.py at smoke size: a record with each model's operators and the share
-    outside convolutions, rendered by results_table into docs/performance.md's table."""
+    """benchmarks/profile_step.py at smoke size: a record with each model's operators, the share
+    outside convolutions and their rate against a matrix product's measured in the same run,
+    rendered by results_table into docs/performance.md's table."""
     out = tmp_path / "profile_step-test.json"
     ran = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--smoke",
                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -564,10 +565,14 @@ def test_the_step_profile_runs_and_its_table_is_generated(tmp_path):
     run = record["runs"][0]
     assert record["smoke"] and run["model"] == "PlainCNN" and len(run["top"]) == 10
     assert 0 <= run["outside_convolutions_and_matmuls"] < 1 and run["tflops"] > 0
+    # the convolutions' own rate is the step's FLOPs over their share of the step: never below the step's
+    assert run["arithmetic_tflops"] >= run["tflops"] and record["reference"]["tflops"] > 0
+    assert run["of_reference"] == pytest.approx(run["arithmetic_tflops"] / record["reference"]["tflops"], abs=2e-3)
     sys.path.insert(0, str(ROOT / "scripts"))
     import results_table
     table = "\n".join(results_table.profile(tmp_path))
     assert "SMOKE: not a result" in table and "| PlainCNN |" in table
+    assert "matrix product in " in table and f"({100 * run['of_reference']:.0f} %)" in table
 
 
 def test_a_warning_in_a_committed_notebook_names_no_machines_path():
