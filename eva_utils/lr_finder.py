@@ -4,9 +4,8 @@ that read a rate off the curve (as fastai names its suggestions):
 * ``valley`` (fastai's default, the suggestion): halfway along the longest stretch of falling loss;
 * ``steepest``: where the loss falls fastest against log(lr), at or before its minimum;
 * ``minimum``: the lowest smoothed loss; ``minimum_tenth``: fastai's older rule, a tenth of it;
-* ``first_minimum``: the bottom of the first valley, before the loss rises ``RISE`` above it (04's
-  one-cycle peak): unlike ``minimum`` it ignores a second dip at far higher rates. Rises count above
-  the loss's ``floor`` (label smoothing's: a loss that cannot reach 0 rises less, relatively).
+* ``first_minimum``: the bottom of the first valley, before the loss rises ``RISE`` above it, counted
+  above its ``floor`` (04's one-cycle peak): unlike ``minimum`` it ignores a second dip far higher up.
 ``benchmarks/lr_rules.py`` compares the rules (docs/own-assignment.md).
 """
 from __future__ import annotations
