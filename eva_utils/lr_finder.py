@@ -4,12 +4,13 @@ that read a rate off the curve (as fastai names its suggestions):
 * ``valley`` (fastai's default, the suggestion): halfway along the longest stretch of falling loss;
 * ``steepest``: where the loss falls fastest against log(lr), at or before its minimum;
 * ``minimum``: the lowest smoothed loss; ``minimum_tenth``: fastai's older rule, a tenth of it;
-* ``first_minimum``: the bottom of the first valley, before the loss rises ``RISE`` above it (04's
-  one-cycle peak): unlike ``minimum`` it ignores a second dip at far higher rates.
+* ``first_minimum``: the bottom of the first valley, before the loss rises ``RISE`` above it, counted
+  above its ``floor`` (04's one-cycle peak): unlike ``minimum`` it ignores a second dip far higher up.
 ``benchmarks/lr_rules.py`` compares the rules (docs/own-assignment.md).
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -27,7 +28,7 @@ from .machinery.runtime import get_device
 from .machinery.sweep import keep_result, load_result, sweep
 
 MIN_POINTS = 5   # fewer recorded steps than this and no rule means anything
-RISE = 0.1  # first_minimum: a loss 10 % above the lowest so far ends the first valley
+RISE = 0.1  # first_minimum: a loss 10 % farther above the floor than the lowest so far ends the valley
 AUTO_STEPS = (50, 100)  # num_iter=None: a step per training batch, but at least 50 and at most 100
 
 
@@ -39,6 +40,7 @@ class RangeTest:
     steepest: float       # steepest descent of the loss against log(lr)
     minimum: float        # the lowest smoothed loss (assignment 003's one-cycle LRMAX)
     seconds: float | None = None  # how long the sweep took (kept with the run: a resume's too)
+    floor: float = 0.0    # the lowest loss the criterion can reach (first_minimum counts rises above it)
 
     @property
     def minimum_tenth(self) -> float:
@@ -47,7 +49,7 @@ class RangeTest:
     @property
     def first_minimum(self) -> float:
         """The learning rate at the bottom of the curve's first valley (see the module doc)."""
-        return first_minimum_lr(self.lrs, self.losses)
+        return first_minimum_lr(self.lrs, self.losses, floor=self.floor)
 
     @property
     def suggested_lr(self) -> float:
@@ -84,7 +86,8 @@ class RangeTest:
     def __str__(self) -> str:
         return (f"LR range test over {len(self.lrs)} steps: suggested {self.valley:.3g} (valley); "
                 f"steepest descent {self.steepest:.3g}; loss minimum {self.minimum:.3g}; first "
-                f"minimum {self.first_minimum:.3g}")
+                f"minimum {self.first_minimum:.3g}"
+                + (f" (rises counted above the loss's floor, {self.floor:.3g})" if self.floor else ""))
 
 
 def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Optimizer | None = None,
@@ -92,7 +95,8 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
                   criterion: nn.Module | None = None, verbose: bool = True,
                   checkpoint_dir: str | os.PathLike | None = None,
                   device: str | torch.device | None = None, amp: bool | None = None,
-                  channels_last: bool | None = None, time_budget=None) -> RangeTest:
+                  channels_last: bool | None = None, time_budget=None,
+                  floor: float = 0.0) -> RangeTest:
     """Sweep the learning rate from ``start_lr`` to ``end_lr`` over ``num_iter`` batches (None: one
     pass over the training set, but 50 to 100 steps), stopping early if the loss explodes; returns
     the curve and every rule's pick. Weights, buffers, optimizer state, device and train/eval modes
@@ -108,8 +112,14 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     them on the same kind of device in the same arithmetic. ``time_budget`` (seconds, or the
     ``TimeBudget`` fit draws on next): a sweep its first steps show would not fit in what is left
     stops with ``BudgetSpent``; one longer than the whole budget raises TrainingError. Under
-    torchrun rank 0 sweeps and every process gets its result.
+    torchrun rank 0 sweeps and every process gets its result. ``floor``: the lowest loss
+    ``criterion`` can reach, 0 for cross-entropy; with label smoothing the entropy of the smoothed
+    target (0.867 for 0.2 and 10 classes), which ``first_minimum`` measures its rise above.
     """
+    if not (math.isfinite(floor) and floor >= 0):
+        raise ValueError(f"floor={floor!r}: the lowest loss the criterion can reach is a number of 0 "
+                         "or more. Fix: 0 for cross-entropy, the smoothed target's entropy with "
+                         "label smoothing.")
     batches = len(train_loader)
     if num_iter is None:  # about one pass over the training set
         num_iter = min(max(batches, AUTO_STEPS[0]), AUTO_STEPS[1])
@@ -139,7 +149,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
         if verbose:
             print(f"LR range test: loaded from {kept}, where this run stored it (delete the file to "
                   "sweep again).")
-        return distributed.from_main(stored, device)
+        return distributed.from_main(replace(stored, floor=floor), device)
     if verbose:
         print(f"LR range test: {num_iter} steps{f' of {size} images' if size else ''} "
               f"({num_iter / batches:.2g} epoch{'' if f'{num_iter / batches:.2g}' == '1' else 's'} "
@@ -159,7 +169,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
                                  arithmetic=arithmetic, start_lr=start_lr, end_lr=end_lr,
                                  num_iter=num_iter, part=part, setup=steps_setup, verbose=verbose,
                                  budget=as_budget(time_budget))
-    found = replace(RangeTest.from_curve(lrs, losses), seconds=round(seconds, 3))
+    found = replace(RangeTest.from_curve(lrs, losses), seconds=round(seconds, 3), floor=floor)
     if kept is not None:  # kept with the run
         swept = {"device": str(device), "precision": arithmetic.name, "layout": arithmetic.layout}
         keep_result(kept, setup, swept, asdict(found), part)
@@ -189,16 +199,17 @@ def valley_lr(lrs, losses) -> float:
     return float(np.asarray(lrs)[start + int(third) + int(third / 2)])
 
 
-def first_minimum_lr(lrs, losses, rise: float = RISE) -> float:
+def first_minimum_lr(lrs, losses, rise: float = RISE, floor: float = 0.0) -> float:
     """The learning rate of the lowest loss before the loss first climbs ``rise`` (a fraction)
-    above the lowest so far; the overall minimum if it never does. Non-finite losses are skipped."""
+    farther above ``floor`` than the lowest so far; the overall minimum if it never does.
+    Non-finite losses are skipped."""
     ok = np.isfinite(np.asarray(losses, float))
     lrs, losses = np.asarray(lrs, float)[ok], np.asarray(losses, float)[ok]
     best = 0
     for i in range(1, len(losses)):
         if losses[i] < losses[best]:
             best = i
-        elif losses[i] > losses[best] * (1 + rise):  # the curve has turned up: the valley ended
+        elif losses[i] - floor > (losses[best] - floor) * (1 + rise):  # turned up: the valley ended
             break
     return float(lrs[best])
 

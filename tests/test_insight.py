@@ -1,6 +1,7 @@
 """LR finder, plots, Grad-CAM and summaries on our real model classes, on CPU."""
 import re
 from contextlib import nullcontext
+from dataclasses import replace
 
 import matplotlib
 import numpy as np
@@ -111,6 +112,31 @@ def test_the_first_minimum_ignores_a_second_dip_at_far_higher_rates():
     assert RangeTest.from_curve(lrs[:7], bump).first_minimum == lrs[2]
     bump[3] = 1.8 * 1.09  # 9 % does not: the valley goes on down to 1.6
     assert RangeTest.from_curve(lrs[:7], bump).first_minimum == lrs[5]
+
+
+def test_the_first_minimum_counts_rises_above_the_loss_floor(tiny, tmp_path):
+    """Notebook 04's sweep with label smoothing 0.2 (AMD EPYC, bfloat16, 2026-12-07; points of its
+    range_test.json): the valley's bottom, 1.839 at lr 0.22, rose to 2.012 by 1.48 (9.4 %, under
+    RISE) and dipped to 1.833 at 6.67, which became the one-cycle peak. Above the floor of 0.867
+    that nothing can go below, the rise is 17.8 %: the valley ends, and the peak is 0.22."""
+    from eva_utils.lr_finder import RangeTest, first_minimum_lr
+    lrs = [1e-4, 0.0102, 0.0977, 0.2196, 0.4937, 0.8805, 1.482, 2.097, 3.963, 6.67, 10.0]
+    losses = [2.324, 2.204, 1.927, 1.839, 1.853, 1.906, 2.012, 1.976, 1.892, 1.833, 1.887]
+    assert first_minimum_lr(lrs, losses) == 6.67
+    assert first_minimum_lr(lrs, losses, floor=0.867) == 0.2196
+    found = RangeTest.from_curve(lrs, losses)
+    assert replace(found, floor=0.867).first_minimum == 0.2196 and found.first_minimum == 6.67
+    assert "first minimum 0.22 (rises counted above the loss's floor, 0.867)" in str(
+        replace(found, floor=0.867))
+    # lr_range_test hands the floor on, to a fresh sweep and to one loaded from the run
+    model = eva.PlainCNN(num_classes=10)
+    train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
+    for floor in (0.5, 0.25):  # swept and kept, then loaded: the floor is the call's, not the file's
+        swept = eva.lr_range_test(model, train, num_iter=6, verbose=False, floor=floor,
+                                  checkpoint_dir=tmp_path)
+        assert swept.floor == floor and (tmp_path / "range_test.json").exists()
+    with pytest.raises(ValueError, match=r"floor=-1.0: the lowest loss .* Fix: 0 for cross-entropy"):
+        eva.lr_range_test(model, train, num_iter=6, verbose=False, floor=-1.0)
 
 
 def test_the_range_test_prints_its_progress_as_lines_a_log_keeps(tiny, monkeypatch, capsys):
