@@ -116,6 +116,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     ``criterion`` can reach, 0 for cross-entropy; with label smoothing the entropy of the smoothed
     target (0.867 for 0.2 and 10 classes), which ``first_minimum`` measures its rise above.
     """
+    floor = float(floor)  # a number, or a 0-d tensor computed from the loss
     if not (math.isfinite(floor) and floor >= 0):
         raise ValueError(f"floor={floor!r}: the lowest loss the criterion can reach is a number of 0 "
                          "or more. Fix: 0 for cross-entropy, the smoothed target's entropy with "

@@ -131,10 +131,10 @@ def test_the_first_minimum_counts_rises_above_the_loss_floor(tiny, tmp_path):
     # lr_range_test hands the floor on, to a fresh sweep and to one loaded from the run
     model = eva.PlainCNN(num_classes=10)
     train = eva.TensorLoader(tiny.train_images, tiny.train_labels, tiny.mean, tiny.std, 20, train=True)
-    for floor in (0.5, 0.25):  # swept and kept, then loaded: the floor is the call's, not the file's
+    for floor in (0.5, torch.tensor(0.25)):  # swept and kept, then loaded: the call's floor counts
         swept = eva.lr_range_test(model, train, num_iter=6, verbose=False, floor=floor,
                                   checkpoint_dir=tmp_path)
-        assert swept.floor == floor and (tmp_path / "range_test.json").exists()
+        assert swept.floor == float(floor) and (tmp_path / "range_test.json").exists()
     with pytest.raises(ValueError, match=r"floor=-1.0: the lowest loss .* Fix: 0 for cross-entropy"):
         eva.lr_range_test(model, train, num_iter=6, verbose=False, floor=-1.0)
 
