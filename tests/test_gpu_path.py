@@ -158,7 +158,8 @@ def test_running_out_of_memory_lets_the_memory_go(tiny, monkeypatch):
 
 def test_notebook_04_sweeps_the_range_test_with_the_loss_it_trains_with(monkeypatch, tmp_path):
     """Label smoothing raises the whole curve (a floor near 0.87 for 0.2 and 10 classes) and moves
-    its picks, so 04's sweep must use the smoothed loss its training uses, not plain cross-entropy.
+    its picks, so 04's sweep must use the smoothed loss its training uses, not plain cross-entropy,
+    and name that floor.
     Runs 04's code cells in smoke mode on stand-in data up to the sweep, which a spy stops."""
     import nbformat
     from pathlib import Path
@@ -193,3 +194,5 @@ def test_notebook_04_sweeps_the_range_test_with_the_loss_it_trains_with(monkeypa
     criterion = seen["criterion"]
     assert isinstance(criterion, nn.CrossEntropyLoss)
     assert criterion.label_smoothing == namespace["LABEL_SMOOTHING"] == 0.2
+    # and the floor that loss cannot go below, so the first minimum counts rises above it
+    assert float(seen["floor"]) == pytest.approx(0.867, abs=1e-3)
