@@ -116,11 +116,15 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     ``criterion`` can reach, 0 for cross-entropy; with label smoothing the entropy of the smoothed
     target (0.867 for 0.2 and 10 classes), which ``first_minimum`` measures its rise above.
     """
-    floor = float(floor)  # a number, or a 0-d tensor computed from the loss
-    if not (math.isfinite(floor) and floor >= 0):
+    try:
+        ok = math.isfinite(float(floor)) and float(floor) >= 0  # a number, or a 0-d tensor
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise ValueError(f"floor={floor!r}: the lowest loss the criterion can reach is a number of 0 "
                          "or more. Fix: 0 for cross-entropy, the smoothed target's entropy with "
                          "label smoothing.")
+    floor = float(floor)
     batches = len(train_loader)
     if num_iter is None:  # about one pass over the training set
         num_iter = min(max(batches, AUTO_STEPS[0]), AUTO_STEPS[1])

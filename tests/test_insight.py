@@ -135,8 +135,9 @@ def test_the_first_minimum_counts_rises_above_the_loss_floor(tiny, tmp_path):
         swept = eva.lr_range_test(model, train, num_iter=6, verbose=False, floor=floor,
                                   checkpoint_dir=tmp_path)
         assert swept.floor == float(floor) and (tmp_path / "range_test.json").exists()
-    with pytest.raises(ValueError, match=r"floor=-1.0: the lowest loss .* Fix: 0 for cross-entropy"):
-        eva.lr_range_test(model, train, num_iter=6, verbose=False, floor=-1.0)
+    for bad in (-1.0, "high", None):
+        with pytest.raises(ValueError, match=r"floor=.*: the lowest loss .* Fix: 0 for cross-entropy"):
+            eva.lr_range_test(model, train, num_iter=6, verbose=False, floor=bad)
 
 
 def test_the_range_test_prints_its_progress_as_lines_a_log_keeps(tiny, monkeypatch, capsys):
