@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -63,6 +64,17 @@ def accuracy(values: list[float], seeds: list) -> str:
             f"mean {statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} %")
 
 
+def unfinished(command: str, seeds: list) -> str:
+    """" (seed 0; seeds 1, 2 not finished yet)" where the command names seeds that have no run yet
+    (a run in stretches, stopped between seeds), else ""."""
+    named = re.search(r"--seeds((?: \d+)+)", command)
+    missing = [s for s in (named.group(1).split() if named else []) if int(s) not in seeds]
+    if not missing:
+        return ""
+    done = f"seed {seeds[0]}; " if len(seeds) == 1 else ""
+    return f" ({done}seed{'s' if len(missing) > 1 else ''} {', '.join(missing)} not finished yet)"
+
+
 def per_seed(runs: list[dict], value) -> str:
     """value(run) for a row's runs: once where the seeds agree, else with the seeds of each
     ("cpu: A (seeds 0, 1); cpu: B (seed 2)"), so a run continued on another machine says so."""
@@ -91,20 +103,21 @@ def rows(results: Path) -> list[str]:
         for run in record["runs"]:
             by_model[run.get("model", "")].append(run)
         for model, runs in by_model.items():
+            seeds = [r.get("seed", 0) for r in runs]
+            missing = unfinished(record["command"], seeds)
             met = ""
             if key in TARGETS:  # every seed must reach it
                 reached = sum(r["test_acc"] >= TARGETS[key][0] for r in runs)
                 met = f"{goal}: {'met' if reached == len(runs) else 'missed'}"
-                if len(runs) > 1:
-                    met += f" ({reached} of {len(runs)} seeds reach it)"
-            seeds = [r.get("seed", 0) for r in runs]
+                if len(runs) > 1 or missing:
+                    met += f" ({reached} of {len(runs)}{' finished' if missing else ''} seeds reach it)"
             with_tta = [r for r in runs if r.get("test_acc_tta") is not None]
             tta = (accuracy([r["test_acc_tta"] for r in with_tta], [r.get("seed", 0) for r in with_tta])
                    if with_tta else "no TTA")
             seconds = statistics.mean(r["train_seconds"] for r in runs)
             smoke = " (SMOKE: not a result)" if record.get("smoke") else ""
             lines.append(f"| {key} | {model} | {their_acc}, {their_epochs} | "
-                         f"{accuracy([r['test_acc'] for r in runs], seeds)}{smoke} | "
+                         f"{accuracy([r['test_acc'] for r in runs], seeds)}{smoke}{missing} | "
                          f"{tta} | {met} | {RECIPES[key]} | "
                          f"{runs[0].get('epochs', '')} | {runs[0]['parameters']:,} | "
                          f"{seconds:,.0f} s{' (mean)' if len(runs) > 1 else ''} | "

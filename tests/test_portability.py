@@ -393,6 +393,17 @@ def test_results_table_shows_each_seed_its_mean_and_where_each_ran(tmp_path):
     row = [line for line in results_table.rows(tmp_path) if line.startswith("| 04 |")]
     assert (f"| 90.36 % | 91.06 % | 90.0 % (003's target): met | {results_table.RECIPES['04']} | 24 | "
             "6,573,120 | 100 s | cpu: A | bfloat16, NHWC |") in row[0]
+    # a run in stretches, stopped between the seeds its command names: the row says which are missing
+    record["command"] = "python scripts/full_runs.py --only 04 --seeds 0 1 2 --budget 150"
+    (tmp_path / "04.json").write_text(json.dumps(record))
+    row = [line for line in results_table.rows(tmp_path) if line.startswith("| 04 |")]
+    assert ("| 90.36 % (seed 0; seeds 1, 2 not finished yet) | 91.06 % | "
+            "90.0 % (003's target): met (1 of 1 finished seeds reach it) |") in row[0]
+    record["runs"] = [run(0, 90.36), run(1, 90.5)]
+    (tmp_path / "04.json").write_text(json.dumps(record))
+    row = [line for line in results_table.rows(tmp_path) if line.startswith("| 04 |")]
+    assert ("mean 90.43 ± 0.10 % (seed 2 not finished yet) | 91.06 / 91.20 % (seeds 0 / 1), mean 91.13 ± 0.10 % "
+            "| 90.0 % (003's target): met (2 of 2 finished seeds reach it) |") in row[0]
 
 
 def test_precision_comparison_shows_each_models_means_beside_the_seed_spread():
