@@ -367,8 +367,10 @@ def app_url(trained, tmp_path):
 def _top(page, entries: int) -> list[tuple[str, int]]:
     """The page's top classes as (name, percent), once it lists ``entries`` of them."""
     shown = page.locator("#top")
-    page.wait_for_function(f"() => (document.querySelector('#top').innerText.match(/%/g) || [])"
-                           f".length === {entries}", timeout=30000)
+    # the page builds #top after it loads: null until then, which must mean "wait", not an error
+    page.wait_for_function(f"() => {{ const t = document.querySelector('#top'); "
+                           f"return t !== null && (t.innerText.match(/%/g) || []).length === {entries}; }}",
+                           timeout=30000)
     lines = [line.strip() for line in shown.inner_text().split("\n") if line.strip()]
     return [(lines[i - 1], int(line[:-1])) for i, line in enumerate(lines)
             if re.fullmatch(r"\d+%", line)]  # each percentage follows its class name
@@ -430,7 +432,7 @@ def test_the_app_in_a_real_browser(trained, app_url, tmp_path):
             example = json.loads((trained["folder"] / "app.json").read_text())["examples"][1]
             chosen = clf.top(clf.probabilities(clf.pictures(trained["folder"] / example)[1]), 2)
             page.locator("#examples img").nth(1).click()
-            page.wait_for_function(f"() => document.querySelector('#top').innerText.split('\\n')[1]"
+            page.wait_for_function(f"() => document.querySelector('#top')?.innerText.split('\\n')[1]"
                                    f" === {json.dumps(next(iter(chosen)))}", timeout=30000)
             assert _top(page, 2) == [(name, round(100 * p)) for name, p in chosen.items()]
             assert page.locator("text=Error").count() == 0
