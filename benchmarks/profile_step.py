@@ -92,6 +92,11 @@ def reference_tflops(dtype: torch.dtype, n: int = REFERENCE_N, repeats: int = RE
     return 2 * n ** 3 / best / 1e12
 
 
+def sig(x: float, digits: int = 4) -> float:
+    """x to `digits` significant figures: a slow machine's rates stay non-zero and comparable."""
+    return float(f"{x:.{digits}g}")
+
+
 def profile_model(name: str, steps: int, min_seconds: float = MIN_SECONDS) -> dict:
     step, precision, batch = one_step(name)
     step()  # warm-up: oneDNN picks and caches its kernels
@@ -113,9 +118,9 @@ def profile_model(name: str, steps: int, min_seconds: float = MIN_SECONDS) -> di
     return {"model": name, "batch": batch, "steps": steps, "precision": precision.name,
             "layout": precision.layout,
             "seconds_per_step": round(seconds, 4), "images_per_s": round(batch / seconds, 1),
-            "tflops": round(flops / seconds / 1e12, 3),
+            "tflops": sig(flops / seconds / 1e12),
             # the same FLOPs over the time of the convolutions and matrix products alone
-            "arithmetic_tflops": round(flops / (arithmetic / 1e6 / steps) / 1e12, 3),
+            "arithmetic_tflops": sig(flops / (arithmetic / 1e6 / steps) / 1e12),
             "outside_convolutions_and_matmuls": round(1 - arithmetic / total, 3),
             "top": [{"op": op, "share": round(t / total, 3)} for op, t in top]}
 
@@ -140,7 +145,7 @@ def main() -> None:
     print(f"reference: a {n}x{n} matrix product in {dtype}: {reference:.3f} TFLOP/s")
     for row in rows:
         name = row["model"]
-        row["of_reference"] = round(row["arithmetic_tflops"] / reference, 3)
+        row["of_reference"] = sig(row["arithmetic_tflops"] / reference)
         print(f"{name:24s} {row['precision']} {row['layout']}, batch {row['batch']}: "
               f"{row['images_per_s']:7.1f} img/s, {row['tflops']:.3f} TFLOP/s, "
               f"{100 * row['outside_convolutions_and_matmuls']:.0f} % outside convolutions and "
@@ -151,7 +156,7 @@ def main() -> None:
     record = {"command": " ".join(["python benchmarks/profile_step.py", *sys.argv[1:]]),
               "date": datetime.date.today().isoformat(), "device": device, "kind": kind,
               "smoke": args.smoke, "steps": steps, "min_seconds": 0 if args.smoke else MIN_SECONDS,
-              "reference": {"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": round(reference, 3)},
+              "reference": {"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": sig(reference)},
               "runs": rows}
     out = args.out or ROOT / "results" / f"profile_step-{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
